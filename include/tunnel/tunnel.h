@@ -1,0 +1,158 @@
+/*
+ * libtunnel: expose services behind NAT through a relay server.
+ *
+ * This is the core header. It needs only <stddef.h> and <stdint.h>; the libuv
+ * binding lives in <tunnel/uv.h>.
+ *
+ * Conventions (the same for every call in the library):
+ *  - Every handle is opaque and created by a `_new` call that returns an error
+ *    code and writes the handle through an out-pointer; `_free(NULL)` is a no-op.
+ *  - Every fallible call returns 0 on success or a negative TUNNEL_E* code;
+ *    tunnel_strerror() and tunnel_err_name() describe it. When a call fails,
+ *    the callback it would have scheduled never fires.
+ *  - Input buffers are borrowed for the duration of the call; strings are
+ *    copied. Callbacks receive their `user_data` as the last argument.
+ *  - Threading: the library keeps no global state. A handle and everything
+ *    created from it belong to one thread at a time (the thread running its
+ *    event loop); distinct handles may be used from distinct threads.
+ */
+#ifndef TUNNEL_TUNNEL_H
+#define TUNNEL_TUNNEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tunnel/version.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#  if defined(TUNNEL_BUILDING)
+#    define TUNNEL_EXTERN __declspec(dllexport)
+#  else
+#    define TUNNEL_EXTERN
+#  endif
+#elif defined(__GNUC__) && __GNUC__ >= 4
+#  define TUNNEL_EXTERN __attribute__((visibility("default")))
+#else
+#  define TUNNEL_EXTERN
+#endif
+
+/* ---------------------------------------------------------------- errors */
+
+/* X(name, value, description). Values are stable ABI: append, never renumber. */
+#define TUNNEL_ERRNO_MAP(X)                                                    \
+  X(EINVAL, -1, "invalid argument")                                           \
+  X(ENOMEM, -2, "out of memory")                                              \
+  X(EPROTO, -3, "protocol error")                                             \
+  X(ELIMIT, -4, "configured limit exceeded")                                  \
+  X(ESTATE, -5, "operation not valid in the current state")                   \
+  X(EAGAIN, -6, "resource temporarily unavailable (window or buffer full)")   \
+  X(ECLOSED, -7, "handle or stream is closed")                                \
+  X(ERESET, -8, "stream reset by peer")                                       \
+  X(EGOAWAY, -9, "session is going away")                                     \
+  X(EAUTH, -10, "authentication failed")                                      \
+  X(EREFUSED, -11, "request refused by peer")                                 \
+  X(ECONNREFUSED, -12, "connection refused")                                  \
+  X(ECONNRESET, -13, "connection reset")                                      \
+  X(ETIMEDOUT, -14, "timed out")                                              \
+  X(EADDRINUSE, -15, "address already in use")                                \
+  X(EADDRNOTAVAIL, -16, "address not available")                              \
+  X(ENOTFOUND, -17, "not found")                                              \
+  X(EEXIST, -18, "already exists")                                            \
+  X(ECANCELED, -19, "operation canceled")                                     \
+  X(EEOF, -20, "end of stream")                                               \
+  X(EIO, -21, "input/output error")                                           \
+  X(ETLS, -22, "TLS error")                                                   \
+  X(ECRYPTO, -23, "cryptographic failure")                                    \
+  X(ERANGE, -24, "value out of range")                                        \
+  X(ENOTSUP, -25, "operation not supported")
+
+typedef enum tunnel_errno {
+  TUNNEL_OK = 0,
+#define TUNNEL__ERR_ENUM(name, value, desc) TUNNEL_##name = (value),
+  TUNNEL_ERRNO_MAP(TUNNEL__ERR_ENUM)
+#undef TUNNEL__ERR_ENUM
+  TUNNEL__ERR_LAST = -26
+} tunnel_errno;
+
+/* Human-readable description; never NULL, static storage. */
+TUNNEL_EXTERN const char *tunnel_strerror(int err);
+/* Symbolic name such as "TUNNEL_EPROTO"; never NULL, static storage. */
+TUNNEL_EXTERN const char *tunnel_err_name(int err);
+
+/* --------------------------------------------------------------- version */
+
+/* TUNNEL_VERSION_HEX of the library actually linked (may differ from the
+ * header's when loaded dynamically). */
+TUNNEL_EXTERN uint32_t tunnel_version(void);
+/* "MAJOR.MINOR.PATCH"; static storage. */
+TUNNEL_EXTERN const char *tunnel_version_string(void);
+
+/* ---------------------------------------------------- allocator, logging */
+
+/* Allocator hook. `realloc_fn(NULL, n)` must behave as malloc, `free_fn(NULL)`
+ * must be a no-op. The functions are called only from the owning thread. */
+typedef void *(*tunnel_malloc_fn)(size_t size, void *user_data);
+typedef void *(*tunnel_realloc_fn)(void *ptr, size_t size, void *user_data);
+typedef void (*tunnel_free_fn)(void *ptr, void *user_data);
+
+typedef enum tunnel_log_level {
+  TUNNEL_LOG_ERROR = 0,
+  TUNNEL_LOG_WARN = 1,
+  TUNNEL_LOG_INFO = 2,
+  TUNNEL_LOG_DEBUG = 3
+} tunnel_log_level;
+
+/* Log sink. `message` is a NUL-terminated line without trailing newline,
+ * valid only during the call. The library never writes to stdout/stderr. */
+typedef void (*tunnel_log_fn)(int level, const char *message, void *user_data);
+
+TUNNEL_EXTERN const char *tunnel_log_level_name(int level);
+
+/* ---------------------------------------------------------------- config */
+
+/* Options shared by clients and servers (nghttp2_option style): create one,
+ * set what you need, pass it to a constructor, which copies it. Setters that
+ * do not apply to a role are ignored by that role. */
+typedef struct tunnel_config tunnel_config;
+
+TUNNEL_EXTERN int tunnel_config_new(tunnel_config **out);
+TUNNEL_EXTERN void tunnel_config_free(tunnel_config *cfg);
+
+/* All three functions or none (NULL restores libc). The config object itself
+ * is allocated with libc; objects created from it use these functions. */
+TUNNEL_EXTERN int tunnel_config_set_allocator(tunnel_config *cfg,
+                                              tunnel_malloc_fn malloc_fn,
+                                              tunnel_realloc_fn realloc_fn,
+                                              tunnel_free_fn free_fn,
+                                              void *user_data);
+/* Default: no sink (silent). Messages above `max_level` are not formatted. */
+TUNNEL_EXTERN int tunnel_config_set_log(tunnel_config *cfg, tunnel_log_fn fn,
+                                        int max_level, void *user_data);
+
+/* Limits. Every one is enforced against the peer; exceeding it is refused
+ * (stream reset, message rejected) rather than buffered. */
+
+/* Concurrent multiplexed streams per session (default 1024, 1..2^31). */
+TUNNEL_EXTERN int tunnel_config_set_max_streams(tunnel_config *cfg,
+                                                uint32_t n);
+/* Per-stream receive window, bytes (default 6 MiB, 256 KiB..1 GiB). It bounds
+ * what a stalled consumer can hold in memory. */
+TUNNEL_EXTERN int tunnel_config_set_stream_window(tunnel_config *cfg,
+                                                  uint32_t bytes);
+/* Largest control message body accepted, bytes (default 10240, 64..1 MiB). */
+TUNNEL_EXTERN int tunnel_config_set_max_message_size(tunnel_config *cfg,
+                                                     uint32_t bytes);
+/* Bytes a session may queue for its peer beyond flow-controlled data before
+ * it is considered abusive and closed (default 1 MiB, 4 KiB..1 GiB). */
+TUNNEL_EXTERN int tunnel_config_set_max_control_backlog(tunnel_config *cfg,
+                                                        uint32_t bytes);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TUNNEL_TUNNEL_H */

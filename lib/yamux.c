@@ -1,0 +1,613 @@
+#include "yamux.h"
+
+#include <string.h>
+
+#include "wire.h"
+
+/* Largest payload put in one data frame: bounds how long one stream can hold
+ * the transport before another stream's frame gets a turn. */
+#define MAX_DATA_FRAME (256u * 1024u)
+
+typedef struct ymx_stream {
+  struct ymx_stream *next; /* hash chain */
+  uint32_t id;
+  uint8_t local_fin;
+  uint8_t remote_fin;
+  uint8_t acked; /* our SYN acknowledged (streams we opened) */
+  uint32_t send_window;
+  uint32_t recv_window; /* bytes the peer may still send */
+  uint32_t credit;      /* consumed but not yet granted back */
+  uint32_t unconsumed;  /* delivered but not yet reported consumed */
+  void *user;
+} ymx_stream;
+
+struct tunnel__ymx {
+  tunnel__mem mem;
+  const tunnel__logger *log;
+  tunnel__ymx_callbacks cb;
+  void *ud;
+
+  int is_client;
+  uint32_t max_streams;
+  uint32_t window;
+  uint32_t max_backlog;
+
+  uint32_t next_id;      /* next id we open */
+  uint32_t last_peer_id; /* highest id the peer opened */
+  ymx_stream **buckets;
+  uint32_t nbuckets; /* power of two */
+  uint32_t nstreams;
+
+  tunnel__bufq out;
+  size_t backlog; /* peer-triggered bytes queued since the queue last drained */
+
+  int error;
+  int local_goaway;
+  int remote_goaway;
+
+  /* Frame parser. */
+  uint8_t hdr[TUNNEL__YMX_HEADER_SIZE];
+  size_t hdr_len;
+  uint32_t payload_left;
+  uint32_t payload_id; /* stream the payload belongs to; 0: discard */
+  uint16_t payload_flags;
+};
+
+/* ------------------------------------------------------------- streams */
+
+static ymx_stream *find(const tunnel__ymx *s, uint32_t id) {
+  for (ymx_stream *st = s->buckets[id & (s->nbuckets - 1)]; st; st = st->next)
+    if (st->id == id)
+      return st;
+  return NULL;
+}
+
+static int grow(tunnel__ymx *s) {
+  uint32_t n = s->nbuckets * 2;
+  ymx_stream **b = tunnel__calloc(&s->mem, n, sizeof *b);
+  if (!b)
+    return TUNNEL_ENOMEM;
+  for (uint32_t i = 0; i < s->nbuckets; i++) {
+    ymx_stream *st = s->buckets[i];
+    while (st) {
+      ymx_stream *next = st->next;
+      st->next = b[st->id & (n - 1)];
+      b[st->id & (n - 1)] = st;
+      st = next;
+    }
+  }
+  tunnel__free(&s->mem, s->buckets);
+  s->buckets = b;
+  s->nbuckets = n;
+  return 0;
+}
+
+static ymx_stream *stream_add(tunnel__ymx *s, uint32_t id, void *user) {
+  if (s->nstreams >= s->nbuckets && grow(s) != 0)
+    return NULL;
+  ymx_stream *st = tunnel__calloc(&s->mem, 1, sizeof *st);
+  if (!st)
+    return NULL;
+  st->id = id;
+  st->send_window = TUNNEL__YMX_INITIAL_WINDOW;
+  st->recv_window = s->window;
+  st->user = user;
+  st->next = s->buckets[id & (s->nbuckets - 1)];
+  s->buckets[id & (s->nbuckets - 1)] = st;
+  s->nstreams++;
+  return st;
+}
+
+static void stream_remove(tunnel__ymx *s, ymx_stream *st) {
+  ymx_stream **pp = &s->buckets[st->id & (s->nbuckets - 1)];
+  while (*pp != st)
+    pp = &(*pp)->next;
+  *pp = st->next;
+  s->nstreams--;
+  tunnel__free(&s->mem, st);
+}
+
+/* ------------------------------------------------------------- output */
+
+static int emit(tunnel__ymx *s, uint8_t type, uint16_t flags, uint32_t id,
+                uint32_t length) {
+  uint8_t h[TUNNEL__YMX_HEADER_SIZE];
+  h[0] = 0;
+  h[1] = type;
+  tunnel__put16(h + 2, flags);
+  tunnel__put32(h + 4, id);
+  tunnel__put32(h + 8, length);
+  return tunnel__bufq_append(&s->out, h, sizeof h);
+}
+
+/* A frame the peer made us send (ping reply, refusal). A peer that keeps
+ * asking while never reading our output is cut off instead of growing the
+ * queue without bound. */
+static int emit_reply(tunnel__ymx *s, uint8_t type, uint16_t flags,
+                      uint32_t id, uint32_t length) {
+  if (s->backlog + TUNNEL__YMX_HEADER_SIZE > s->max_backlog)
+    return TUNNEL_ELIMIT;
+  int rc = emit(s, type, flags, id, length);
+  if (rc == 0)
+    s->backlog += TUNNEL__YMX_HEADER_SIZE;
+  return rc;
+}
+
+static int fail(tunnel__ymx *s, int err, const char *why) {
+  if (s->error)
+    return s->error;
+  s->error = err;
+  tunnel__log(s->log, TUNNEL_LOG_WARN, "yamux: %s: %s", why,
+              tunnel_strerror(err));
+  uint32_t code = err == TUNNEL_ENOMEM ? TUNNEL__YMX_GOAWAY_INTERNAL
+                                       : TUNNEL__YMX_GOAWAY_PROTOCOL;
+  /* Best effort: if even this cannot be queued the transport just closes. */
+  (void)emit(s, TUNNEL__YMX_GOAWAY, 0, 0, code);
+  s->local_goaway = 1;
+  return err;
+}
+
+/* --------------------------------------------------------------- setup */
+
+int tunnel__ymx_new(tunnel__ymx **out, const tunnel__ymx_config *cfg,
+                    const tunnel__ymx_callbacks *cb, void *user_data) {
+  if (!out || !cfg || !cb)
+    return TUNNEL_EINVAL;
+  *out = NULL;
+  if (cfg->window < TUNNEL__YMX_INITIAL_WINDOW || cfg->max_streams == 0)
+    return TUNNEL_EINVAL;
+  const tunnel__mem *mem = cfg->mem ? cfg->mem : tunnel__mem_default();
+  tunnel__ymx *s = tunnel__calloc(mem, 1, sizeof *s);
+  if (!s)
+    return TUNNEL_ENOMEM;
+  s->mem = *mem;
+  s->nbuckets = 16;
+  s->buckets = tunnel__calloc(&s->mem, s->nbuckets, sizeof *s->buckets);
+  if (!s->buckets) {
+    tunnel__free(mem, s);
+    return TUNNEL_ENOMEM;
+  }
+  s->log = cfg->log;
+  s->cb = *cb;
+  s->ud = user_data;
+  s->is_client = cfg->is_client;
+  s->max_streams = cfg->max_streams;
+  s->window = cfg->window;
+  s->max_backlog = cfg->max_backlog ? cfg->max_backlog : 1024u * 1024u;
+  s->next_id = cfg->is_client ? 1 : 2;
+  tunnel__bufq_init(&s->out, &s->mem, 64u * 1024u);
+  *out = s;
+  return 0;
+}
+
+void tunnel__ymx_free(tunnel__ymx *s) {
+  if (!s)
+    return;
+  for (uint32_t i = 0; i < s->nbuckets; i++) {
+    ymx_stream *st = s->buckets[i];
+    while (st) {
+      ymx_stream *next = st->next;
+      tunnel__free(&s->mem, st);
+      st = next;
+    }
+  }
+  tunnel__free(&s->mem, s->buckets);
+  tunnel__bufq_free(&s->out);
+  tunnel__mem mem = s->mem;
+  tunnel__free(&mem, s);
+}
+
+/* -------------------------------------------------------------- input */
+
+static int is_peer_id(const tunnel__ymx *s, uint32_t id) {
+  /* Client ids are odd. */
+  return id != 0 && ((id & 1u) == (s->is_client ? 0u : 1u));
+}
+
+/* The peer's frame closed a stream: notify and forget. */
+static void peer_closed(tunnel__ymx *s, ymx_stream *st) {
+  uint32_t id = st->id;
+  void *user = st->user;
+  stream_remove(s, st);
+  if (s->cb.on_close)
+    s->cb.on_close(s, id, user, s->ud);
+}
+
+/* Opens a stream the peer asked for. Returns the stream, NULL when it was
+ * refused (the frame's remaining effects are then dropped), or sets *err. */
+static ymx_stream *incoming(tunnel__ymx *s, uint32_t id, int *err) {
+  if (!is_peer_id(s, id) || id <= s->last_peer_id) {
+    *err = fail(s, TUNNEL_EPROTO, "stream id reused or of the wrong parity");
+    return NULL;
+  }
+  s->last_peer_id = id;
+  if (s->local_goaway || s->nstreams >= s->max_streams) {
+    tunnel__log(s->log, TUNNEL_LOG_DEBUG, "yamux: refusing stream %u", id);
+    *err = emit_reply(s, TUNNEL__YMX_WINDOW_UPDATE, TUNNEL__YMX_RST, id, 0);
+    if (*err)
+      *err = fail(s, *err, "refusals piling up");
+    return NULL;
+  }
+  ymx_stream *st = stream_add(s, id, NULL);
+  if (!st) {
+    *err = fail(s, TUNNEL_ENOMEM, "cannot allocate stream");
+    return NULL;
+  }
+  st->acked = 1;
+  /* ACK first, so anything the accept callback writes follows it; the ACK
+   * also grants the window beyond the spec's initial 256 KiB. */
+  *err = emit(s, TUNNEL__YMX_WINDOW_UPDATE, TUNNEL__YMX_ACK, id,
+              s->window - TUNNEL__YMX_INITIAL_WINDOW);
+  if (*err) {
+    *err = fail(s, *err, "cannot queue ACK");
+    return NULL;
+  }
+  void *user = NULL;
+  int rc = s->cb.on_stream ? s->cb.on_stream(s, id, &user, s->ud) : 0;
+  if (s->error) {
+    *err = s->error;
+    return NULL;
+  }
+  st = find(s, id); /* the callback may have reset it */
+  if (!st)
+    return NULL;
+  if (rc < 0) {
+    if (tunnel__ymx_reset(s, id) < 0)
+      *err = fail(s, TUNNEL_ENOMEM, "cannot queue refusal");
+    return NULL;
+  }
+  if (user)
+    st->user = user;
+  return st;
+}
+
+static int on_fin(tunnel__ymx *s, ymx_stream *st) {
+  if (st->remote_fin)
+    return fail(s, TUNNEL_EPROTO, "second FIN on a stream");
+  st->remote_fin = 1;
+  uint32_t id = st->id;
+  if (s->cb.on_fin)
+    s->cb.on_fin(s, id, st->user, s->ud);
+  if (s->error)
+    return s->error;
+  st = find(s, id);
+  if (st && st->local_fin)
+    peer_closed(s, st);
+  return 0;
+}
+
+static void on_rst(tunnel__ymx *s, ymx_stream *st) {
+  uint32_t id = st->id;
+  if (s->cb.on_rst)
+    s->cb.on_rst(s, id, st->user, s->ud);
+  st = find(s, id);
+  if (st)
+    peer_closed(s, st);
+}
+
+/* Handles a complete header. Sets up payload delivery for data frames. */
+static int frame(tunnel__ymx *s) {
+  const uint8_t *h = s->hdr;
+  uint8_t version = h[0], type = h[1];
+  uint16_t flags = tunnel__be16(h + 2);
+  uint32_t id = tunnel__be32(h + 4);
+  uint32_t length = tunnel__be32(h + 8);
+
+  if (version != 0)
+    return fail(s, TUNNEL_EPROTO, "unsupported version");
+
+  switch (type) {
+  case TUNNEL__YMX_PING:
+    if (id != 0)
+      return fail(s, TUNNEL_EPROTO, "ping on a stream");
+    if (flags & TUNNEL__YMX_SYN) {
+      int rc = emit_reply(s, TUNNEL__YMX_PING, TUNNEL__YMX_ACK, 0, length);
+      return rc ? fail(s, rc, "ping replies piling up") : 0;
+    }
+    if (s->cb.on_ping)
+      s->cb.on_ping(s, length, s->ud);
+    return s->error;
+  case TUNNEL__YMX_GOAWAY:
+    if (id != 0)
+      return fail(s, TUNNEL_EPROTO, "go away on a stream");
+    s->remote_goaway = 1;
+    if (s->cb.on_goaway)
+      s->cb.on_goaway(s, length, s->ud);
+    return s->error;
+  case TUNNEL__YMX_DATA:
+  case TUNNEL__YMX_WINDOW_UPDATE:
+    break;
+  default:
+    return fail(s, TUNNEL_EPROTO, "unknown frame type");
+  }
+
+  if (id == 0)
+    return fail(s, TUNNEL_EPROTO, "stream frame on stream 0");
+
+  int is_data = type == TUNNEL__YMX_DATA;
+  ymx_stream *st;
+  if (flags & TUNNEL__YMX_SYN) {
+    int err = 0;
+    st = incoming(s, id, &err);
+    if (err)
+      return err;
+  } else {
+    st = find(s, id);
+    if (!st) {
+      /* Never opened: misuse. Opened and since closed: a frame that crossed
+       * our RST or FIN in flight, which is legal and dropped. */
+      int unopened = is_peer_id(s, id) ? id > s->last_peer_id
+                                       : id >= s->next_id;
+      if (unopened)
+        return fail(s, TUNNEL_EPROTO, "frame for a stream never opened");
+    }
+  }
+
+  if (st && (flags & TUNNEL__YMX_ACK) && !st->acked && !is_peer_id(s, id)) {
+    st->acked = 1;
+    if (s->cb.on_ack)
+      s->cb.on_ack(s, id, st->user, s->ud);
+    if (s->error)
+      return s->error;
+    st = find(s, id);
+  }
+
+  if (st && (flags & TUNNEL__YMX_RST)) {
+    on_rst(s, st);
+    st = NULL;
+    if (s->error)
+      return s->error;
+  }
+
+  if (!is_data) {
+    if (st && length) {
+      if ((uint64_t)st->send_window + length > UINT32_MAX)
+        return fail(s, TUNNEL_EPROTO, "send window overflow");
+      st->send_window += length;
+      if (!st->local_fin && s->cb.on_window) {
+        s->cb.on_window(s, id, st->user, s->ud);
+        if (s->error)
+          return s->error;
+        st = find(s, id);
+      }
+    }
+    if (st && (flags & TUNNEL__YMX_FIN))
+      return on_fin(s, st);
+    return 0;
+  }
+
+  if (st && length) {
+    if (st->remote_fin)
+      return fail(s, TUNNEL_EPROTO, "data after FIN");
+    if (length > st->recv_window)
+      return fail(s, TUNNEL_EPROTO, "data beyond the receive window");
+    st->recv_window -= length;
+    st->unconsumed += length;
+  }
+  s->payload_left = length;
+  s->payload_id = st ? id : 0;
+  s->payload_flags = st ? flags : 0;
+  if (length == 0 && st && (flags & TUNNEL__YMX_FIN))
+    return on_fin(s, st);
+  return 0;
+}
+
+static int payload(tunnel__ymx *s, const uint8_t *p, size_t n) {
+  s->payload_left -= (uint32_t)n;
+  ymx_stream *st = s->payload_id ? find(s, s->payload_id) : NULL;
+  if (st && s->cb.on_data) {
+    s->cb.on_data(s, st->id, st->user, p, n, s->ud);
+    if (s->error)
+      return s->error;
+    st = s->payload_left ? NULL : find(s, s->payload_id);
+  }
+  if (s->payload_left == 0) {
+    if (st && (s->payload_flags & TUNNEL__YMX_FIN))
+      return on_fin(s, st);
+  }
+  return 0;
+}
+
+int tunnel__ymx_recv(tunnel__ymx *s, const uint8_t *data, size_t len) {
+  if (s->error)
+    return s->error;
+  while (len) {
+    if (s->payload_left) {
+      size_t n = len < s->payload_left ? len : s->payload_left;
+      int rc = payload(s, data, n);
+      data += n;
+      len -= n;
+      if (rc)
+        return rc;
+      continue;
+    }
+    size_t need = TUNNEL__YMX_HEADER_SIZE - s->hdr_len;
+    size_t n = len < need ? len : need;
+    memcpy(s->hdr + s->hdr_len, data, n);
+    s->hdr_len += n;
+    data += n;
+    len -= n;
+    if (s->hdr_len < TUNNEL__YMX_HEADER_SIZE)
+      break;
+    s->hdr_len = 0;
+    int rc = frame(s);
+    if (rc)
+      return rc;
+  }
+  return s->error;
+}
+
+/* ------------------------------------------------------------- output */
+
+size_t tunnel__ymx_out_pending(const tunnel__ymx *s) { return s->out.size; }
+
+size_t tunnel__ymx_out_iov(const tunnel__ymx *s, tunnel__iov *iov,
+                           size_t max) {
+  return tunnel__bufq_iov(&s->out, iov, max);
+}
+
+void tunnel__ymx_out_consume(tunnel__ymx *s, size_t n) {
+  tunnel__bufq_consume(&s->out, n);
+  if (s->out.size == 0)
+    s->backlog = 0;
+}
+
+/* -------------------------------------------------------- application */
+
+static int usable(const tunnel__ymx *s, uint32_t id, ymx_stream **st) {
+  if (s->error)
+    return s->error;
+  *st = find(s, id);
+  return *st ? 0 : TUNNEL_ECLOSED;
+}
+
+int tunnel__ymx_open(tunnel__ymx *s, void *stream_user, uint32_t *id_out) {
+  if (!s || !id_out)
+    return TUNNEL_EINVAL;
+  if (s->error)
+    return s->error;
+  if (s->local_goaway || s->remote_goaway)
+    return TUNNEL_EGOAWAY;
+  if (s->nstreams >= s->max_streams)
+    return TUNNEL_ELIMIT;
+  if (s->next_id > UINT32_MAX - 2)
+    return TUNNEL_ELIMIT; /* ids exhausted: the session must be replaced */
+  uint32_t id = s->next_id;
+  ymx_stream *st = stream_add(s, id, stream_user);
+  if (!st)
+    return TUNNEL_ENOMEM;
+  int rc = emit(s, TUNNEL__YMX_WINDOW_UPDATE, TUNNEL__YMX_SYN, id,
+                s->window - TUNNEL__YMX_INITIAL_WINDOW);
+  if (rc) {
+    stream_remove(s, st);
+    return rc;
+  }
+  s->next_id += 2;
+  *id_out = id;
+  return 0;
+}
+
+int tunnel__ymx_set_user(tunnel__ymx *s, uint32_t id, void *stream_user) {
+  ymx_stream *st;
+  int rc = usable(s, id, &st);
+  if (rc == 0)
+    st->user = stream_user;
+  return rc;
+}
+
+int tunnel__ymx_write(tunnel__ymx *s, uint32_t id, const uint8_t *data,
+                      size_t len, size_t *written) {
+  ymx_stream *st;
+  *written = 0;
+  int rc = usable(s, id, &st);
+  if (rc)
+    return rc;
+  if (st->local_fin)
+    return TUNNEL_ESTATE;
+  while (len && st->send_window) {
+    size_t n = len;
+    if (n > st->send_window)
+      n = st->send_window;
+    if (n > MAX_DATA_FRAME)
+      n = MAX_DATA_FRAME;
+    /* Header and payload are appended together, so reserve both first. */
+    uint8_t h[TUNNEL__YMX_HEADER_SIZE];
+    h[0] = 0;
+    h[1] = TUNNEL__YMX_DATA;
+    tunnel__put16(h + 2, 0);
+    tunnel__put32(h + 4, id);
+    tunnel__put32(h + 8, (uint32_t)n);
+    if ((rc = tunnel__bufq_append(&s->out, h, sizeof h)) != 0)
+      return *written ? 0 : rc;
+    if ((rc = tunnel__bufq_append(&s->out, data, n)) != 0)
+      /* The header is queued: the stream cannot be kept consistent. */
+      return fail(s, rc, "cannot queue frame payload");
+    st->send_window -= (uint32_t)n;
+    data += n;
+    len -= n;
+    *written += n;
+  }
+  return 0;
+}
+
+int64_t tunnel__ymx_send_window(const tunnel__ymx *s, uint32_t id) {
+  ymx_stream *st;
+  int rc = usable(s, id, &st);
+  if (rc)
+    return rc;
+  return st->local_fin ? 0 : st->send_window;
+}
+
+int tunnel__ymx_consumed(tunnel__ymx *s, uint32_t id, size_t n) {
+  ymx_stream *st;
+  int rc = usable(s, id, &st);
+  if (rc)
+    return rc;
+  if (n > st->unconsumed)
+    return TUNNEL_EINVAL;
+  st->unconsumed -= (uint32_t)n;
+  if (st->remote_fin)
+    return 0; /* the peer sends nothing more: no window to reopen */
+  st->credit += (uint32_t)n;
+  /* Batch grants: one update per quarter window keeps the pipe full without
+   * a frame per read. */
+  if (st->credit < s->window / 4)
+    return 0;
+  rc = emit(s, TUNNEL__YMX_WINDOW_UPDATE, 0, id, st->credit);
+  if (rc)
+    return rc;
+  st->recv_window += st->credit;
+  st->credit = 0;
+  return 0;
+}
+
+int tunnel__ymx_shutdown(tunnel__ymx *s, uint32_t id) {
+  ymx_stream *st;
+  int rc = usable(s, id, &st);
+  if (rc)
+    return rc;
+  if (st->local_fin)
+    return TUNNEL_ESTATE;
+  if ((rc = emit(s, TUNNEL__YMX_WINDOW_UPDATE, TUNNEL__YMX_FIN, id, 0)) != 0)
+    return rc;
+  st->local_fin = 1;
+  if (st->remote_fin) {
+    stream_remove(s, st);
+    return 1;
+  }
+  return 0;
+}
+
+int tunnel__ymx_reset(tunnel__ymx *s, uint32_t id) {
+  ymx_stream *st;
+  int rc = usable(s, id, &st);
+  if (rc)
+    return rc;
+  if ((rc = emit(s, TUNNEL__YMX_WINDOW_UPDATE, TUNNEL__YMX_RST, id, 0)) != 0)
+    return rc;
+  stream_remove(s, st);
+  return 1;
+}
+
+int tunnel__ymx_ping(tunnel__ymx *s, uint32_t opaque) {
+  if (s->error)
+    return s->error;
+  return emit(s, TUNNEL__YMX_PING, TUNNEL__YMX_SYN, 0, opaque);
+}
+
+int tunnel__ymx_goaway(tunnel__ymx *s, uint32_t code) {
+  if (s->error)
+    return s->error;
+  if (s->local_goaway)
+    return TUNNEL_ESTATE;
+  int rc = emit(s, TUNNEL__YMX_GOAWAY, 0, 0, code);
+  if (rc == 0)
+    s->local_goaway = 1;
+  return rc;
+}
+
+uint32_t tunnel__ymx_stream_count(const tunnel__ymx *s) { return s->nstreams; }
+
+int tunnel__ymx_error(const tunnel__ymx *s) { return s->error; }
+
+int tunnel__ymx_remote_goaway(const tunnel__ymx *s) { return s->remote_goaway; }
