@@ -46,10 +46,12 @@ static tunnel__chunk *chunk_new(tunnel__bufq *q, size_t need) {
   return c;
 }
 
-int tunnel__bufq_append(tunnel__bufq *q, const void *data, size_t len) {
+int tunnel__bufq_appendv(tunnel__bufq *q, const tunnel__iov *v, size_t n) {
+  size_t len = 0;
+  for (size_t i = 0; i < n; i++)
+    len += v[i].len;
   if (len == 0)
     return 0;
-  const uint8_t *p = data;
   size_t room = q->tail ? q->tail->cap - q->tail->len : 0;
   /* Allocate first so that a failure leaves the queue untouched. */
   tunnel__chunk *fresh = NULL;
@@ -58,18 +60,22 @@ int tunnel__bufq_append(tunnel__bufq *q, const void *data, size_t len) {
     if (!fresh)
       return TUNNEL_ENOMEM;
   }
-  if (room) {
-    size_t n = room < len ? room : len;
-    memcpy(q->tail->data + q->tail->len, p, n);
-    q->tail->len += n;
-    p += n;
-    len -= n;
-    q->size += n;
+  tunnel__chunk *c = q->tail && room ? q->tail : fresh;
+  for (size_t i = 0; i < n; i++) {
+    const uint8_t *p = v[i].base;
+    size_t left = v[i].len;
+    while (left) {
+      if (c->len == c->cap)
+        c = fresh;
+      size_t k = c->cap - c->len < left ? c->cap - c->len : left;
+      memcpy(c->data + c->len, p, k);
+      c->len += k;
+      p += k;
+      left -= k;
+    }
   }
+  q->size += len;
   if (fresh) {
-    memcpy(fresh->data, p, len);
-    fresh->len = len;
-    q->size += len;
     if (q->tail)
       q->tail->next = fresh;
     else
@@ -77,6 +83,11 @@ int tunnel__bufq_append(tunnel__bufq *q, const void *data, size_t len) {
     q->tail = fresh;
   }
   return 0;
+}
+
+int tunnel__bufq_append(tunnel__bufq *q, const void *data, size_t len) {
+  tunnel__iov v = {data, len};
+  return tunnel__bufq_appendv(q, &v, 1);
 }
 
 size_t tunnel__bufq_iov(const tunnel__bufq *q, tunnel__iov *iov, size_t max) {

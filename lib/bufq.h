@@ -30,6 +30,9 @@ void tunnel__bufq_init(tunnel__bufq *q, const tunnel__mem *mem,
 void tunnel__bufq_free(tunnel__bufq *q);
 /* All or nothing: TUNNEL_ENOMEM leaves the queue unchanged. */
 int tunnel__bufq_append(tunnel__bufq *q, const void *data, size_t len);
+/* Appends several pieces, all or nothing (a frame header and its payload
+ * must never be queued apart). */
+int tunnel__bufq_appendv(tunnel__bufq *q, const tunnel__iov *v, size_t n);
 /* Fills up to `max` iovecs from the head; returns how many. */
 size_t tunnel__bufq_iov(const tunnel__bufq *q, tunnel__iov *iov, size_t max);
 /* Drops `n` bytes from the head (n <= size). */

@@ -1,6 +1,7 @@
 #include "config.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 void tunnel__config_defaults(struct tunnel_config *cfg) {
   cfg->mem = *tunnel__mem_default();
@@ -11,6 +12,56 @@ void tunnel__config_defaults(struct tunnel_config *cfg) {
   cfg->stream_window = TUNNEL__DEFAULT_STREAM_WINDOW;
   cfg->max_message_size = TUNNEL__DEFAULT_MAX_MESSAGE;
   cfg->max_control_backlog = TUNNEL__DEFAULT_CONTROL_BACKLOG;
+  cfg->token = NULL;
+  cfg->pool_count = 1;
+  cfg->tcp_mux = 1;
+  cfg->heartbeat_interval_s = 30;
+  cfg->heartbeat_timeout_s = 90;
+  cfg->proxy_bind_addr = NULL;
+  cfg->port_lo = 1024;
+  cfg->port_hi = 65535;
+  cfg->max_clients = 1024;
+  cfg->work_conn_timeout_ms = 10000;
+}
+
+int tunnel__config_copy(struct tunnel_config *dst,
+                        const struct tunnel_config *src) {
+  *dst = *src;
+  dst->token = NULL;
+  dst->proxy_bind_addr = NULL;
+  if (src->token && !(dst->token = tunnel__strdup(&src->mem, src->token)))
+    return TUNNEL_ENOMEM;
+  if (src->proxy_bind_addr &&
+      !(dst->proxy_bind_addr = tunnel__strdup(&src->mem, src->proxy_bind_addr))) {
+    tunnel__config_release(dst);
+    return TUNNEL_ENOMEM;
+  }
+  return 0;
+}
+
+void tunnel__config_release(struct tunnel_config *cfg) {
+  tunnel__free(&cfg->mem, cfg->token);
+  tunnel__free(&cfg->mem, cfg->proxy_bind_addr);
+  cfg->token = cfg->proxy_bind_addr = NULL;
+}
+
+const char *tunnel__config_token(const struct tunnel_config *cfg) {
+  return cfg->token ? cfg->token : "";
+}
+
+/* Config strings are small and live with the config: plain libc. */
+static int set_string(char **field, const char *v) {
+  char *copy = NULL;
+  if (v && *v) {
+    size_t n = strlen(v);
+    copy = malloc(n + 1);
+    if (!copy)
+      return TUNNEL_ENOMEM;
+    memcpy(copy, v, n + 1);
+  }
+  free(*field);
+  *field = copy;
+  return 0;
 }
 
 int tunnel_config_new(tunnel_config **out) {
@@ -25,7 +76,13 @@ int tunnel_config_new(tunnel_config **out) {
   return 0;
 }
 
-void tunnel_config_free(tunnel_config *cfg) { free(cfg); }
+void tunnel_config_free(tunnel_config *cfg) {
+  if (!cfg)
+    return;
+  free(cfg->token);
+  free(cfg->proxy_bind_addr);
+  free(cfg);
+}
 
 int tunnel_config_set_allocator(tunnel_config *cfg, tunnel_malloc_fn m,
                                 tunnel_realloc_fn r, tunnel_free_fn f,
@@ -82,4 +139,55 @@ int tunnel_config_set_max_message_size(tunnel_config *cfg, uint32_t bytes) {
 int tunnel_config_set_max_control_backlog(tunnel_config *cfg, uint32_t bytes) {
   return set_range(cfg, cfg ? &cfg->max_control_backlog : NULL, bytes, 4096,
                    1024u * 1024u * 1024u);
+}
+
+int tunnel_config_set_token(tunnel_config *cfg, const char *token) {
+  return cfg ? set_string(&cfg->token, token) : TUNNEL_EINVAL;
+}
+
+int tunnel_config_set_pool_count(tunnel_config *cfg, uint32_t n) {
+  return set_range(cfg, cfg ? &cfg->pool_count : NULL, n, 0, 100);
+}
+
+int tunnel_config_set_tcp_mux(tunnel_config *cfg, int enabled) {
+  if (!cfg)
+    return TUNNEL_EINVAL;
+  cfg->tcp_mux = enabled ? 1 : 0;
+  return 0;
+}
+
+int tunnel_config_set_heartbeat(tunnel_config *cfg, uint32_t interval_s,
+                                uint32_t timeout_s) {
+  if (!cfg)
+    return TUNNEL_EINVAL;
+  if (interval_s > 86400 || timeout_s > 86400 ||
+      (interval_s && timeout_s && timeout_s <= interval_s))
+    return TUNNEL_ERANGE;
+  cfg->heartbeat_interval_s = interval_s;
+  cfg->heartbeat_timeout_s = timeout_s;
+  return 0;
+}
+
+int tunnel_config_set_proxy_bind_addr(tunnel_config *cfg, const char *host) {
+  return cfg ? set_string(&cfg->proxy_bind_addr, host) : TUNNEL_EINVAL;
+}
+
+int tunnel_config_set_port_range(tunnel_config *cfg, uint16_t lo,
+                                 uint16_t hi) {
+  if (!cfg)
+    return TUNNEL_EINVAL;
+  if (lo == 0 || lo > hi)
+    return TUNNEL_ERANGE;
+  cfg->port_lo = lo;
+  cfg->port_hi = hi;
+  return 0;
+}
+
+int tunnel_config_set_max_clients(tunnel_config *cfg, uint32_t n) {
+  return set_range(cfg, cfg ? &cfg->max_clients : NULL, n, 1, 1u << 20);
+}
+
+int tunnel_config_set_work_conn_timeout(tunnel_config *cfg, uint32_t ms) {
+  return set_range(cfg, cfg ? &cfg->work_conn_timeout_ms : NULL, ms, 10,
+                   3600000);
 }

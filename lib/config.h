@@ -17,8 +17,24 @@ struct tunnel_config {
   uint32_t stream_window;
   uint32_t max_message_size;
   uint32_t max_control_backlog;
+  char *token; /* NULL: none */
+  uint32_t pool_count;
+  int tcp_mux;
+  uint32_t heartbeat_interval_s;
+  uint32_t heartbeat_timeout_s;
+  char *proxy_bind_addr;
+  uint16_t port_lo, port_hi;
+  uint32_t max_clients;
+  uint32_t work_conn_timeout_ms;
 };
 
 void tunnel__config_defaults(struct tunnel_config *cfg);
+/* Deep copy into `dst` (strings allocated with src's allocator). */
+int tunnel__config_copy(struct tunnel_config *dst,
+                        const struct tunnel_config *src);
+/* Frees what a copy owns. */
+void tunnel__config_release(struct tunnel_config *cfg);
+/* The token, or "" when none. */
+const char *tunnel__config_token(const struct tunnel_config *cfg);
 
 #endif

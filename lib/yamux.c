@@ -8,6 +8,9 @@
  * the transport before another stream's frame gets a turn. */
 #define MAX_DATA_FRAME (256u * 1024u)
 
+/* Peer stream ids below the highest one seen that can still be opened. */
+#define PEER_ID_WINDOW 1024u
+
 typedef struct ymx_stream {
   struct ymx_stream *next; /* hash chain */
   uint32_t id;
@@ -34,6 +37,9 @@ struct tunnel__ymx {
 
   uint32_t next_id;      /* next id we open */
   uint32_t last_peer_id; /* highest id the peer opened */
+  /* Which of the PEER_ID_WINDOW peer ids up to last_peer_id were opened,
+   * bit (id >> 1) % PEER_ID_WINDOW: SYNs may arrive out of order. */
+  uint64_t peer_ids[PEER_ID_WINDOW / 64];
   ymx_stream **buckets;
   uint32_t nbuckets; /* power of two */
   uint32_t nstreams;
@@ -215,12 +221,39 @@ static void peer_closed(tunnel__ymx *s, ymx_stream *st) {
 
 /* Opens a stream the peer asked for. Returns the stream, NULL when it was
  * refused (the frame's remaining effects are then dropped), or sets *err. */
+/* Records that the peer opened `id`; 0 if it had already. HashiCorp's yamux
+ * allocates an id before queueing its SYN, so streams opened concurrently
+ * announce themselves out of order (seen against Go yamux with 100
+ * concurrent OpenStream calls): a lower id may follow a higher one. Reuse is
+ * detected for the PEER_ID_WINDOW ids below the highest; an older id cannot
+ * be told from a late one and is accepted unless live, as Go yamux does. */
+static int peer_id_new(tunnel__ymx *s, uint32_t id) {
+  uint32_t bit = (id >> 1) & (PEER_ID_WINDOW - 1);
+  if (id > s->last_peer_id) {
+    if ((id - s->last_peer_id) / 2 >= PEER_ID_WINDOW) {
+      memset(s->peer_ids, 0, sizeof s->peer_ids);
+    } else {
+      /* The ids skipped over enter the window unopened. */
+      for (uint32_t k = s->last_peer_id + 2; k < id; k += 2) {
+        uint32_t b = (k >> 1) & (PEER_ID_WINDOW - 1);
+        s->peer_ids[b / 64] &= ~((uint64_t)1 << (b % 64));
+      }
+    }
+    s->last_peer_id = id;
+  } else if ((s->last_peer_id - id) / 2 >= PEER_ID_WINDOW) {
+    return find(s, id) == NULL;
+  } else if (s->peer_ids[bit / 64] & ((uint64_t)1 << (bit % 64))) {
+    return 0;
+  }
+  s->peer_ids[bit / 64] |= (uint64_t)1 << (bit % 64);
+  return 1;
+}
+
 static ymx_stream *incoming(tunnel__ymx *s, uint32_t id, int *err) {
-  if (!is_peer_id(s, id) || id <= s->last_peer_id) {
+  if (!is_peer_id(s, id) || !peer_id_new(s, id)) {
     *err = fail(s, TUNNEL_EPROTO, "stream id reused or of the wrong parity");
     return NULL;
   }
-  s->last_peer_id = id;
   if (s->local_goaway || s->nstreams >= s->max_streams) {
     tunnel__log(s->log, TUNNEL_LOG_DEBUG, "yamux: refusing stream %u", id);
     *err = emit_reply(s, TUNNEL__YMX_WINDOW_UPDATE, TUNNEL__YMX_RST, id, 0);
@@ -236,9 +269,12 @@ static ymx_stream *incoming(tunnel__ymx *s, uint32_t id, int *err) {
   st->acked = 1;
   /* ACK first, so anything the accept callback writes follows it; the ACK
    * also grants the window beyond the spec's initial 256 KiB. */
-  *err = emit(s, TUNNEL__YMX_WINDOW_UPDATE, TUNNEL__YMX_ACK, id,
-              s->window - TUNNEL__YMX_INITIAL_WINDOW);
+  /* Peer-triggered like a ping reply: a peer opening streams while never
+   * reading is bounded by the backlog too. */
+  *err = emit_reply(s, TUNNEL__YMX_WINDOW_UPDATE, TUNNEL__YMX_ACK, id,
+                    s->window - TUNNEL__YMX_INITIAL_WINDOW);
   if (*err) {
+    stream_remove(s, st);
     *err = fail(s, *err, "cannot queue ACK");
     return NULL;
   }
@@ -252,8 +288,10 @@ static ymx_stream *incoming(tunnel__ymx *s, uint32_t id, int *err) {
   if (!st)
     return NULL;
   if (rc < 0) {
-    if (tunnel__ymx_reset(s, id) < 0)
-      *err = fail(s, TUNNEL_ENOMEM, "cannot queue refusal");
+    stream_remove(s, st);
+    *err = emit_reply(s, TUNNEL__YMX_WINDOW_UPDATE, TUNNEL__YMX_RST, id, 0);
+    if (*err)
+      *err = fail(s, *err, "refusals piling up");
     return NULL;
   }
   if (user)
@@ -382,7 +420,6 @@ static int frame(tunnel__ymx *s) {
     if (length > st->recv_window)
       return fail(s, TUNNEL_EPROTO, "data beyond the receive window");
     st->recv_window -= length;
-    st->unconsumed += length;
   }
   s->payload_left = length;
   s->payload_id = st ? id : 0;
@@ -395,6 +432,8 @@ static int frame(tunnel__ymx *s) {
 static int payload(tunnel__ymx *s, const uint8_t *p, size_t n) {
   s->payload_left -= (uint32_t)n;
   ymx_stream *st = s->payload_id ? find(s, s->payload_id) : NULL;
+  if (st)
+    st->unconsumed += (uint32_t)n; /* only what was delivered can be consumed */
   if (st && s->cb.on_data) {
     s->cb.on_data(s, st->id, st->user, p, n, s->ud);
     if (s->error)
@@ -510,18 +549,15 @@ int tunnel__ymx_write(tunnel__ymx *s, uint32_t id, const uint8_t *data,
       n = st->send_window;
     if (n > MAX_DATA_FRAME)
       n = MAX_DATA_FRAME;
-    /* Header and payload are appended together, so reserve both first. */
     uint8_t h[TUNNEL__YMX_HEADER_SIZE];
     h[0] = 0;
     h[1] = TUNNEL__YMX_DATA;
     tunnel__put16(h + 2, 0);
     tunnel__put32(h + 4, id);
     tunnel__put32(h + 8, (uint32_t)n);
-    if ((rc = tunnel__bufq_append(&s->out, h, sizeof h)) != 0)
+    tunnel__iov v[2] = {{h, sizeof h}, {data, n}};
+    if ((rc = tunnel__bufq_appendv(&s->out, v, 2)) != 0)
       return *written ? 0 : rc;
-    if ((rc = tunnel__bufq_append(&s->out, data, n)) != 0)
-      /* The header is queued: the stream cannot be kept consistent. */
-      return fail(s, rc, "cannot queue frame payload");
     st->send_window -= (uint32_t)n;
     data += n;
     len -= n;
@@ -545,19 +581,22 @@ int tunnel__ymx_consumed(tunnel__ymx *s, uint32_t id, size_t n) {
     return rc;
   if (n > st->unconsumed)
     return TUNNEL_EINVAL;
-  st->unconsumed -= (uint32_t)n;
-  if (st->remote_fin)
+  if (st->remote_fin) {
+    st->unconsumed -= (uint32_t)n;
     return 0; /* the peer sends nothing more: no window to reopen */
-  st->credit += (uint32_t)n;
+  }
+  uint32_t credit = st->credit + (uint32_t)n;
   /* Batch grants: one update per quarter window keeps the pipe full without
    * a frame per read. */
-  if (st->credit < s->window / 4)
-    return 0;
-  rc = emit(s, TUNNEL__YMX_WINDOW_UPDATE, 0, id, st->credit);
-  if (rc)
-    return rc;
-  st->recv_window += st->credit;
-  st->credit = 0;
+  if (credit >= s->window / 4) {
+    rc = emit(s, TUNNEL__YMX_WINDOW_UPDATE, 0, id, credit);
+    if (rc)
+      return rc; /* nothing changed: the call may be retried */
+    st->recv_window += credit;
+    credit = 0;
+  }
+  st->unconsumed -= (uint32_t)n;
+  st->credit = credit;
   return 0;
 }
 

@@ -19,10 +19,10 @@ run() { # name, setup args...
   name=$1
   shift
   echo "=== $name build"
-  meson setup "$out/$name" --werror "$@" >"$out.$name.setup.log" 2>&1 ||
-    { cat "$out.$name.setup.log"; exit 1; }
-  ninja -C "$out/$name" >"$out.$name.build.log" 2>&1 ||
-    { tail -n 60 "$out.$name.build.log"; exit 1; }
+  meson setup "$out/$name" --werror "$@" >"$out/$name.setup.log" 2>&1 ||
+    { cat "$out/$name.setup.log"; exit 1; }
+  ninja -C "$out/$name" >"$out/$name.build.log" 2>&1 ||
+    { tail -n 60 "$out/$name.build.log"; exit 1; }
   set +e
   meson test -C "$out/$name" --print-errorlogs --num-processes 2
   rc=$?

@@ -151,6 +151,41 @@ TUNNEL_EXTERN int tunnel_config_set_max_message_size(tunnel_config *cfg,
 TUNNEL_EXTERN int tunnel_config_set_max_control_backlog(tunnel_config *cfg,
                                                         uint32_t bytes);
 
+/* Shared secret for login (frp "token" authentication) and the key of the
+ * control stream's encryption. NULL or "" means none (a server then admits
+ * every client). Copied. */
+TUNNEL_EXTERN int tunnel_config_set_token(tunnel_config *cfg,
+                                          const char *token);
+
+/* Client: work connections kept ready in advance (frp pool_count; default 1,
+ * 0..100), so a visitor rarely waits for a round trip. */
+TUNNEL_EXTERN int tunnel_config_set_pool_count(tunnel_config *cfg,
+                                               uint32_t n);
+/* Client: 1 (default) multiplexes everything over one connection (yamux);
+ * 0 opens one TCP connection per work connection (frp tcp_mux = false). */
+TUNNEL_EXTERN int tunnel_config_set_tcp_mux(tunnel_config *cfg, int enabled);
+/* Client: seconds between heartbeats on the control stream and seconds
+ * without any answer after which the server is declared dead (defaults 30
+ * and 90; 0 disables). */
+TUNNEL_EXTERN int tunnel_config_set_heartbeat(tunnel_config *cfg,
+                                              uint32_t interval_s,
+                                              uint32_t timeout_s);
+
+/* Server: address the public listeners bind to (default "0.0.0.0"). */
+TUNNEL_EXTERN int tunnel_config_set_proxy_bind_addr(tunnel_config *cfg,
+                                                    const char *host);
+/* Server: public ports clients may request or be given (default
+ * 1024..65535). */
+TUNNEL_EXTERN int tunnel_config_set_port_range(tunnel_config *cfg,
+                                               uint16_t lo, uint16_t hi);
+/* Server: clients logged in at once (default 1024). */
+TUNNEL_EXTERN int tunnel_config_set_max_clients(tunnel_config *cfg,
+                                                uint32_t n);
+/* Server: milliseconds a visitor may wait for a work connection before it
+ * is dropped (default 10000). */
+TUNNEL_EXTERN int tunnel_config_set_work_conn_timeout(tunnel_config *cfg,
+                                                      uint32_t ms);
+
 #ifdef __cplusplus
 }
 #endif

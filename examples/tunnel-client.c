@@ -1,0 +1,203 @@
+/* tunnel-client: the private side. Logs in to a tunnel-server and exposes a
+ * local TCP service on a public port. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <tunnel/uv.h>
+
+#include "cli_common.h"
+
+static const char usage[] =
+    "usage: tunnel-client [--server HOST:PORT] [--token TOKEN] [--no-mux]\n"
+    "                     [--pool N] [--verbose]\n"
+    "                     tcp LOCAL [--remote-port N] [--name NAME]\n"
+    "  --server       default 127.0.0.1:7000 or $TUNNEL_SERVER\n"
+    "  --token        default $TUNNEL_TOKEN\n"
+    "  --no-mux       one TCP connection per visitor instead of one shared\n"
+    "  --pool N       work connections kept ready (default 1)\n"
+    "  LOCAL          PORT or HOST:PORT (host defaults to 127.0.0.1)\n"
+    "  --remote-port  public port wanted (default 0: the server picks)\n"
+    "  --name         proxy name, unique on the server (default: generated)\n"
+    "On success the public address is printed alone on stdout: tcp://HOST:PORT\n";
+
+static tunnel_client *client;
+static uv_signal_t sigint_h, sigterm_h;
+static int exit_code;
+static int stopping;
+
+static void stop(int code) {
+  if (stopping)
+    return;
+  stopping = 1;
+  exit_code = code;
+  uv_close((uv_handle_t *)&sigint_h, NULL);
+  uv_close((uv_handle_t *)&sigterm_h, NULL);
+  tunnel_client_close(client, NULL, NULL);
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+  (void)h;
+  fprintf(stderr, "tunnel-client: signal %d, shutting down\n", signum);
+  stop(0);
+}
+
+static void on_state(tunnel_client *c, int status, const char *msg,
+                     void *ud) {
+  (void)c, (void)ud;
+  if (status == 0) {
+    fprintf(stderr, "tunnel-client: logged in (run id %s)\n", msg);
+    return;
+  }
+  if (status == TUNNEL_EAUTH)
+    fprintf(stderr, "tunnel-client: login refused by the server: %s\n", msg);
+  else
+    fprintf(stderr, "tunnel-client: disconnected: %s\n",
+            tunnel_strerror(status));
+  stop(1);
+}
+
+static void on_proxy(tunnel_proxy *p, int status, const char *msg, void *ud) {
+  (void)ud;
+  if (status == 0) {
+    printf("tcp://%s\n", msg);
+    fflush(stdout);
+    return;
+  }
+  fprintf(stderr, "tunnel-client: proxy %s refused by the server: %s\n",
+          tunnel_proxy_name(p), msg);
+  stop(1);
+}
+
+static int fail(const char *what, int rc) {
+  fprintf(stderr, "tunnel-client: %s: %s\n", what, tunnel_strerror(rc));
+  return 1;
+}
+
+int main(int argc, char **argv) {
+  char shost[256] = "127.0.0.1", lhost[256] = "127.0.0.1";
+  uint16_t sport = 7000, lport = 0, rport = 0;
+  const char *env_server = getenv("TUNNEL_SERVER");
+  const char *token = getenv("TUNNEL_TOKEN");
+  const char *name = NULL;
+  uint32_t pool = 1, v32;
+  int mux = 1, verbose = 0, have_tcp = 0;
+  if (env_server && *env_server &&
+      cli_parse_hostport(env_server, shost, sizeof shost, &sport) != 0) {
+    fprintf(stderr, "tunnel-client: bad $TUNNEL_SERVER '%s'\n", env_server);
+    return 2;
+  }
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+    if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+      fputs(usage, stdout);
+      return 0;
+    } else if (!strcmp(a, "--version")) {
+      printf("tunnel-client %s\n", tunnel_version_string());
+      return 0;
+    } else if (!strcmp(a, "--verbose") || !strcmp(a, "-v")) {
+      verbose++;
+    } else if (!strcmp(a, "--server") && v) {
+      if (cli_parse_hostport(v, shost, sizeof shost, &sport) != 0 ||
+          sport == 0) {
+        fprintf(stderr, "tunnel-client: bad --server '%s'\n", v);
+        return 2;
+      }
+      i++;
+    } else if (!strcmp(a, "--token") && v) {
+      token = v;
+      i++;
+    } else if (!strcmp(a, "--no-mux")) {
+      mux = 0;
+    } else if (!strcmp(a, "--pool") && v) {
+      if (cli_parse_u32(v, 100, &pool) != 0) {
+        fprintf(stderr, "tunnel-client: bad --pool '%s' (0-100)\n", v);
+        return 2;
+      }
+      i++;
+    } else if (!strcmp(a, "tcp") && v && !have_tcp) {
+      have_tcp = 1;
+      if (cli_parse_hostport(v, lhost, sizeof lhost, &lport) != 0 ||
+          lport == 0) {
+        fprintf(stderr, "tunnel-client: bad LOCAL '%s' (PORT or HOST:PORT)\n",
+                v);
+        return 2;
+      }
+      i++;
+    } else if (!strcmp(a, "--remote-port") && v) {
+      if (cli_parse_u32(v, 65535, &v32) != 0) {
+        fprintf(stderr, "tunnel-client: bad --remote-port '%s'\n", v);
+        return 2;
+      }
+      rport = (uint16_t)v32;
+      i++;
+    } else if (!strcmp(a, "--name") && v) {
+      name = v;
+      i++;
+    } else {
+      fprintf(stderr, "tunnel-client: unknown or incomplete argument '%s'\n%s",
+              a, usage);
+      return 2;
+    }
+  }
+  if (!have_tcp) {
+    fprintf(stderr, "tunnel-client: nothing to expose\n%s", usage);
+    return 2;
+  }
+  char gen_name[64];
+  if (!name) {
+    uint8_t r[3] = {0};
+    uv_random(NULL, NULL, r, sizeof r, 0, NULL);
+    snprintf(gen_name, sizeof gen_name, "tcp-%u-%02x%02x%02x", lport, r[0],
+             r[1], r[2]);
+    name = gen_name;
+  }
+
+  uv_loop_t *loop = uv_default_loop();
+  tunnel_config *cfg;
+  int rc = tunnel_config_new(&cfg);
+  if (rc)
+    return fail("config", rc);
+  tunnel_config_set_log(cfg, cli_log,
+                        verbose >= 2   ? TUNNEL_LOG_DEBUG
+                        : verbose == 1 ? TUNNEL_LOG_INFO
+                                       : TUNNEL_LOG_WARN,
+                        "tunnel-client");
+  if ((rc = tunnel_config_set_token(cfg, token)) != 0 ||
+      (rc = tunnel_config_set_pool_count(cfg, pool)) != 0 ||
+      (rc = tunnel_config_set_tcp_mux(cfg, mux)) != 0)
+    return fail("config", rc);
+  rc = tunnel_client_new(&client, loop, cfg);
+  tunnel_config_free(cfg);
+  if (rc == TUNNEL_ENOTSUP && !mux) {
+    fprintf(stderr, "tunnel-client: --no-mux is not available in this "
+                    "version\n");
+    return 1;
+  }
+  if (rc)
+    return fail("client", rc);
+  tunnel_client_set_state_cb(client, on_state, NULL);
+  tunnel_proxy *p;
+  if ((rc = tunnel_proxy_new(&p, client, name, TUNNEL_PROXY_TCP)) != 0 ||
+      (rc = tunnel_proxy_set_local(p, lhost, lport)) != 0 ||
+      (rc = tunnel_proxy_set_remote_port(p, rport)) != 0 ||
+      (rc = tunnel_proxy_set_status_cb(p, on_proxy, NULL)) != 0 ||
+      (rc = tunnel_proxy_start(p)) != 0)
+    return fail("proxy", rc);
+  uv_signal_init(loop, &sigint_h);
+  uv_signal_init(loop, &sigterm_h);
+  uv_signal_start(&sigint_h, on_signal, SIGINT);
+  uv_signal_start(&sigterm_h, on_signal, SIGTERM);
+  rc = tunnel_client_connect(client, shost, sport);
+  if (rc) {
+    fprintf(stderr, "tunnel-client: cannot connect to %s:%u: %s\n", shost,
+            sport, tunnel_strerror(rc));
+    stop(1);
+  }
+  uv_run(loop, UV_RUN_DEFAULT);
+  if (uv_loop_close(loop) != 0)
+    return 1;
+  return exit_code;
+}

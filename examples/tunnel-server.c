@@ -1,0 +1,125 @@
+/* tunnel-server: the public side. Accepts tunnel clients and opens the
+ * public ports their proxies ask for. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <tunnel/uv.h>
+
+#include "cli_common.h"
+
+static const char usage[] =
+    "usage: tunnel-server [--control HOST:PORT] [--bind HOST] [--ports LO-HI]\n"
+    "                     [--token TOKEN] [--verbose]\n"
+    "  --control  where clients connect (default 0.0.0.0:7000)\n"
+    "  --bind     address of the public listeners (default 0.0.0.0)\n"
+    "  --ports    public ports clients may use or be given (default 1024-65535)\n"
+    "  --token    shared secret (default: $TUNNEL_TOKEN; none = no auth)\n"
+    "  --verbose  log connections and proxies (twice: debug)\n";
+
+static tunnel_server *server;
+static uv_signal_t sigint_h, sigterm_h;
+
+static void on_signal(uv_signal_t *h, int signum) {
+  (void)h;
+  fprintf(stderr, "tunnel-server: signal %d, shutting down\n", signum);
+  uv_close((uv_handle_t *)&sigint_h, NULL);
+  uv_close((uv_handle_t *)&sigterm_h, NULL);
+  tunnel_server_close(server, NULL, NULL);
+}
+
+static int fail(const char *what, int rc) {
+  fprintf(stderr, "tunnel-server: %s: %s\n", what, tunnel_strerror(rc));
+  return 1;
+}
+
+int main(int argc, char **argv) {
+  char host[256] = "0.0.0.0";
+  uint16_t port = 7000;
+  const char *bind = NULL;
+  const char *token = getenv("TUNNEL_TOKEN");
+  uint32_t lo = 1024, hi = 65535;
+  int verbose = 0;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+    if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+      fputs(usage, stdout);
+      return 0;
+    } else if (!strcmp(a, "--version")) {
+      printf("tunnel-server %s\n", tunnel_version_string());
+      return 0;
+    } else if (!strcmp(a, "--verbose") || !strcmp(a, "-v")) {
+      verbose++;
+    } else if (!strcmp(a, "--control") && v) {
+      if (cli_parse_hostport(v, host, sizeof host, &port) != 0) {
+        fprintf(stderr, "tunnel-server: bad --control '%s'\n", v);
+        return 2;
+      }
+      i++;
+    } else if (!strcmp(a, "--bind") && v) {
+      bind = v;
+      i++;
+    } else if (!strcmp(a, "--ports") && v) {
+      char buf[32];
+      const char *dash = strchr(v, '-');
+      if (!dash || (size_t)(dash - v) >= sizeof buf ||
+          (memcpy(buf, v, (size_t)(dash - v)), buf[dash - v] = '\0',
+           cli_parse_u32(buf, 65535, &lo) != 0) ||
+          cli_parse_u32(dash + 1, 65535, &hi) != 0 || lo == 0 || lo > hi) {
+        fprintf(stderr, "tunnel-server: bad --ports '%s' (want LO-HI)\n", v);
+        return 2;
+      }
+      i++;
+    } else if (!strcmp(a, "--token") && v) {
+      token = v;
+      i++;
+    } else {
+      fprintf(stderr, "tunnel-server: unknown or incomplete argument '%s'\n%s",
+              a, usage);
+      return 2;
+    }
+  }
+  if (!token || !*token)
+    fprintf(stderr, "tunnel-server: warning: no token set, any client may "
+                    "log in\n");
+
+  uv_loop_t *loop = uv_default_loop();
+  tunnel_config *cfg;
+  int rc = tunnel_config_new(&cfg);
+  if (rc)
+    return fail("config", rc);
+  tunnel_config_set_log(cfg, cli_log,
+                        verbose >= 2   ? TUNNEL_LOG_DEBUG
+                        : verbose == 1 ? TUNNEL_LOG_INFO
+                                       : TUNNEL_LOG_WARN,
+                        "tunnel-server");
+  if ((rc = tunnel_config_set_token(cfg, token)) != 0 ||
+      (rc = tunnel_config_set_port_range(cfg, (uint16_t)lo, (uint16_t)hi)) ||
+      (bind && (rc = tunnel_config_set_proxy_bind_addr(cfg, bind)) != 0))
+    return fail("config", rc);
+  rc = tunnel_server_new(&server, loop, cfg);
+  tunnel_config_free(cfg);
+  if (rc)
+    return fail("server", rc);
+  rc = tunnel_server_listen(server, host, port);
+  if (rc) {
+    fprintf(stderr, "tunnel-server: cannot listen on %s:%u: %s\n", host, port,
+            tunnel_strerror(rc));
+    tunnel_server_close(server, NULL, NULL);
+    uv_run(loop, UV_RUN_DEFAULT);
+    return 1;
+  }
+  tunnel_server_port(server, &port);
+  printf(strchr(host, ':') ? "listening on [%s]:%u\n" : "listening on %s:%u\n",
+         host, port);
+  fflush(stdout);
+
+  uv_signal_init(loop, &sigint_h);
+  uv_signal_init(loop, &sigterm_h);
+  uv_signal_start(&sigint_h, on_signal, SIGINT);
+  uv_signal_start(&sigterm_h, on_signal, SIGTERM);
+  uv_run(loop, UV_RUN_DEFAULT);
+  return uv_loop_close(loop) == 0 ? 0 : 1;
+}

@@ -1,0 +1,734 @@
+/* tunnel_client: logs in to a server, registers proxies, keeps the work
+ * stream pool filled, and on StartWorkConn joins each stream to the local
+ * service or hands it to the program. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../config.h"
+#include "../crypto.h"
+#include "../log.h"
+#include "../msg.h"
+#include "ctlchan.h"
+#include "dial.h"
+#include "mux.h"
+#include "splice.h"
+#include "stream.h"
+#include "uverr.h"
+
+#define READBUF_SIZE (64u * 1024u)
+/* The frp protocol level we speak, sent as Login.version: stock frps
+ * servers check it for compatibility. */
+#define FRP_PROTOCOL_VERSION "0.61.0"
+
+enum { C_IDLE, C_CONNECTING, C_LOGIN, C_READY, C_DOWN };
+
+typedef struct cl_work cl_work;
+
+struct tunnel_client {
+  uv_loop_t *loop;
+  struct tunnel_config cfg;
+  tunnel__sched sched;
+  uv_timer_t hb_timer;
+  tunnel__mux *mux;
+  tunnel__dial *dial;
+  char *host;
+  uint16_t port;
+  int state;
+  tunnel_stream *ctl_st;
+  tunnel__ctlchan ch;
+  int ch_live;
+  char run_id[64];
+  tunnel_proxy *proxies;
+  cl_work *works; /* waiting for StartWorkConn or a local connection */
+  uint8_t *readbuf;
+  tunnel_client_state_cb state_cb;
+  void *state_ud;
+  uint64_t last_heard; /* loop time (ms) of the last control message */
+  uint32_t handles;    /* uv handles owned directly */
+  uint32_t splices;
+  uint32_t objects; /* work records and muxes not yet freed */
+  int closing;
+  tunnel_client_close_cb close_cb;
+  void *close_ud;
+};
+
+struct tunnel_proxy {
+  tunnel_client *c;
+  tunnel_proxy *next;
+  char *name;
+  int type;
+  uint16_t remote_port;
+  char *local_host;
+  uint16_t local_port;
+  tunnel_proxy_status_cb status_cb;
+  void *status_ud;
+  tunnel_proxy_accept_cb accept_cb;
+  void *accept_ud;
+  int started;
+  int sent; /* NewProxy sent in the current session */
+};
+
+struct cl_work {
+  tunnel_client *c;
+  cl_work *next;
+  tunnel_stream *st;
+  tunnel__ctlchan ch;
+  int ch_live;
+  uv_tcp_t *local;
+  tunnel__dial *dial;
+  tunnel__task free_task;
+};
+
+#define CONTAINER(ptr, type, field)                                            \
+  ((type *)(void *)((char *)(ptr)-offsetof(type, field)))
+
+static void maybe_finish_close(tunnel_client *c);
+static void session_down(tunnel_client *c, int err, const char *why);
+
+static const tunnel__mem *MEM(tunnel_client *c) { return &c->cfg.mem; }
+
+/* ---------------------------------------------------------- messages */
+
+static int64_t now_seconds(void) {
+  uv_timeval64_t tv;
+  return uv_gettimeofday(&tv) == 0 ? tv.tv_sec : 0;
+}
+
+/* Fills privilege_key and timestamp for the current time. */
+static int sign(tunnel_client *c, tunnel__msg *m) {
+  const char *token = tunnel__config_token(&c->cfg);
+  char key[33];
+  m->timestamp = now_seconds();
+  int rc = tunnel__privilege_key(token, strlen(token), m->timestamp, key);
+  if (rc == 0)
+    rc = tunnel__msg_set_str(MEM(c), &m->privilege_key, key);
+  return rc;
+}
+
+static int send_ctl(tunnel_client *c, const tunnel__msg *m) {
+  if (!c->ch_live)
+    return TUNNEL_ESTATE;
+  int rc = tunnel__ctlchan_send(&c->ch, m);
+  if (rc)
+    tunnel__log(&c->cfg.log, TUNNEL_LOG_WARN, "client: cannot send %s: %s",
+                tunnel__msg_type_name(m->type), tunnel_strerror(rc));
+  return rc;
+}
+
+static int send_new_proxy(tunnel_proxy *p) {
+  tunnel_client *c = p->c;
+  tunnel__msg m;
+  tunnel__msg_init(&m, TUNNEL__MSG_NEW_PROXY);
+  int rc = tunnel__msg_set_str(MEM(c), &m.proxy_name, p->name);
+  if (rc == 0)
+    rc = tunnel__msg_set_str(MEM(c), &m.proxy_type, "tcp");
+  m.remote_port = p->remote_port;
+  if (rc == 0)
+    rc = send_ctl(c, &m);
+  tunnel__msg_clear(MEM(c), &m);
+  if (rc == 0)
+    p->sent = 1;
+  return rc;
+}
+
+static tunnel_proxy *find_proxy(tunnel_client *c, const char *name) {
+  for (tunnel_proxy *p = c->proxies; p && name; p = p->next)
+    if (strcmp(p->name, name) == 0)
+      return p;
+  return NULL;
+}
+
+static void on_proxy_resp(tunnel_client *c, const tunnel__msg *m) {
+  tunnel_proxy *p = find_proxy(c, m->proxy_name);
+  if (!p || !p->status_cb)
+    return;
+  if (m->error && *m->error) {
+    p->status_cb(p, TUNNEL_EREFUSED, m->error, p->status_ud);
+    return;
+  }
+  /* frp answers ":PORT" (the server's bind address is not meaningful to
+   * the client): the public host is the one we reached the server at. */
+  const char *ra = m->remote_addr ? m->remote_addr : "";
+  const char *colon = strrchr(ra, ':');
+  const char *port = colon ? colon + 1 : ra;
+  char addr[300];
+  if (strchr(c->host, ':'))
+    snprintf(addr, sizeof addr, "[%s]:%s", c->host, port);
+  else
+    snprintf(addr, sizeof addr, "%s:%s", c->host, port);
+  p->status_cb(p, 0, addr, p->status_ud);
+}
+
+/* ------------------------------------------------------- work streams */
+
+static void work_free_task(tunnel__task *t) {
+  cl_work *w = CONTAINER(t, cl_work, free_task);
+  tunnel_client *c = w->c;
+  if (w->ch_live)
+    tunnel__ctlchan_free(&w->ch);
+  tunnel__free(MEM(c), w);
+  c->objects--;
+  maybe_finish_close(c);
+}
+
+static void work_unlink(cl_work *w) {
+  tunnel_client *c = w->c;
+  for (cl_work **pp = &c->works; *pp; pp = &(*pp)->next) {
+    if (*pp == w) {
+      *pp = w->next;
+      break;
+    }
+  }
+  tunnel__sched_post(&c->sched, &w->free_task, work_free_task);
+}
+
+static void splice_gone(void *ud) {
+  tunnel_client *c = ud;
+  c->splices--;
+  maybe_finish_close(c);
+}
+
+static void local_tcp_closed(uv_handle_t *h) {
+  tunnel_client *c = h->data;
+  tunnel__free(MEM(c), h);
+  c->handles--;
+  maybe_finish_close(c);
+}
+
+static void local_connected(tunnel__dial *d, int status, void *ud) {
+  cl_work *w = ud;
+  tunnel_client *c = w->c;
+  (void)d;
+  w->dial = NULL;
+  if (status) {
+    /* The visitor learns at once: its stream is reset, so the server
+     * closes its connection. */
+    tunnel__log(&c->cfg.log, TUNNEL_LOG_WARN,
+                "client: local service unreachable: %s",
+                tunnel_strerror(status));
+    w->local->data = c;
+    uv_close((uv_handle_t *)w->local, local_tcp_closed);
+    tunnel_stream_close(w->st, NULL, NULL);
+  } else {
+    c->handles--; /* the splice owns the handle now */
+    c->splices++;
+    if (tunnel__splice_start(MEM(c), &c->cfg.log, w->local, w->st, NULL, 0,
+                             c->readbuf, READBUF_SIZE, splice_gone, c) != 0)
+      splice_gone(c);
+  }
+  w->local = NULL;
+  w->st = NULL;
+  work_unlink(w);
+}
+
+static int on_start_work(tunnel__ctlchan *ch, int err, const tunnel__msg *m,
+                         void *ud) {
+  cl_work *w = ud;
+  tunnel_client *c = w->c;
+  (void)ch;
+  tunnel__ctlchan_free(&w->ch);
+  w->ch_live = 0;
+  tunnel_proxy *p = NULL;
+  if (!err && m->type == TUNNEL__MSG_START_WORK_CONN && !(m->error && *m->error))
+    p = find_proxy(c, m->proxy_name);
+  if (!p) {
+    if (!err || err != TUNNEL_ECANCELED)
+      tunnel__log(&c->cfg.log, TUNNEL_LOG_DEBUG,
+                  "client: work stream dropped (%s%s)",
+                  err ? tunnel_strerror(err) : "no such proxy",
+                  !err && m->error ? m->error : "");
+    tunnel_stream_close(w->st, NULL, NULL);
+    w->st = NULL;
+    work_unlink(w);
+    return 0;
+  }
+  if (!p->local_host) {
+    tunnel_stream *st = w->st;
+    w->st = NULL;
+    work_unlink(w);
+    if (p->accept_cb)
+      p->accept_cb(p, st, p->accept_ud);
+    else
+      tunnel_stream_close(st, NULL, NULL);
+    return 0;
+  }
+  w->local = tunnel__malloc(MEM(c), sizeof *w->local);
+  int rc = w->local ? 0 : TUNNEL_ENOMEM;
+  if (rc == 0) {
+    uv_tcp_init(c->loop, w->local);
+    c->handles++;
+    rc = tunnel__dial_start(&w->dial, c->loop, MEM(c), w->local,
+                            p->local_host, p->local_port, local_connected, w);
+  }
+  if (rc)
+    local_connected(NULL, rc, w);
+  return 0;
+}
+
+static void new_work(tunnel_client *c) {
+  tunnel_stream *st;
+  if (!c->mux || tunnel__mux_open(c->mux, &st) != 0)
+    return;
+  cl_work *w = tunnel__calloc(MEM(c), 1, sizeof *w);
+  if (!w) {
+    tunnel_stream_close(st, NULL, NULL);
+    return;
+  }
+  w->c = c;
+  w->st = st;
+  c->objects++;
+  w->next = c->works;
+  c->works = w;
+  tunnel__ctlchan_init(&w->ch, st, MEM(c), c->cfg.max_message_size);
+  w->ch_live = 1;
+  tunnel__msg m;
+  tunnel__msg_init(&m, TUNNEL__MSG_NEW_WORK_CONN);
+  int rc = tunnel__msg_set_str(MEM(c), &m.run_id, c->run_id);
+  if (rc == 0)
+    rc = sign(c, &m);
+  if (rc == 0)
+    rc = tunnel__ctlchan_send(&w->ch, &m);
+  tunnel__msg_clear(MEM(c), &m);
+  if (rc == 0)
+    rc = tunnel__ctlchan_read(&w->ch, on_start_work, w);
+  if (rc) {
+    tunnel_stream_close(st, NULL, NULL);
+    w->st = NULL;
+    work_unlink(w);
+  }
+}
+
+/* ------------------------------------------------------------ control */
+
+static int on_ctl_msg(tunnel__ctlchan *ch, int err, const tunnel__msg *m,
+                      void *ud) {
+  tunnel_client *c = ud;
+  (void)ch;
+  if (err) {
+    session_down(c, err == TUNNEL_EEOF ? TUNNEL_ECONNRESET : err,
+                 "control stream ended");
+    return 0;
+  }
+  c->last_heard = uv_now(c->loop);
+  switch (m->type) {
+  case TUNNEL__MSG_REQ_WORK_CONN:
+    new_work(c);
+    break;
+  case TUNNEL__MSG_NEW_PROXY_RESP:
+    on_proxy_resp(c, m);
+    break;
+  case TUNNEL__MSG_PONG:
+    if (m->error && *m->error) {
+      session_down(c, TUNNEL_EAUTH, m->error);
+      return 0;
+    }
+    break;
+  default:
+    tunnel__log(&c->cfg.log, TUNNEL_LOG_DEBUG, "client: ignoring %s",
+                tunnel__msg_type_name(m->type));
+    break;
+  }
+  return c->state == C_READY;
+}
+
+static void heartbeat(uv_timer_t *t) {
+  tunnel_client *c = t->data;
+  if (c->state != C_READY)
+    return;
+  uint64_t timeout = (uint64_t)c->cfg.heartbeat_timeout_s * 1000u;
+  if (timeout && uv_now(c->loop) - c->last_heard > timeout) {
+    session_down(c, TUNNEL_ETIMEDOUT, "server stopped answering");
+    return;
+  }
+  tunnel__msg m;
+  tunnel__msg_init(&m, TUNNEL__MSG_PING);
+  if (sign(c, &m) == 0)
+    send_ctl(c, &m);
+  tunnel__msg_clear(MEM(c), &m);
+}
+
+static int on_login_resp(tunnel__ctlchan *ch, int err, const tunnel__msg *m,
+                         void *ud) {
+  tunnel_client *c = ud;
+  (void)ch;
+  if (err) {
+    session_down(c, err == TUNNEL_EEOF ? TUNNEL_ECONNRESET : err,
+                 "connection closed during login");
+    return 0;
+  }
+  if (m->type != TUNNEL__MSG_LOGIN_RESP) {
+    session_down(c, TUNNEL_EPROTO, "unexpected answer to login");
+    return 0;
+  }
+  if (m->error && *m->error) {
+    session_down(c, TUNNEL_EAUTH, m->error);
+    return 0;
+  }
+  snprintf(c->run_id, sizeof c->run_id, "%s", m->run_id ? m->run_id : "");
+  /* Everything after LoginResp is encrypted, both ways. */
+  int rc = tunnel__ctlchan_encrypt(&c->ch, c->cfg.token);
+  if (rc == 0)
+    rc = tunnel__ctlchan_read(&c->ch, on_ctl_msg, c);
+  if (rc) {
+    session_down(c, rc, "cannot start the control channel");
+    return 0;
+  }
+  c->state = C_READY;
+  c->last_heard = uv_now(c->loop);
+  tunnel__log(&c->cfg.log, TUNNEL_LOG_INFO, "client: logged in as %s",
+              c->run_id);
+  for (tunnel_proxy *p = c->proxies; p; p = p->next)
+    if (p->started && !p->sent)
+      send_new_proxy(p);
+  if (c->cfg.heartbeat_interval_s) {
+    uint64_t ms = (uint64_t)c->cfg.heartbeat_interval_s * 1000u;
+    uv_timer_start(&c->hb_timer, heartbeat, ms, ms);
+  }
+  if (c->state_cb)
+    c->state_cb(c, 0, c->run_id, c->state_ud);
+  return 0;
+}
+
+static void send_login(tunnel_client *c) {
+  tunnel__msg m;
+  tunnel__msg_init(&m, TUNNEL__MSG_LOGIN);
+  char host[256] = "";
+  size_t hlen = sizeof host;
+  uv_utsname_t un;
+  int rc = tunnel__msg_set_str(MEM(c), &m.version, FRP_PROTOCOL_VERSION);
+  if (rc == 0 && uv_os_gethostname(host, &hlen) == 0)
+    rc = tunnel__msg_set_str(MEM(c), &m.hostname, host);
+  if (rc == 0 && uv_os_uname(&un) == 0) {
+    for (char *q = un.sysname; *q; q++)
+      if (*q >= 'A' && *q <= 'Z')
+        *q = (char)(*q - 'A' + 'a');
+    rc = tunnel__msg_set_str(MEM(c), &m.os, un.sysname);
+    if (rc == 0)
+      rc = tunnel__msg_set_str(MEM(c), &m.arch, un.machine);
+  }
+  if (rc == 0 && *c->run_id)
+    rc = tunnel__msg_set_str(MEM(c), &m.run_id, c->run_id);
+  m.pool_count = c->cfg.pool_count;
+  if (rc == 0)
+    rc = sign(c, &m);
+  if (rc == 0)
+    rc = tunnel__ctlchan_send(&c->ch, &m);
+  tunnel__msg_clear(MEM(c), &m);
+  if (rc == 0)
+    rc = tunnel__ctlchan_read(&c->ch, on_login_resp, c);
+  if (rc)
+    session_down(c, rc, "cannot send login");
+}
+
+static void on_mux_end(tunnel__mux *m, int err, void *ud) {
+  tunnel_client *c = ud;
+  (void)m;
+  session_down(c, err == TUNNEL_EEOF ? TUNNEL_ECONNRESET : err,
+               "connection to the server lost");
+}
+
+static void on_mux_stream(tunnel__mux *m, tunnel_stream *st, void *ud) {
+  (void)m, (void)ud;
+  /* Servers never open streams towards clients in frp's protocol. */
+  tunnel_stream_close(st, NULL, NULL);
+}
+
+static const tunnel__mux_callbacks mux_cb = {on_mux_stream, NULL, on_mux_end};
+
+static void server_connected(tunnel__dial *d, int status, void *ud) {
+  tunnel_client *c = ud;
+  (void)d;
+  c->dial = NULL;
+  if (status) {
+    session_down(c, status, "cannot connect to the server");
+    return;
+  }
+  int rc = tunnel__mux_start(c->mux, NULL, 0);
+  if (rc == 0)
+    rc = tunnel__mux_open(c->mux, &c->ctl_st);
+  if (rc) {
+    session_down(c, rc, "cannot start the session");
+    return;
+  }
+  if (c->ch_live) /* from the previous session */
+    tunnel__ctlchan_free(&c->ch);
+  tunnel__ctlchan_init(&c->ch, c->ctl_st, MEM(c), c->cfg.max_message_size);
+  c->ch_live = 1;
+  c->state = C_LOGIN;
+  send_login(c);
+}
+
+/* Ends the current session (never the client): streams handed to the
+ * program fail, pending work is dropped, the program hears why. */
+static void session_down(tunnel_client *c, int err, const char *why) {
+  if (c->state == C_DOWN || c->state == C_IDLE)
+    return;
+  c->state = C_DOWN;
+  uv_timer_stop(&c->hb_timer);
+  if (c->dial) {
+    tunnel__dial_cancel(c->dial);
+    c->dial = NULL;
+  }
+  while (c->works) {
+    cl_work *w = c->works;
+    c->works = w->next;
+    if (w->dial) {
+      tunnel__dial_cancel(w->dial);
+      w->dial = NULL;
+    }
+    if (w->local) {
+      w->local->data = c;
+      uv_close((uv_handle_t *)w->local, local_tcp_closed);
+      w->local = NULL;
+    }
+    if (w->st)
+      tunnel_stream_close(w->st, NULL, NULL);
+    w->st = NULL;
+    tunnel__sched_post(&c->sched, &w->free_task, work_free_task);
+  }
+  if (c->ctl_st) {
+    tunnel_stream_close(c->ctl_st, NULL, NULL);
+    c->ctl_st = NULL;
+  }
+  if (c->mux) {
+    tunnel__mux_close(c->mux);
+    c->mux = NULL;
+  }
+  for (tunnel_proxy *p = c->proxies; p; p = p->next)
+    p->sent = 0;
+  tunnel__log(&c->cfg.log,
+              c->closing ? TUNNEL_LOG_DEBUG : TUNNEL_LOG_WARN,
+              "client: %s: %s", why, tunnel_strerror(err));
+  if (!c->closing && c->state_cb)
+    c->state_cb(c, err, err == TUNNEL_EAUTH ? why : "", c->state_ud);
+}
+
+/* ---------------------------------------------------------------- API */
+
+int tunnel_client_new(tunnel_client **out, uv_loop_t *loop,
+                      const tunnel_config *cfg) {
+  if (!out || !loop)
+    return TUNNEL_EINVAL;
+  *out = NULL;
+  struct tunnel_config defaults;
+  if (!cfg) {
+    tunnel__config_defaults(&defaults);
+    cfg = &defaults;
+  }
+  tunnel_client *c = tunnel__calloc(&cfg->mem, 1, sizeof *c);
+  if (!c)
+    return TUNNEL_ENOMEM;
+  int rc = tunnel__config_copy(&c->cfg, cfg);
+  if (rc == 0 && !c->cfg.tcp_mux)
+    rc = TUNNEL_ENOTSUP; /* one connection per work stream: not yet */
+  if (rc == 0 && !(c->readbuf = tunnel__malloc(MEM(c), READBUF_SIZE)))
+    rc = TUNNEL_ENOMEM;
+  if (rc) {
+    tunnel__config_release(&c->cfg);
+    tunnel__free(&cfg->mem, c);
+    return rc;
+  }
+  c->loop = loop;
+  tunnel__sched_init(&c->sched, loop);
+  uv_timer_init(loop, &c->hb_timer);
+  c->hb_timer.data = c;
+  c->handles = 1;
+  *out = c;
+  return 0;
+}
+
+int tunnel_client_set_state_cb(tunnel_client *c, tunnel_client_state_cb cb,
+                               void *ud) {
+  if (!c)
+    return TUNNEL_EINVAL;
+  c->state_cb = cb;
+  c->state_ud = ud;
+  return 0;
+}
+
+int tunnel_client_connect(tunnel_client *c, const char *host, uint16_t port) {
+  if (!c || !host || !*host || port == 0)
+    return TUNNEL_EINVAL;
+  if (c->closing || (c->state != C_IDLE && c->state != C_DOWN))
+    return TUNNEL_ESTATE;
+  char *h = tunnel__strdup(MEM(c), host);
+  if (!h)
+    return TUNNEL_ENOMEM;
+  tunnel__mux *mux;
+  int rc = tunnel__mux_new(&mux, c->loop, &c->sched, &c->cfg, 1, &mux_cb, c);
+  if (rc) {
+    tunnel__free(MEM(c), h);
+    return rc;
+  }
+  rc = tunnel__dial_start(&c->dial, c->loop, MEM(c), tunnel__mux_tcp(mux), h,
+                          port, server_connected, c);
+  if (rc) {
+    tunnel__mux_close(mux);
+    tunnel__free(MEM(c), h);
+    return rc;
+  }
+  tunnel__free(MEM(c), c->host);
+  c->host = h;
+  c->port = port;
+  c->mux = mux;
+  c->state = C_CONNECTING;
+  return 0;
+}
+
+static void proxy_free(tunnel_proxy *p) {
+  tunnel_client *c = p->c;
+  tunnel__free(MEM(c), p->name);
+  tunnel__free(MEM(c), p->local_host);
+  tunnel__free(MEM(c), p);
+}
+
+static void sched_closed(uv_handle_t *h) {
+  tunnel_client *c = CONTAINER(h, tunnel_client, sched.idle);
+  tunnel_client_close_cb cb = c->close_cb;
+  void *ud = c->close_ud;
+  tunnel__mem mem = c->cfg.mem;
+  tunnel__free(&mem, c->readbuf);
+  tunnel__free(&mem, c->host);
+  tunnel__config_release(&c->cfg);
+  tunnel__free(&mem, c);
+  if (cb)
+    cb(c, ud);
+}
+
+static void maybe_finish_close(tunnel_client *c) {
+  if (!c->closing || c->handles || c->splices || c->objects ||
+      c->sched.closing)
+    return;
+  tunnel__sched_close(&c->sched, sched_closed);
+}
+
+static void timer_closed(uv_handle_t *h) {
+  tunnel_client *c = h->data;
+  c->handles--;
+  maybe_finish_close(c);
+}
+
+int tunnel_client_close(tunnel_client *c, tunnel_client_close_cb cb,
+                        void *ud) {
+  if (!c)
+    return TUNNEL_EINVAL;
+  if (c->closing)
+    return TUNNEL_ESTATE;
+  c->closing = 1;
+  c->close_cb = cb;
+  c->close_ud = ud;
+  session_down(c, TUNNEL_ECANCELED, "client closed");
+  if (c->ch_live) {
+    tunnel__ctlchan_free(&c->ch);
+    c->ch_live = 0;
+  }
+  while (c->proxies) {
+    tunnel_proxy *p = c->proxies;
+    c->proxies = p->next;
+    proxy_free(p);
+  }
+  uv_close((uv_handle_t *)&c->hb_timer, timer_closed);
+  return 0;
+}
+
+int tunnel_proxy_new(tunnel_proxy **out, tunnel_client *c, const char *name,
+                     int type) {
+  if (!out || !c || !name || !*name)
+    return TUNNEL_EINVAL;
+  *out = NULL;
+  if (type != TUNNEL_PROXY_TCP)
+    return TUNNEL_ENOTSUP;
+  if (c->closing)
+    return TUNNEL_ESTATE;
+  if (find_proxy(c, name))
+    return TUNNEL_EEXIST;
+  tunnel_proxy *p = tunnel__calloc(MEM(c), 1, sizeof *p);
+  if (!p || !(p->name = tunnel__strdup(MEM(c), name))) {
+    tunnel__free(MEM(c), p);
+    return TUNNEL_ENOMEM;
+  }
+  p->c = c;
+  p->type = type;
+  p->next = c->proxies;
+  c->proxies = p;
+  *out = p;
+  return 0;
+}
+
+int tunnel_proxy_set_remote_port(tunnel_proxy *p, uint16_t port) {
+  if (!p)
+    return TUNNEL_EINVAL;
+  if (p->started)
+    return TUNNEL_ESTATE;
+  p->remote_port = port;
+  return 0;
+}
+
+int tunnel_proxy_set_local(tunnel_proxy *p, const char *host, uint16_t port) {
+  if (!p || !host || !*host || port == 0)
+    return TUNNEL_EINVAL;
+  char *h = tunnel__strdup(MEM(p->c), host);
+  if (!h)
+    return TUNNEL_ENOMEM;
+  tunnel__free(MEM(p->c), p->local_host);
+  p->local_host = h;
+  p->local_port = port;
+  return 0;
+}
+
+int tunnel_proxy_set_status_cb(tunnel_proxy *p, tunnel_proxy_status_cb cb,
+                               void *ud) {
+  if (!p)
+    return TUNNEL_EINVAL;
+  p->status_cb = cb;
+  p->status_ud = ud;
+  return 0;
+}
+
+int tunnel_proxy_set_accept_cb(tunnel_proxy *p, tunnel_proxy_accept_cb cb,
+                               void *ud) {
+  if (!p)
+    return TUNNEL_EINVAL;
+  p->accept_cb = cb;
+  p->accept_ud = ud;
+  return 0;
+}
+
+int tunnel_proxy_start(tunnel_proxy *p) {
+  if (!p)
+    return TUNNEL_EINVAL;
+  if (p->started)
+    return TUNNEL_ESTATE;
+  if (!p->local_host && !p->accept_cb)
+    return TUNNEL_EINVAL; /* visitors would have nowhere to go */
+  p->started = 1;
+  if (p->c->state == C_READY)
+    return send_new_proxy(p);
+  return 0;
+}
+
+int tunnel_proxy_close(tunnel_proxy *p) {
+  if (!p)
+    return TUNNEL_EINVAL;
+  tunnel_client *c = p->c;
+  if (p->sent && c->state == C_READY) {
+    tunnel__msg m;
+    tunnel__msg_init(&m, TUNNEL__MSG_CLOSE_PROXY);
+    if (tunnel__msg_set_str(MEM(c), &m.proxy_name, p->name) == 0)
+      send_ctl(c, &m);
+    tunnel__msg_clear(MEM(c), &m);
+  }
+  for (tunnel_proxy **pp = &c->proxies; *pp; pp = &(*pp)->next) {
+    if (*pp == p) {
+      *pp = p->next;
+      break;
+    }
+  }
+  proxy_free(p);
+  return 0;
+}
+
+const char *tunnel_proxy_name(const tunnel_proxy *p) {
+  return p ? p->name : NULL;
+}

@@ -1,0 +1,406 @@
+#include "mux.h"
+
+#include <string.h>
+
+#include "../log.h"
+#include "stream.h"
+#include "uverr.h"
+
+/* Output queue marks: above HIGH streams stop handing data to the session;
+ * below LOW they resume. They bound memory per session whatever the number
+ * of streams or the size of their windows. */
+#define OUT_HIGH (2u * 1024u * 1024u)
+#define OUT_LOW (512u * 1024u)
+#define READ_BUF (256u * 1024u)
+#define MAX_IOV 64
+
+struct tunnel__mux {
+  uv_tcp_t tcp;
+  uv_write_t wreq;
+  uv_loop_t *loop;
+  tunnel__sched *sched;
+  tunnel__mem mem;
+  tunnel__logger log;
+  tunnel__ymx *ymx;
+  tunnel__mux_callbacks cb;
+  void *ud;
+
+  uint8_t *rbuf;
+  size_t inflight; /* bytes of the write in progress */
+  int writing;
+  int started;
+  int ended;   /* on_end fired or suppressed */
+  int closing; /* tunnel__mux_close called */
+  int end_err;
+
+  tunnel_stream *streams; /* all live streams */
+  tunnel_stream *blocked; /* waiting for output room */
+  tunnel__task flush_task;
+  tunnel__task end_task;
+};
+
+#define CONTAINER(ptr, type, field)                                            \
+  ((type *)(void *)((char *)(ptr)-offsetof(type, field)))
+
+static void flush(tunnel__mux *m);
+static void end(tunnel__mux *m, int err);
+
+/* ------------------------------------------------------ yamux callbacks */
+
+static int y_stream(tunnel__ymx *y, uint32_t id, void **su, void *ud) {
+  tunnel__mux *m = ud;
+  (void)y;
+  if (m->closing || !m->cb.on_stream)
+    return TUNNEL_EREFUSED;
+  tunnel_stream *st = tunnel__stream_new(m, m->sched, &m->mem, id);
+  if (!st)
+    return TUNNEL_ENOMEM;
+  st->next = m->streams;
+  if (m->streams)
+    m->streams->prev = st;
+  m->streams = st;
+  *su = st;
+  m->cb.on_stream(m, st, m->ud);
+  return 0;
+}
+
+static void y_data(tunnel__ymx *y, uint32_t id, void *su, const uint8_t *d,
+                   size_t n, void *ud) {
+  (void)y, (void)id, (void)ud;
+  if (su)
+    tunnel__stream_on_data(su, d, n);
+}
+
+static void y_fin(tunnel__ymx *y, uint32_t id, void *su, void *ud) {
+  (void)y, (void)id, (void)ud;
+  if (su)
+    tunnel__stream_on_fin(su);
+}
+
+static void y_rst(tunnel__ymx *y, uint32_t id, void *su, void *ud) {
+  (void)y, (void)id, (void)ud;
+  if (su)
+    tunnel__stream_on_fail(su, TUNNEL_ERESET);
+}
+
+static void y_window(tunnel__ymx *y, uint32_t id, void *su, void *ud) {
+  (void)y, (void)id, (void)ud;
+  if (su)
+    tunnel__stream_pump(su);
+}
+
+static void y_close(tunnel__ymx *y, uint32_t id, void *su, void *ud) {
+  (void)y, (void)id, (void)ud;
+  if (su)
+    tunnel__stream_on_forgotten(su);
+}
+
+static void y_ping(tunnel__ymx *y, uint32_t opaque, void *ud) {
+  tunnel__mux *m = ud;
+  (void)y;
+  if (m->cb.on_ping && !m->closing)
+    m->cb.on_ping(m, opaque, m->ud);
+}
+
+static void y_goaway(tunnel__ymx *y, uint32_t code, void *ud) {
+  tunnel__mux *m = ud;
+  (void)y;
+  /* A normal GoAway only stops new streams; an error one ends the session,
+   * as the peer will not process anything more. */
+  if (code != TUNNEL__YMX_GOAWAY_NORMAL)
+    end(m, TUNNEL_EPROTO);
+}
+
+static const tunnel__ymx_callbacks ymx_cb = {
+    y_stream, NULL, y_data, y_fin, y_rst, y_window, y_close, y_ping, y_goaway};
+
+/* ---------------------------------------------------------------- life */
+
+int tunnel__mux_new(tunnel__mux **out, uv_loop_t *loop, tunnel__sched *sched,
+                    const struct tunnel_config *cfg, int is_client,
+                    const tunnel__mux_callbacks *cb, void *ud) {
+  *out = NULL;
+  tunnel__mux *m = tunnel__calloc(&cfg->mem, 1, sizeof *m);
+  if (!m)
+    return TUNNEL_ENOMEM;
+  m->mem = cfg->mem;
+  m->log = cfg->log;
+  m->loop = loop;
+  m->sched = sched;
+  m->cb = *cb;
+  m->ud = ud;
+  m->rbuf = tunnel__malloc(&m->mem, READ_BUF);
+  tunnel__ymx_config yc = {is_client, cfg->max_streams, cfg->stream_window,
+                           cfg->max_control_backlog, &m->mem, &m->log};
+  int rc = m->rbuf ? tunnel__ymx_new(&m->ymx, &yc, &ymx_cb, m) : TUNNEL_ENOMEM;
+  if (rc == 0)
+    rc = tunnel__uv_err(uv_tcp_init(loop, &m->tcp));
+  if (rc) {
+    tunnel__ymx_free(m->ymx);
+    tunnel__free(&m->mem, m->rbuf);
+    tunnel__free(&m->mem, m);
+    return rc;
+  }
+  m->tcp.data = m;
+  *out = m;
+  return 0;
+}
+
+uv_tcp_t *tunnel__mux_tcp(tunnel__mux *m) { return &m->tcp; }
+
+tunnel__ymx *tunnel__mux_session(tunnel__mux *m) { return m->ymx; }
+
+uint32_t tunnel__mux_stream_count(const tunnel__mux *m) {
+  return tunnel__ymx_stream_count(m->ymx);
+}
+
+static void fail_streams(tunnel__mux *m, int err) {
+  /* Streams outlive the session: detach them so their owners can still
+   * close them. */
+  while (m->streams) {
+    tunnel_stream *st = m->streams;
+    m->streams = st->next;
+    st->prev = st->next = NULL;
+    st->mux = NULL;
+    st->blocked = 0;
+    tunnel__stream_on_fail(st, err);
+  }
+  m->blocked = NULL;
+}
+
+static void end_task(tunnel__task *t) {
+  tunnel__mux *m = CONTAINER(t, tunnel__mux, end_task);
+  if (!m->closing && m->cb.on_end)
+    m->cb.on_end(m, m->end_err, m->ud);
+}
+
+/* Ends the session once: streams fail now, on_end fires from the loop. */
+static void end(tunnel__mux *m, int err) {
+  if (m->ended)
+    return;
+  m->ended = 1;
+  m->end_err = err;
+  tunnel__log(&m->log, TUNNEL_LOG_DEBUG, "mux: session ended: %s",
+              tunnel_err_name(err));
+  uv_read_stop((uv_stream_t *)&m->tcp);
+  fail_streams(m, err == TUNNEL_EEOF ? TUNNEL_ECONNRESET : err);
+  tunnel__sched_post(m->sched, &m->end_task, end_task);
+}
+
+static void closed_cb(uv_handle_t *h) {
+  tunnel__mux *m = h->data;
+  tunnel__ymx_free(m->ymx);
+  tunnel__free(&m->mem, m->rbuf);
+  tunnel__mem mem = m->mem;
+  tunnel__free(&mem, m);
+}
+
+void tunnel__mux_close(tunnel__mux *m) {
+  if (!m || m->closing)
+    return;
+  m->closing = 1;
+  m->ended = 1;
+  tunnel__sched_cancel(m->sched, &m->flush_task);
+  tunnel__sched_cancel(m->sched, &m->end_task);
+  fail_streams(m, TUNNEL_ECANCELED);
+  /* Pending uv_write requests complete with UV_ECANCELED before closed_cb. */
+  uv_close((uv_handle_t *)&m->tcp, closed_cb);
+}
+
+/* ------------------------------------------------------------- reading */
+
+static void alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+  tunnel__mux *m = h->data;
+  (void)hint;
+  /* One buffer suffices: the session consumes each read synchronously and
+   * streams copy what they cannot deliver at once. */
+  *buf = uv_buf_init((char *)m->rbuf, READ_BUF);
+}
+
+static void feed(tunnel__mux *m, const uint8_t *data, size_t n) {
+  int rc = tunnel__ymx_recv(m->ymx, data, n);
+  if (rc)
+    tunnel__log(&m->log, TUNNEL_LOG_WARN, "mux: closing session: %s",
+                tunnel_strerror(rc));
+  flush(m); /* replies, window updates, and the GoAway on error */
+  if (rc)
+    end(m, rc);
+}
+
+static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  tunnel__mux *m = s->data;
+  (void)buf;
+  if (nread > 0)
+    feed(m, m->rbuf, (size_t)nread);
+  else if (nread < 0)
+    end(m, nread == UV_EOF ? TUNNEL_EEOF : tunnel__uv_err((int)nread));
+}
+
+int tunnel__mux_start(tunnel__mux *m, const uint8_t *prefix, size_t len) {
+  if (m->started)
+    return TUNNEL_ESTATE;
+  m->started = 1;
+  uv_tcp_nodelay(&m->tcp, 1);
+  int rc = tunnel__uv_err(uv_read_start((uv_stream_t *)&m->tcp, alloc_cb,
+                                        read_cb));
+  if (rc == 0 && len)
+    feed(m, prefix, len);
+  flush(m);
+  return rc;
+}
+
+/* ------------------------------------------------------------- writing */
+
+static void wake_blocked(tunnel__mux *m) {
+  while (m->blocked && tunnel__mux_has_room(m)) {
+    tunnel_stream *st = m->blocked;
+    m->blocked = st->blocked_next;
+    st->blocked_next = NULL;
+    st->blocked = 0;
+    tunnel__stream_pump(st);
+  }
+}
+
+static void write_cb(uv_write_t *req, int status) {
+  tunnel__mux *m = CONTAINER(req, tunnel__mux, wreq);
+  m->writing = 0;
+  if (m->closing)
+    return;
+  tunnel__ymx_out_consume(m->ymx, m->inflight);
+  m->inflight = 0;
+  if (status < 0) {
+    end(m, tunnel__uv_err(status));
+    return;
+  }
+  flush(m);
+  wake_blocked(m);
+}
+
+static void flush(tunnel__mux *m) {
+  if (m->writing || m->closing || !m->started)
+    return;
+  if (m->ended && !tunnel__ymx_error(m->ymx))
+    return; /* transport gone; an error GoAway is still worth a try */
+  while (tunnel__ymx_out_pending(m->ymx)) {
+    tunnel__iov iov[MAX_IOV];
+    uv_buf_t bufs[MAX_IOV];
+    size_t n = tunnel__ymx_out_iov(m->ymx, iov, MAX_IOV);
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+      bufs[i] = uv_buf_init((char *)iov[i].base, (unsigned)iov[i].len);
+      total += iov[i].len;
+    }
+    /* Try the cheap path first: most writes complete at once. */
+    int w = uv_try_write((uv_stream_t *)&m->tcp, bufs, (unsigned)n);
+    if (w > 0) {
+      tunnel__ymx_out_consume(m->ymx, (size_t)w);
+      if ((size_t)w == total)
+        continue;
+    } else if (w != UV_EAGAIN && w != UV_ENOSYS) {
+      end(m, tunnel__uv_err(w));
+      return;
+    }
+    n = tunnel__ymx_out_iov(m->ymx, iov, MAX_IOV);
+    total = 0;
+    for (size_t i = 0; i < n; i++) {
+      bufs[i] = uv_buf_init((char *)iov[i].base, (unsigned)iov[i].len);
+      total += iov[i].len;
+    }
+    int rc = uv_write(&m->wreq, (uv_stream_t *)&m->tcp, bufs, (unsigned)n,
+                      write_cb);
+    if (rc) {
+      end(m, tunnel__uv_err(rc));
+      return;
+    }
+    m->writing = 1;
+    m->inflight = total;
+    return;
+  }
+  wake_blocked(m);
+}
+
+static void flush_task(tunnel__task *t) {
+  flush(CONTAINER(t, tunnel__mux, flush_task));
+}
+
+void tunnel__mux_flush_soon(tunnel__mux *m) {
+  if (!m->writing && !m->closing)
+    tunnel__sched_post(m->sched, &m->flush_task, flush_task);
+}
+
+int tunnel__mux_has_room(const tunnel__mux *m) {
+  return tunnel__ymx_out_pending(m->ymx) < (m->blocked ? OUT_LOW : OUT_HIGH);
+}
+
+void tunnel__mux_wait_room(tunnel__mux *m, tunnel_stream *st) {
+  if (st->blocked)
+    return;
+  st->blocked = 1;
+  st->blocked_next = NULL;
+  tunnel_stream **pp = &m->blocked;
+  while (*pp)
+    pp = &(*pp)->blocked_next;
+  *pp = st;
+}
+
+void tunnel__mux_detach(tunnel__mux *m, tunnel_stream *st) {
+  if (st->blocked) {
+    tunnel_stream **pp = &m->blocked;
+    while (*pp && *pp != st)
+      pp = &(*pp)->blocked_next;
+    if (*pp)
+      *pp = st->blocked_next;
+    st->blocked = 0;
+  }
+  if (st->prev)
+    st->prev->next = st->next;
+  else if (m->streams == st)
+    m->streams = st->next;
+  if (st->next)
+    st->next->prev = st->prev;
+  st->prev = st->next = NULL;
+  st->mux = NULL;
+}
+
+/* ---------------------------------------------------------- operations */
+
+int tunnel__mux_open(tunnel__mux *m, tunnel_stream **out) {
+  if (m->ended || m->closing)
+    return TUNNEL_ECLOSED;
+  uint32_t id;
+  int rc = tunnel__ymx_open(m->ymx, NULL, &id);
+  if (rc)
+    return rc;
+  tunnel_stream *st = tunnel__stream_new(m, m->sched, &m->mem, id);
+  if (!st) {
+    tunnel__ymx_reset(m->ymx, id);
+    tunnel__mux_flush_soon(m);
+    return TUNNEL_ENOMEM;
+  }
+  tunnel__ymx_set_user(m->ymx, id, st);
+  st->next = m->streams;
+  if (m->streams)
+    m->streams->prev = st;
+  m->streams = st;
+  tunnel__mux_flush_soon(m);
+  *out = st;
+  return 0;
+}
+
+int tunnel__mux_ping(tunnel__mux *m, uint32_t opaque) {
+  if (m->ended || m->closing)
+    return TUNNEL_ECLOSED;
+  int rc = tunnel__ymx_ping(m->ymx, opaque);
+  if (rc == 0)
+    tunnel__mux_flush_soon(m);
+  return rc;
+}
+
+int tunnel__mux_goaway(tunnel__mux *m) {
+  if (m->ended || m->closing)
+    return TUNNEL_ECLOSED;
+  int rc = tunnel__ymx_goaway(m->ymx, TUNNEL__YMX_GOAWAY_NORMAL);
+  if (rc == 0)
+    tunnel__mux_flush_soon(m);
+  return rc;
+}

@@ -1,0 +1,54 @@
+/* A yamux session over a libuv TCP handle: feeds reads to the sans-I/O
+ * session, writes its output with batching, and hosts tunnel_streams. */
+#ifndef TUNNEL_LIB_UV_MUX_H
+#define TUNNEL_LIB_UV_MUX_H
+
+#include "tunnel/uv.h"
+
+#include "../config.h"
+#include "sched.h"
+
+typedef struct tunnel__mux tunnel__mux;
+
+typedef struct tunnel__mux_callbacks {
+  /* The peer opened a stream; the callee owns it from now on. */
+  void (*on_stream)(tunnel__mux *m, tunnel_stream *st, void *ud);
+  /* A ping we sent was answered. */
+  void (*on_ping)(tunnel__mux *m, uint32_t opaque, void *ud);
+  /* The session ended (transport error or EOF, protocol error, peer's
+   * GoAway with an error code). Fires once; streams have failed. The mux
+   * stays allocated until tunnel__mux_close(). */
+  void (*on_end)(tunnel__mux *m, int err, void *ud);
+} tunnel__mux_callbacks;
+
+/* `sched` must outlive the mux and every stream it creates. */
+int tunnel__mux_new(tunnel__mux **out, uv_loop_t *loop, tunnel__sched *sched,
+                    const struct tunnel_config *cfg, int is_client,
+                    const tunnel__mux_callbacks *cb, void *ud);
+/* The transport handle: connect it or accept into it, then start. */
+uv_tcp_t *tunnel__mux_tcp(tunnel__mux *m);
+/* Starts reading. `prefix` holds bytes already read from the transport
+ * (a sniffed first byte, say) to process first. */
+int tunnel__mux_start(tunnel__mux *m, const uint8_t *prefix, size_t len);
+int tunnel__mux_open(tunnel__mux *m, tunnel_stream **out);
+int tunnel__mux_ping(tunnel__mux *m, uint32_t opaque);
+/* Sends GoAway(normal): the peer opens no new streams. */
+int tunnel__mux_goaway(tunnel__mux *m);
+uint32_t tunnel__mux_stream_count(const tunnel__mux *m);
+/* Fails every stream, closes the transport and frees the mux. No mux
+ * callback fires after this call. */
+void tunnel__mux_close(tunnel__mux *m);
+
+#endif
+
+/* For stream.c. */
+#include "../yamux.h"
+tunnel__ymx *tunnel__mux_session(tunnel__mux *m);
+/* Whether the session's output queue can take more stream data now. */
+int tunnel__mux_has_room(const tunnel__mux *m);
+/* Calls tunnel__stream_pump(st) once the output queue has drained. */
+void tunnel__mux_wait_room(tunnel__mux *m, tunnel_stream *st);
+/* Schedules a write of whatever the session has queued. */
+void tunnel__mux_flush_soon(tunnel__mux *m);
+/* Unlinks a stream that is being freed. */
+void tunnel__mux_detach(tunnel__mux *m, tunnel_stream *st);

@@ -1,0 +1,75 @@
+/* The inside of tunnel_stream, shared by the mux and the role code that
+ * reads control messages off a stream before handing it on. */
+#ifndef TUNNEL_LIB_UV_STREAM_H
+#define TUNNEL_LIB_UV_STREAM_H
+
+#include "tunnel/uv.h"
+
+#include "../bufq.h"
+#include "sched.h"
+
+typedef struct tunnel__mux tunnel__mux;
+typedef struct tunnel__wreq tunnel__wreq;
+
+/* Internal reader: takes what it can use and returns how many bytes that
+ * was; the rest stays queued for the next reader. status as in
+ * tunnel_stream_read_cb (data NULL when status != 0; return value ignored). */
+typedef size_t (*tunnel__stream_take_fn)(tunnel_stream *st, int status,
+                                         const uint8_t *data, size_t len,
+                                         void *ud);
+
+struct tunnel_stream {
+  tunnel__mux *mux; /* NULL once the session is gone */
+  tunnel__sched *sched;
+  const tunnel__mem *mem;
+  uint32_t id;
+  tunnel_stream *prev, *next;       /* mux's list */
+  tunnel_stream *blocked_next;      /* mux's list of streams waiting for room */
+  int blocked;
+
+  /* Receive side. */
+  tunnel__bufq rx;  /* arrived while no reader could take it */
+  int reading;
+  unsigned read_gen; /* bumped by every read/take start */
+  tunnel_stream_read_cb read_cb;
+  tunnel__stream_take_fn take_cb;
+  void *read_ud;
+  int eof_received;  /* peer FIN seen */
+  int eof_delivered;
+  int error;         /* sticky failure, delivered once to the reader */
+  int error_delivered;
+
+  /* Send side. */
+  tunnel__bufq tx;   /* written, waiting for window or room */
+  uint64_t tx_in;    /* bytes ever queued */
+  uint64_t tx_out;   /* bytes ever handed to the session */
+  tunnel__wreq *wreq_head, *wreq_tail;
+  int shut_requested;
+  int shut_sent;
+  tunnel_stream_write_cb shut_cb;
+  void *shut_ud;
+  int shut_cb_pending;
+
+  int forgotten; /* the session no longer knows the id */
+  int closing;
+  tunnel_stream_close_cb close_cb;
+  void *close_ud;
+  tunnel__task task;
+  void *user_data;
+};
+
+tunnel_stream *tunnel__stream_new(tunnel__mux *m, tunnel__sched *sched,
+                                  const tunnel__mem *mem, uint32_t id);
+/* Internal-reader variant of tunnel_stream_read_start. */
+int tunnel__stream_take_start(tunnel_stream *st, tunnel__stream_take_fn cb,
+                              void *ud);
+
+/* Called by the mux. */
+void tunnel__stream_on_data(tunnel_stream *st, const uint8_t *data, size_t n);
+void tunnel__stream_on_fin(tunnel_stream *st);
+void tunnel__stream_on_fail(tunnel_stream *st, int err); /* reset or mux gone */
+void tunnel__stream_on_forgotten(tunnel_stream *st);
+/* Moves queued bytes into the session as far as window and room allow. */
+void tunnel__stream_pump(tunnel_stream *st);
+
+#endif
