@@ -11,6 +11,7 @@
 #include "../msg.h"
 #include "ctlchan.h"
 #include "dial.h"
+#include "handle.h"
 #include "mux.h"
 #include "splice.h"
 #include "stream.h"
@@ -30,7 +31,8 @@ struct tunnel_client {
   struct tunnel_config cfg;
   tunnel__sched sched;
   uv_timer_t hb_timer;
-  tunnel__mux *mux;
+  tunnel__mux *mux;     /* mux mode */
+  uv_tcp_t *ctl_tcp;    /* non-mux mode: control connection being dialled */
   tunnel__dial *dial;
   char *host;
   uint16_t port;
@@ -77,6 +79,8 @@ struct cl_work {
   int ch_live;
   uv_tcp_t *local;
   tunnel__dial *dial;
+  uv_tcp_t *conn;        /* non-mux: this work stream's own connection */
+  tunnel__dial *conn_dial;
   tunnel__task free_task;
 };
 
@@ -266,20 +270,10 @@ static int on_start_work(tunnel__ctlchan *ch, int err, const tunnel__msg *m,
   return 0;
 }
 
-static void new_work(tunnel_client *c) {
-  tunnel_stream *st;
-  if (!c->mux || tunnel__mux_open(c->mux, &st) != 0)
-    return;
-  cl_work *w = tunnel__calloc(MEM(c), 1, sizeof *w);
-  if (!w) {
-    tunnel_stream_close(st, NULL, NULL);
-    return;
-  }
-  w->c = c;
+/* Sends NewWorkConn on a fresh stream and waits for StartWorkConn. */
+static void work_begin(cl_work *w, tunnel_stream *st) {
+  tunnel_client *c = w->c;
   w->st = st;
-  c->objects++;
-  w->next = c->works;
-  c->works = w;
   tunnel__ctlchan_init(&w->ch, st, MEM(c), c->cfg.max_message_size);
   w->ch_live = 1;
   tunnel__msg m;
@@ -295,6 +289,61 @@ static void new_work(tunnel_client *c) {
   if (rc) {
     tunnel_stream_close(st, NULL, NULL);
     w->st = NULL;
+    work_unlink(w);
+  }
+}
+
+static void work_connected(tunnel__dial *d, int status, void *ud) {
+  cl_work *w = ud;
+  tunnel_client *c = w->c;
+  (void)d;
+  w->conn_dial = NULL;
+  uv_tcp_t *tcp = w->conn;
+  w->conn = NULL;
+  if (status) {
+    tunnel__log(&c->cfg.log, TUNNEL_LOG_WARN,
+                "client: cannot open a work connection: %s",
+                tunnel_strerror(status));
+    tunnel__tcp_close_free(MEM(c), tcp);
+    work_unlink(w);
+    return;
+  }
+  tunnel_stream *st = tunnel__stream_new_tcp(&c->sched, MEM(c), tcp, NULL, 0);
+  if (!st) {
+    work_unlink(w);
+    return;
+  }
+  work_begin(w, st);
+}
+
+static void new_work(tunnel_client *c) {
+  cl_work *w = tunnel__calloc(MEM(c), 1, sizeof *w);
+  if (!w)
+    return;
+  w->c = c;
+  c->objects++;
+  w->next = c->works;
+  c->works = w;
+  if (c->mux) {
+    tunnel_stream *st;
+    if (tunnel__mux_open(c->mux, &st) != 0) {
+      work_unlink(w);
+      return;
+    }
+    work_begin(w, st);
+    return;
+  }
+  /* Non-mux: every work stream is a connection of its own. */
+  w->conn = tunnel__malloc(MEM(c), sizeof *w->conn);
+  if (!w->conn) {
+    work_unlink(w);
+    return;
+  }
+  uv_tcp_init(c->loop, w->conn);
+  if (tunnel__dial_start(&w->conn_dial, c->loop, MEM(c), w->conn, c->host,
+                         c->port, work_connected, w) != 0) {
+    tunnel__tcp_close_free(MEM(c), w->conn);
+    w->conn = NULL;
     work_unlink(w);
   }
 }
@@ -444,9 +493,18 @@ static void server_connected(tunnel__dial *d, int status, void *ud) {
     session_down(c, status, "cannot connect to the server");
     return;
   }
-  int rc = tunnel__mux_start(c->mux, NULL, 0);
-  if (rc == 0)
-    rc = tunnel__mux_open(c->mux, &c->ctl_st);
+  int rc = 0;
+  if (c->mux) {
+    rc = tunnel__mux_start(c->mux, NULL, 0);
+    if (rc == 0)
+      rc = tunnel__mux_open(c->mux, &c->ctl_st);
+  } else {
+    uv_tcp_t *tcp = c->ctl_tcp;
+    c->ctl_tcp = NULL;
+    c->ctl_st = tunnel__stream_new_tcp(&c->sched, MEM(c), tcp, NULL, 0);
+    if (!c->ctl_st)
+      rc = TUNNEL_ENOMEM;
+  }
   if (rc) {
     session_down(c, rc, "cannot start the session");
     return;
@@ -470,6 +528,10 @@ static void session_down(tunnel_client *c, int err, const char *why) {
     tunnel__dial_cancel(c->dial);
     c->dial = NULL;
   }
+  if (c->ctl_tcp) {
+    tunnel__tcp_close_free(MEM(c), c->ctl_tcp);
+    c->ctl_tcp = NULL;
+  }
   while (c->works) {
     cl_work *w = c->works;
     c->works = w->next;
@@ -481,6 +543,14 @@ static void session_down(tunnel_client *c, int err, const char *why) {
       w->local->data = c;
       uv_close((uv_handle_t *)w->local, local_tcp_closed);
       w->local = NULL;
+    }
+    if (w->conn_dial) {
+      tunnel__dial_cancel(w->conn_dial);
+      w->conn_dial = NULL;
+    }
+    if (w->conn) {
+      tunnel__tcp_close_free(MEM(c), w->conn);
+      w->conn = NULL;
     }
     if (w->st)
       tunnel_stream_close(w->st, NULL, NULL);
@@ -506,6 +576,8 @@ static void session_down(tunnel_client *c, int err, const char *why) {
 
 /* ---------------------------------------------------------------- API */
 
+static void sched_drained(void *ud) { maybe_finish_close(ud); }
+
 int tunnel_client_new(tunnel_client **out, uv_loop_t *loop,
                       const tunnel_config *cfg) {
   if (!out || !loop)
@@ -520,8 +592,6 @@ int tunnel_client_new(tunnel_client **out, uv_loop_t *loop,
   if (!c)
     return TUNNEL_ENOMEM;
   int rc = tunnel__config_copy(&c->cfg, cfg);
-  if (rc == 0 && !c->cfg.tcp_mux)
-    rc = TUNNEL_ENOTSUP; /* one connection per work stream: not yet */
   if (rc == 0 && !(c->readbuf = tunnel__malloc(MEM(c), READBUF_SIZE)))
     rc = TUNNEL_ENOMEM;
   if (rc) {
@@ -531,6 +601,8 @@ int tunnel_client_new(tunnel_client **out, uv_loop_t *loop,
   }
   c->loop = loop;
   tunnel__sched_init(&c->sched, loop);
+  c->sched.drained = sched_drained;
+  c->sched.drained_ud = c;
   uv_timer_init(loop, &c->hb_timer);
   c->hb_timer.data = c;
   c->handles = 1;
@@ -555,19 +627,31 @@ int tunnel_client_connect(tunnel_client *c, const char *host, uint16_t port) {
   char *h = tunnel__strdup(MEM(c), host);
   if (!h)
     return TUNNEL_ENOMEM;
-  tunnel__mux *mux;
-  int rc = tunnel__mux_new(&mux, c->loop, &c->sched, &c->cfg, 1, &mux_cb, c);
+  uv_tcp_t *tcp = tunnel__malloc(MEM(c), sizeof *tcp);
+  if (!tcp) {
+    tunnel__free(MEM(c), h);
+    return TUNNEL_ENOMEM;
+  }
+  uv_tcp_init(c->loop, tcp);
+  tunnel__mux *mux = NULL;
+  int rc = 0;
+  if (c->cfg.tcp_mux)
+    rc = tunnel__mux_new(&mux, c->loop, &c->sched, &c->cfg, 1, tcp, &mux_cb,
+                         c);
+  if (rc == 0) {
+    rc = tunnel__dial_start(&c->dial, c->loop, MEM(c), tcp, h, port,
+                            server_connected, c);
+    if (rc && mux)
+      tunnel__mux_close(mux);
+    else if (rc)
+      tunnel__tcp_close_free(MEM(c), tcp);
+  }
   if (rc) {
     tunnel__free(MEM(c), h);
     return rc;
   }
-  rc = tunnel__dial_start(&c->dial, c->loop, MEM(c), tunnel__mux_tcp(mux), h,
-                          port, server_connected, c);
-  if (rc) {
-    tunnel__mux_close(mux);
-    tunnel__free(MEM(c), h);
-    return rc;
-  }
+  if (!mux)
+    c->ctl_tcp = tcp;
   tunnel__free(MEM(c), c->host);
   c->host = h;
   c->port = port;
@@ -598,7 +682,7 @@ static void sched_closed(uv_handle_t *h) {
 
 static void maybe_finish_close(tunnel_client *c) {
   if (!c->closing || c->handles || c->splices || c->objects ||
-      c->sched.closing)
+      c->sched.refs || c->sched.closing)
     return;
   tunnel__sched_close(&c->sched, sched_closed);
 }

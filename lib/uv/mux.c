@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "../log.h"
+#include "handle.h"
 #include "stream.h"
 #include "uverr.h"
 
@@ -15,11 +16,12 @@
 #define MAX_IOV 64
 
 struct tunnel__mux {
-  uv_tcp_t tcp;
+  uv_tcp_t *tcp;
   uv_write_t wreq;
   uv_loop_t *loop;
   tunnel__sched *sched;
   tunnel__mem mem;
+  const tunnel__mem *stream_mem; /* the owner's: streams outlive the mux */
   tunnel__logger log;
   tunnel__ymx *ymx;
   tunnel__mux_callbacks cb;
@@ -52,7 +54,7 @@ static int y_stream(tunnel__ymx *y, uint32_t id, void **su, void *ud) {
   (void)y;
   if (m->closing || !m->cb.on_stream)
     return TUNNEL_EREFUSED;
-  tunnel_stream *st = tunnel__stream_new(m, m->sched, &m->mem, id);
+  tunnel_stream *st = tunnel__stream_new(m, m->sched, m->stream_mem, id);
   if (!st)
     return TUNNEL_ENOMEM;
   st->next = m->streams;
@@ -118,12 +120,15 @@ static const tunnel__ymx_callbacks ymx_cb = {
 
 int tunnel__mux_new(tunnel__mux **out, uv_loop_t *loop, tunnel__sched *sched,
                     const struct tunnel_config *cfg, int is_client,
-                    const tunnel__mux_callbacks *cb, void *ud) {
+                    uv_tcp_t *tcp, const tunnel__mux_callbacks *cb, void *ud) {
   *out = NULL;
   tunnel__mux *m = tunnel__calloc(&cfg->mem, 1, sizeof *m);
-  if (!m)
+  if (!m) {
+    tunnel__tcp_close_free(&cfg->mem, tcp);
     return TUNNEL_ENOMEM;
+  }
   m->mem = cfg->mem;
+  m->stream_mem = &cfg->mem;
   m->log = cfg->log;
   m->loop = loop;
   m->sched = sched;
@@ -133,20 +138,19 @@ int tunnel__mux_new(tunnel__mux **out, uv_loop_t *loop, tunnel__sched *sched,
   tunnel__ymx_config yc = {is_client, cfg->max_streams, cfg->stream_window,
                            cfg->max_control_backlog, &m->mem, &m->log};
   int rc = m->rbuf ? tunnel__ymx_new(&m->ymx, &yc, &ymx_cb, m) : TUNNEL_ENOMEM;
-  if (rc == 0)
-    rc = tunnel__uv_err(uv_tcp_init(loop, &m->tcp));
   if (rc) {
-    tunnel__ymx_free(m->ymx);
     tunnel__free(&m->mem, m->rbuf);
     tunnel__free(&m->mem, m);
+    tunnel__tcp_close_free(&cfg->mem, tcp);
     return rc;
   }
-  m->tcp.data = m;
+  m->tcp = tcp;
+  m->tcp->data = m;
   *out = m;
   return 0;
 }
 
-uv_tcp_t *tunnel__mux_tcp(tunnel__mux *m) { return &m->tcp; }
+uv_tcp_t *tunnel__mux_tcp(tunnel__mux *m) { return m->tcp; }
 
 tunnel__ymx *tunnel__mux_session(tunnel__mux *m) { return m->ymx; }
 
@@ -182,13 +186,14 @@ static void end(tunnel__mux *m, int err) {
   m->end_err = err;
   tunnel__log(&m->log, TUNNEL_LOG_DEBUG, "mux: session ended: %s",
               tunnel_err_name(err));
-  uv_read_stop((uv_stream_t *)&m->tcp);
+  uv_read_stop((uv_stream_t *)m->tcp);
   fail_streams(m, err == TUNNEL_EEOF ? TUNNEL_ECONNRESET : err);
   tunnel__sched_post(m->sched, &m->end_task, end_task);
 }
 
 static void closed_cb(uv_handle_t *h) {
   tunnel__mux *m = h->data;
+  tunnel__free(&m->mem, m->tcp);
   tunnel__ymx_free(m->ymx);
   tunnel__free(&m->mem, m->rbuf);
   tunnel__mem mem = m->mem;
@@ -204,7 +209,7 @@ void tunnel__mux_close(tunnel__mux *m) {
   tunnel__sched_cancel(m->sched, &m->end_task);
   fail_streams(m, TUNNEL_ECANCELED);
   /* Pending uv_write requests complete with UV_ECANCELED before closed_cb. */
-  uv_close((uv_handle_t *)&m->tcp, closed_cb);
+  uv_close((uv_handle_t *)m->tcp, closed_cb);
 }
 
 /* ------------------------------------------------------------- reading */
@@ -240,8 +245,8 @@ int tunnel__mux_start(tunnel__mux *m, const uint8_t *prefix, size_t len) {
   if (m->started)
     return TUNNEL_ESTATE;
   m->started = 1;
-  uv_tcp_nodelay(&m->tcp, 1);
-  int rc = tunnel__uv_err(uv_read_start((uv_stream_t *)&m->tcp, alloc_cb,
+  uv_tcp_nodelay(m->tcp, 1);
+  int rc = tunnel__uv_err(uv_read_start((uv_stream_t *)m->tcp, alloc_cb,
                                         read_cb));
   if (rc == 0 && len)
     feed(m, prefix, len);
@@ -291,7 +296,7 @@ static void flush(tunnel__mux *m) {
       total += iov[i].len;
     }
     /* Try the cheap path first: most writes complete at once. */
-    int w = uv_try_write((uv_stream_t *)&m->tcp, bufs, (unsigned)n);
+    int w = uv_try_write((uv_stream_t *)m->tcp, bufs, (unsigned)n);
     if (w > 0) {
       tunnel__ymx_out_consume(m->ymx, (size_t)w);
       if ((size_t)w == total)
@@ -306,7 +311,7 @@ static void flush(tunnel__mux *m) {
       bufs[i] = uv_buf_init((char *)iov[i].base, (unsigned)iov[i].len);
       total += iov[i].len;
     }
-    int rc = uv_write(&m->wreq, (uv_stream_t *)&m->tcp, bufs, (unsigned)n,
+    int rc = uv_write(&m->wreq, (uv_stream_t *)m->tcp, bufs, (unsigned)n,
                       write_cb);
     if (rc) {
       end(m, tunnel__uv_err(rc));
@@ -371,7 +376,7 @@ int tunnel__mux_open(tunnel__mux *m, tunnel_stream **out) {
   int rc = tunnel__ymx_open(m->ymx, NULL, &id);
   if (rc)
     return rc;
-  tunnel_stream *st = tunnel__stream_new(m, m->sched, &m->mem, id);
+  tunnel_stream *st = tunnel__stream_new(m, m->sched, m->stream_mem, id);
   if (!st) {
     tunnel__ymx_reset(m->ymx, id);
     tunnel__mux_flush_soon(m);

@@ -21,10 +21,12 @@ typedef struct tunnel__mux_callbacks {
   void (*on_end)(tunnel__mux *m, int err, void *ud);
 } tunnel__mux_callbacks;
 
-/* `sched` must outlive the mux and every stream it creates. */
+/* `sched` and `cfg` must outlive the mux and every stream it creates. `tcp` is an
+ * initialised handle allocated with cfg->mem; the mux owns it from now on
+ * (even when this call fails) and frees it when closed. */
 int tunnel__mux_new(tunnel__mux **out, uv_loop_t *loop, tunnel__sched *sched,
                     const struct tunnel_config *cfg, int is_client,
-                    const tunnel__mux_callbacks *cb, void *ud);
+                    uv_tcp_t *tcp, const tunnel__mux_callbacks *cb, void *ud);
 /* The transport handle: connect it or accept into it, then start. */
 uv_tcp_t *tunnel__mux_tcp(tunnel__mux *m);
 /* Starts reading. `prefix` holds bytes already read from the transport

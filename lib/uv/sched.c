@@ -22,6 +22,9 @@ int tunnel__sched_init(tunnel__sched *s, uv_loop_t *loop) {
   s->head = s->tail = NULL;
   s->gen = 0;
   s->closing = 0;
+  s->refs = 0;
+  s->drained = NULL;
+  s->drained_ud = NULL;
   s->idle.data = s;
   return uv_idle_init(loop, &s->idle);
 }
@@ -71,4 +74,11 @@ void tunnel__sched_close(tunnel__sched *s, uv_close_cb cb) {
   }
   s->closing = 1;
   uv_close((uv_handle_t *)&s->idle, cb);
+}
+
+void tunnel__sched_ref(tunnel__sched *s) { s->refs++; }
+
+void tunnel__sched_unref(tunnel__sched *s) {
+  if (--s->refs == 0 && s->drained)
+    s->drained(s->drained_ud);
 }

@@ -23,7 +23,16 @@ typedef struct tunnel__sched {
   tunnel__task *tail;
   unsigned gen;
   int closing;
+  /* Objects that will still post tasks (streams): the owner may close the
+   * scheduler only when none is left. `drained` fires when the count drops
+   * to zero. */
+  unsigned refs;
+  void (*drained)(void *ud);
+  void *drained_ud;
 } tunnel__sched;
+
+void tunnel__sched_ref(tunnel__sched *s);
+void tunnel__sched_unref(tunnel__sched *s);
 
 int tunnel__sched_init(tunnel__sched *s, uv_loop_t *loop);
 /* Queues `t` once (a task already queued stays where it is). */

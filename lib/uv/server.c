@@ -10,6 +10,7 @@
 #include "../msg.h"
 #include "ctlchan.h"
 #include "dial.h"
+#include "handle.h"
 #include "mux.h"
 #include "splice.h"
 #include "stream.h"
@@ -35,6 +36,8 @@ struct tunnel_server {
   int listening;
   uint8_t *readbuf; /* shared by all splices */
   srv_sess *sessions;
+  struct srv_conn *conns;   /* connections not yet identified */
+  struct srv_first *firsts; /* streams awaiting their first message */
   srv_ctl *ctls;
   uint32_t nctl;
   uint32_t handles;  /* open uv handles owned by server objects */
@@ -56,10 +59,26 @@ struct srv_sess {
 
 /* A stream whose first message decides what it is. */
 typedef struct srv_first {
-  srv_sess *sess;
+  tunnel_server *srv;
+  srv_sess *sess; /* NULL: a whole TCP connection (non-mux) */
   tunnel_stream *st;
   tunnel__ctlchan ch;
+  struct srv_first *prev, *next;
 } srv_first;
+
+/* A new connection, until its first bytes tell yamux from a raw frp
+ * message. */
+typedef struct srv_conn {
+  tunnel_server *srv;
+  uv_tcp_t *tcp;
+  uv_timer_t timer;
+  struct srv_conn *prev, *next;
+  uint8_t buf[256];
+  int done;
+} srv_conn;
+
+/* A connection must identify itself within this time. */
+#define SNIFF_TIMEOUT_MS 10000
 
 typedef struct srv_work {
   srv_ctl *ctl;
@@ -599,8 +618,8 @@ static srv_ctl *find_ctl(tunnel_server *srv, const char *run_id) {
   return NULL;
 }
 
-static void refuse_login(srv_sess *sess, tunnel_stream *st, const char *why) {
-  tunnel_server *srv = sess->srv;
+static void refuse_login(tunnel_server *srv, tunnel_stream *st,
+                         const char *why) {
   tunnel__log(&srv->cfg.log, TUNNEL_LOG_WARN, "server: login refused: %s",
               why);
   tunnel__msg r;
@@ -625,26 +644,26 @@ static int check_key(tunnel_server *srv, const char *key, int64_t ts) {
   return tunnel__ct_equal(want, key, 32);
 }
 
-static void on_login(srv_sess *sess, tunnel_stream *st, const tunnel__msg *m) {
-  tunnel_server *srv = sess->srv;
-  if (sess->ctl) {
-    refuse_login(sess, st, "session already logged in");
+static void on_login(tunnel_server *srv, srv_sess *sess, tunnel_stream *st,
+                     const tunnel__msg *m) {
+  if (sess && sess->ctl) {
+    refuse_login(srv, st, "session already logged in");
     return;
   }
   if (!check_key(srv, m->privilege_key, m->timestamp)) {
-    refuse_login(sess, st, "authorization failed: token mismatch");
+    refuse_login(srv, st, "authorization failed: token mismatch");
     return;
   }
   srv_ctl *old = find_ctl(srv, m->run_id);
   if (old) /* the same client reconnecting: the new session replaces it */
     ctl_destroy(old);
   if (srv->nctl >= srv->cfg.max_clients) {
-    refuse_login(sess, st, "too many clients");
+    refuse_login(srv, st, "too many clients");
     return;
   }
   srv_ctl *ctl = tunnel__calloc(MEM(srv), 1, sizeof *ctl);
   if (!ctl) {
-    refuse_login(sess, st, "server out of memory");
+    refuse_login(srv, st, "server out of memory");
     return;
   }
   ctl->srv = srv;
@@ -657,7 +676,7 @@ static void on_login(srv_sess *sess, tunnel_stream *st, const tunnel__msg *m) {
     snprintf(ctl->run_id, sizeof ctl->run_id, "%s", m->run_id);
   else if (gen_run_id(ctl->run_id) != 0) {
     tunnel__free(MEM(srv), ctl);
-    refuse_login(sess, st, "server cannot generate a run id");
+    refuse_login(srv, st, "server cannot generate a run id");
     return;
   }
   tunnel__ctlchan_init(&ctl->ch, st, MEM(srv), srv->cfg.max_message_size);
@@ -680,7 +699,8 @@ static void on_login(srv_sess *sess, tunnel_stream *st, const tunnel__msg *m) {
     return;
   }
   srv->objects++;
-  sess->ctl = ctl;
+  if (sess)
+    sess->ctl = ctl;
   ctl->next = srv->ctls;
   if (srv->ctls)
     srv->ctls->prev = ctl;
@@ -711,13 +731,13 @@ static void pooled_read(tunnel_stream *st, int status, const uint8_t *data,
   tunnel_stream_close(st, NULL, NULL);
 }
 
-static void on_new_work_conn(srv_sess *sess, tunnel_stream *st,
-                             const tunnel__msg *m) {
-  tunnel_server *srv = sess->srv;
+static void on_new_work_conn(tunnel_server *srv, srv_sess *sess,
+                             tunnel_stream *st, const tunnel__msg *m) {
   srv_ctl *ctl = find_ctl(srv, m->run_id);
   /* A work stream on the session its client logged in on is covered by
-   * that login; one arriving any other way must carry its own key. */
-  int trusted = ctl && ctl->sess == sess;
+   * that login; one arriving any other way (its own TCP connection, in
+   * non-mux mode) must carry its own key when a token is set. */
+  int trusted = ctl && sess && ctl->sess == sess;
   if (!ctl || (!trusted && !check_key(srv, m->privilege_key, m->timestamp))) {
     tunnel__log(&srv->cfg.log, TUNNEL_LOG_WARN,
                 "server: work connection for unknown or unauthorised run id "
@@ -762,26 +782,39 @@ static void on_new_work_conn(srv_sess *sess, tunnel_stream *st,
 
 /* ------------------------------------------------------------ sessions */
 
+static void first_unlink(srv_first *f) {
+  tunnel_server *srv = f->srv;
+  if (f->prev)
+    f->prev->next = f->next;
+  else
+    srv->firsts = f->next;
+  if (f->next)
+    f->next->prev = f->prev;
+  tunnel__ctlchan_free(&f->ch);
+  tunnel__free(MEM(srv), f);
+}
+
 static int on_first_msg(tunnel__ctlchan *ch, int err, const tunnel__msg *m,
                         void *ud) {
   srv_first *f = ud;
+  tunnel_server *srv = f->srv;
   srv_sess *sess = f->sess;
   tunnel_stream *st = f->st;
-  tunnel__ctlchan_free(ch);
-  tunnel__free(MEM(sess->srv), f);
+  (void)ch;
+  first_unlink(f);
   if (err) {
     tunnel_stream_close(st, NULL, NULL);
     return 0;
   }
   switch (m->type) {
   case TUNNEL__MSG_LOGIN:
-    on_login(sess, st, m);
+    on_login(srv, sess, st, m);
     break;
   case TUNNEL__MSG_NEW_WORK_CONN:
-    on_new_work_conn(sess, st, m);
+    on_new_work_conn(srv, sess, st, m);
     break;
   default:
-    tunnel__log(&sess->srv->cfg.log, TUNNEL_LOG_WARN,
+    tunnel__log(&srv->cfg.log, TUNNEL_LOG_WARN,
                 "server: unexpected first message %s",
                 tunnel__msg_type_name(m->type));
     tunnel_stream_close(st, NULL, NULL);
@@ -790,23 +823,32 @@ static int on_first_msg(tunnel__ctlchan *ch, int err, const tunnel__msg *m,
   return 0;
 }
 
-static void on_stream(tunnel__mux *mux, tunnel_stream *st, void *ud) {
-  srv_sess *sess = ud;
-  (void)mux;
-  srv_first *f = tunnel__calloc(MEM(sess->srv), 1, sizeof *f);
+/* Reads the first message of a new stream (mux) or connection (raw). */
+static void first_start(tunnel_server *srv, srv_sess *sess,
+                        tunnel_stream *st) {
+  srv_first *f = tunnel__calloc(MEM(srv), 1, sizeof *f);
   if (!f) {
     tunnel_stream_close(st, NULL, NULL);
     return;
   }
+  f->srv = srv;
   f->sess = sess;
   f->st = st;
-  tunnel__ctlchan_init(&f->ch, st, MEM(sess->srv),
-                       sess->srv->cfg.max_message_size);
+  tunnel__ctlchan_init(&f->ch, st, MEM(srv), srv->cfg.max_message_size);
+  f->next = srv->firsts;
+  if (srv->firsts)
+    srv->firsts->prev = f;
+  srv->firsts = f;
   if (tunnel__ctlchan_read(&f->ch, on_first_msg, f) != 0) {
-    tunnel__ctlchan_free(&f->ch);
-    tunnel__free(MEM(sess->srv), f);
+    first_unlink(f);
     tunnel_stream_close(st, NULL, NULL);
   }
+}
+
+static void on_stream(tunnel__mux *mux, tunnel_stream *st, void *ud) {
+  srv_sess *sess = ud;
+  (void)mux;
+  first_start(sess->srv, sess, st);
 }
 
 static void on_mux_end(tunnel__mux *mux, int err, void *ud) {
@@ -851,32 +893,128 @@ static void sess_destroy(srv_sess *sess) {
   tunnel__sched_post(&srv->sched, &sess->free_task, sess_free_task);
 }
 
+static void conn_timer_closed(uv_handle_t *h) {
+  srv_conn *c = h->data;
+  tunnel_server *srv = c->srv;
+  tunnel__free(MEM(srv), c);
+  srv->handles--;
+  maybe_finish_close(srv);
+}
+
+/* Ends the sniffing phase; `keep_tcp` when the handle was handed on. */
+static void conn_done(srv_conn *c, int keep_tcp) {
+  tunnel_server *srv = c->srv;
+  if (c->done)
+    return;
+  c->done = 1;
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    srv->conns = c->next;
+  if (c->next)
+    c->next->prev = c->prev;
+  if (!keep_tcp) {
+    uv_read_stop((uv_stream_t *)c->tcp);
+    tunnel__tcp_close_free(MEM(srv), c->tcp);
+  }
+  c->tcp = NULL;
+  uv_close((uv_handle_t *)&c->timer, conn_timer_closed);
+}
+
+static void conn_timeout(uv_timer_t *t) {
+  srv_conn *c = t->data;
+  tunnel__log(&c->srv->cfg.log, TUNNEL_LOG_INFO,
+              "server: connection silent for too long; closed");
+  conn_done(c, 0);
+}
+
+static void conn_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+  srv_conn *c = h->data;
+  (void)hint;
+  *buf = uv_buf_init((char *)c->buf, sizeof c->buf);
+}
+
+static void conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  srv_conn *c = s->data;
+  tunnel_server *srv = c->srv;
+  (void)buf;
+  if (nread == 0)
+    return;
+  if (nread < 0) {
+    conn_done(c, 0);
+    return;
+  }
+  uv_read_stop(s);
+  uv_tcp_t *tcp = c->tcp;
+  uint8_t first[sizeof c->buf];
+  size_t n = (size_t)nread;
+  memcpy(first, c->buf, n);
+  conn_done(c, 1);
+  if (first[0] == 0) {
+    /* A yamux header starts with version 0; no frp message type is 0. */
+    srv_sess *sess = tunnel__calloc(MEM(srv), 1, sizeof *sess);
+    if (!sess) {
+      tunnel__tcp_close_free(MEM(srv), tcp);
+      return;
+    }
+    sess->srv = srv;
+    if (tunnel__mux_new(&sess->mux, srv->loop, &srv->sched, &srv->cfg, 0, tcp,
+                        &mux_cb, sess) != 0) {
+      tunnel__free(MEM(srv), sess);
+      return;
+    }
+    srv->objects++;
+    sess->next = srv->sessions;
+    if (srv->sessions)
+      srv->sessions->prev = sess;
+    srv->sessions = sess;
+    if (tunnel__mux_start(sess->mux, first, n) != 0)
+      sess_destroy(sess);
+    return;
+  }
+  /* frp's non-mux mode: the connection itself carries one control or work
+   * channel. */
+  tunnel_stream *st = tunnel__stream_new_tcp(&srv->sched, MEM(srv), tcp,
+                                             first, n);
+  if (st)
+    first_start(srv, NULL, st);
+}
+
 static void on_client(uv_stream_t *l, int status) {
   tunnel_server *srv = l->data;
   if (status < 0 || srv->closing)
     return;
-  srv_sess *sess = tunnel__calloc(MEM(srv), 1, sizeof *sess);
-  if (!sess)
+  uv_tcp_t *tcp = tunnel__malloc(MEM(srv), sizeof *tcp);
+  if (!tcp)
     return;
-  sess->srv = srv;
-  if (tunnel__mux_new(&sess->mux, srv->loop, &srv->sched, &srv->cfg, 0,
-                      &mux_cb, sess) != 0) {
-    tunnel__free(MEM(srv), sess);
+  uv_tcp_init(srv->loop, tcp);
+  if (uv_accept(l, (uv_stream_t *)tcp) != 0) {
+    tunnel__tcp_close_free(MEM(srv), tcp);
     return;
   }
-  srv->objects++;
-  int rc = uv_accept(l, (uv_stream_t *)tunnel__mux_tcp(sess->mux));
-  if (rc == 0)
-    rc = tunnel__mux_start(sess->mux, NULL, 0);
-  sess->next = srv->sessions;
-  if (srv->sessions)
-    srv->sessions->prev = sess;
-  srv->sessions = sess;
-  if (rc)
-    sess_destroy(sess);
+  srv_conn *c = tunnel__calloc(MEM(srv), 1, sizeof *c);
+  if (!c) {
+    tunnel__tcp_close_free(MEM(srv), tcp);
+    return;
+  }
+  c->srv = srv;
+  c->tcp = tcp;
+  tcp->data = c;
+  uv_timer_init(srv->loop, &c->timer);
+  c->timer.data = c;
+  srv->handles++;
+  c->next = srv->conns;
+  if (srv->conns)
+    srv->conns->prev = c;
+  srv->conns = c;
+  uv_timer_start(&c->timer, conn_timeout, SNIFF_TIMEOUT_MS, 0);
+  if (uv_read_start((uv_stream_t *)tcp, conn_alloc, conn_read) != 0)
+    conn_done(c, 0);
 }
 
 /* ---------------------------------------------------------------- API */
+
+static void sched_drained(void *ud) { maybe_finish_close(ud); }
 
 int tunnel_server_new(tunnel_server **out, uv_loop_t *loop,
                       const tunnel_config *cfg) {
@@ -902,6 +1040,8 @@ int tunnel_server_new(tunnel_server **out, uv_loop_t *loop,
   }
   /* Neither can fail: no socket is created until bind. */
   tunnel__sched_init(&srv->sched, loop);
+  srv->sched.drained = sched_drained;
+  srv->sched.drained_ud = srv;
   uv_tcp_init(loop, &srv->listener);
   srv->loop = loop;
   srv->listener.data = srv;
@@ -963,7 +1103,7 @@ static void sched_closed(uv_handle_t *h) {
 
 static void maybe_finish_close(tunnel_server *srv) {
   if (!srv->closing || srv->handles || srv->splices || srv->objects ||
-      srv->sched.closing)
+      srv->sched.refs || srv->sched.closing)
     return;
   tunnel__sched_close(&srv->sched, sched_closed);
 }
@@ -979,7 +1119,17 @@ int tunnel_server_close(tunnel_server *srv, tunnel_server_close_cb cb,
   srv->close_ud = ud;
   srv->listener.data = srv;
   uv_close((uv_handle_t *)&srv->listener, handle_closed);
+  while (srv->conns)
+    conn_done(srv->conns, 0);
+  while (srv->firsts) {
+    tunnel_stream *st = srv->firsts->st;
+    first_unlink(srv->firsts);
+    tunnel_stream_close(st, NULL, NULL);
+  }
   while (srv->sessions)
     sess_destroy(srv->sessions);
+  while (srv->ctls) /* clients without a session: non-mux */
+    ctl_destroy(srv->ctls);
+  maybe_finish_close(srv);
   return 0;
 }

@@ -1,7 +1,14 @@
 #include "stream.h"
 
+#include <string.h>
+
 #include "../yamux.h"
+#include "handle.h"
 #include "mux.h"
+#include "uverr.h"
+
+/* Read size of TCP streams: large reads, few syscalls. */
+#define TCP_READ_BUF (64u * 1024u)
 
 struct tunnel__wreq {
   tunnel__wreq *next;
@@ -17,6 +24,30 @@ static void task(tunnel__task *t);
 
 static void post(tunnel_stream *st) { tunnel__sched_post(st->sched, &st->task, task); }
 
+static void tcp_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+static void tcp_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+  tunnel_stream *st = h->data;
+  (void)hint;
+  *buf = uv_buf_init((char *)st->tcp_rbuf, TCP_READ_BUF);
+}
+
+/* A TCP stream reads from the socket only while a reader wants data and
+ * nothing is queued: stopping is the backpressure. */
+static void tcp_sync_reading(tunnel_stream *st) {
+  if (!st->tcp || !st->tcp_open)
+    return;
+  int want = st->reading && !st->rx.size && !st->eof_received &&
+             !st->error && !st->closing;
+  if (want == st->tcp_reading)
+    return;
+  st->tcp_reading = want;
+  if (want)
+    uv_read_start((uv_stream_t *)st->tcp, tcp_alloc_cb, tcp_read_cb);
+  else
+    uv_read_stop((uv_stream_t *)st->tcp);
+}
+
 tunnel_stream *tunnel__stream_new(tunnel__mux *m, tunnel__sched *sched,
                                   const tunnel__mem *mem, uint32_t id) {
   tunnel_stream *st = tunnel__calloc(mem, 1, sizeof *st);
@@ -26,9 +57,52 @@ tunnel_stream *tunnel__stream_new(tunnel__mux *m, tunnel__sched *sched,
   st->sched = sched;
   st->mem = mem;
   st->id = id;
+  tunnel__sched_ref(sched);
   tunnel__bufq_init(&st->rx, mem, 16384);
   tunnel__bufq_init(&st->tx, mem, 65536);
   return st;
+}
+
+static void stream_free(tunnel_stream *st) {
+  tunnel__sched *sched = st->sched;
+  tunnel__bufq_free(&st->rx);
+  tunnel__bufq_free(&st->tx);
+  tunnel__free(st->mem, st->tcp_rbuf);
+  tunnel__free(st->mem, st);
+  tunnel__sched_unref(sched); /* may end the owner: last */
+}
+
+tunnel_stream *tunnel__stream_new_tcp(tunnel__sched *sched,
+                                      const tunnel__mem *mem, uv_tcp_t *tcp,
+                                      const uint8_t *prefix, size_t len) {
+  tunnel_stream *st = tunnel__stream_new(NULL, sched, mem, 0);
+  if (st && (!(st->tcp_rbuf = tunnel__malloc(mem, TCP_READ_BUF)) ||
+             (len && tunnel__bufq_append(&st->rx, prefix, len) != 0))) {
+    stream_free(st);
+    st = NULL;
+  }
+  if (!st) {
+    tunnel__tcp_close_free(mem, tcp);
+    return NULL;
+  }
+  st->tcp = tcp;
+  st->tcp_open = 1;
+  tcp->data = st;
+  uv_tcp_nodelay(tcp, 1);
+  return st;
+}
+
+static void tcp_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  tunnel_stream *st = s->data;
+  (void)buf;
+  if (nread > 0) {
+    tunnel__stream_on_data(st, st->tcp_rbuf, (size_t)nread);
+  } else if (nread == UV_EOF) {
+    tunnel__stream_on_fin(st);
+  } else if (nread < 0) {
+    tunnel__stream_on_fail(st, tunnel__uv_err((int)nread));
+  }
+  tcp_sync_reading(st);
 }
 
 /* Returns the window to the peer for bytes the reader has taken. */
@@ -89,6 +163,7 @@ static void deliver(tunnel_stream *st) {
     st->eof_delivered = 1;
     give_status(st, TUNNEL_EEOF);
   }
+  tcp_sync_reading(st);
 }
 
 void tunnel__stream_on_data(tunnel_stream *st, const uint8_t *d, size_t n) {
@@ -122,6 +197,7 @@ void tunnel__stream_on_fail(tunnel_stream *st, int err) {
   st->error = err;
   if (err == TUNNEL_ERESET)
     st->forgotten = 1;
+  tcp_sync_reading(st);
   if (st->mux && err != TUNNEL_ERESET && !st->forgotten) {
     /* A local failure (out of memory): tell the peer. */
     tunnel__ymx_reset(tunnel__mux_session(st->mux), st->id);
@@ -221,9 +297,7 @@ static void finish_close(tunnel_stream *st) {
   tunnel__sched_cancel(st->sched, &st->task);
   if (st->close_cb)
     st->close_cb(st, st->close_ud);
-  tunnel__bufq_free(&st->rx);
-  tunnel__bufq_free(&st->tx);
-  tunnel__free(st->mem, st);
+  stream_free(st);
 }
 
 static void task(tunnel__task *t) {
@@ -232,8 +306,78 @@ static void task(tunnel__task *t) {
     complete_writes(st);
   if (!st->closing)
     deliver(st);
-  if (st->closing)
+  /* A TCP stream is freed only once libuv is done with its handle. */
+  if (st->closing && !st->tcp_open)
     finish_close(st);
+}
+
+/* ---------------------------------------------------------- TCP side */
+
+typedef struct tcp_wbuf {
+  uv_write_t req;
+  tunnel_stream *st;
+  size_t len;
+  uint8_t data[];
+} tcp_wbuf;
+
+static void tcp_write_cb(uv_write_t *req, int status) {
+  tcp_wbuf *w = (tcp_wbuf *)req;
+  tunnel_stream *st = w->st;
+  st->tcp_pending -= w->len;
+  st->tx_out += w->len;
+  tunnel__free(st->mem, w);
+  if (status < 0 && status != UV_ECANCELED)
+    tunnel__stream_on_fail(st, tunnel__uv_err(status));
+  post(st);
+}
+
+/* Writes what the socket takes now and queues a copy of the rest. Returns
+ * how much went out at once, or an error. */
+static int tcp_send(tunnel_stream *st, const uint8_t *data, size_t len,
+                    size_t *done) {
+  *done = 0;
+  if (st->tcp_pending == 0) {
+    uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+    int n = uv_try_write((uv_stream_t *)st->tcp, &b, 1);
+    if (n > 0)
+      *done = (size_t)n;
+    else if (n != UV_EAGAIN)
+      return tunnel__uv_err(n);
+  }
+  if (*done == len)
+    return 0;
+  size_t rest = len - *done;
+  tcp_wbuf *w = tunnel__malloc(st->mem, sizeof *w + rest);
+  if (!w)
+    return TUNNEL_ENOMEM;
+  w->st = st;
+  w->len = rest;
+  memcpy(w->data, data + *done, rest);
+  uv_buf_t b = uv_buf_init((char *)w->data, (unsigned)rest);
+  int rc = uv_write(&w->req, (uv_stream_t *)st->tcp, &b, 1, tcp_write_cb);
+  if (rc) {
+    tunnel__free(st->mem, w);
+    return tunnel__uv_err(rc);
+  }
+  st->tcp_pending += rest;
+  return 0;
+}
+
+static void tcp_shut_cb(uv_shutdown_t *req, int status) {
+  tunnel_stream *st = req->data;
+  if (status < 0 && status != UV_ECANCELED)
+    tunnel__stream_on_fail(st, tunnel__uv_err(status));
+  st->shut_sent = 1;
+  st->shut_cb_pending = 1;
+  post(st);
+}
+
+static void tcp_closed_cb(uv_handle_t *h) {
+  tunnel_stream *st = h->data;
+  tunnel__free(st->mem, st->tcp);
+  st->tcp = NULL;
+  st->tcp_open = 0;
+  post(st);
 }
 
 /* ------------------------------------------------------------- public */
@@ -249,6 +393,7 @@ static int start_reading(tunnel_stream *st, tunnel_stream_read_cb read_cb,
   st->read_gen++;
   if (st->rx.size || st->eof_received || st->error)
     post(st);
+  tcp_sync_reading(st);
   return 0;
 }
 
@@ -270,6 +415,7 @@ int tunnel_stream_read_stop(tunnel_stream *st) {
   if (!st)
     return TUNNEL_EINVAL;
   st->reading = 0;
+  tcp_sync_reading(st);
   return 0;
 }
 
@@ -288,6 +434,27 @@ int tunnel_stream_write(tunnel_stream *st, const uint8_t *data, size_t len,
     return TUNNEL_ENOMEM;
   size_t direct = 0;
   tunnel__mux *m = st->mux;
+  if (st->tcp) {
+    int rc = tcp_send(st, data, len, &direct);
+    if (rc) {
+      tunnel__free(st->mem, r);
+      return rc;
+    }
+    st->tx_in += len;
+    st->tx_out += direct;
+    r->next = NULL;
+    r->end = st->tx_in;
+    r->cb = cb;
+    r->ud = ud;
+    if (st->wreq_tail)
+      st->wreq_tail->next = r;
+    else
+      st->wreq_head = r;
+    st->wreq_tail = r;
+    if (direct == len)
+      post(st);
+    return 0;
+  }
   if (m && st->tx.size == 0 && tunnel__mux_has_room(m)) {
     /* Straight into the session while the window is open: one copy. */
     tunnel__ymx *y = tunnel__mux_session(m);
@@ -328,7 +495,9 @@ int tunnel_stream_write(tunnel_stream *st, const uint8_t *data, size_t len,
 }
 
 size_t tunnel_stream_write_queue_size(const tunnel_stream *st) {
-  return st ? st->tx.size : 0;
+  if (!st)
+    return 0;
+  return st->tcp ? st->tcp_pending : st->tx.size;
 }
 
 int tunnel_stream_shutdown(tunnel_stream *st, tunnel_stream_write_cb cb,
@@ -344,6 +513,17 @@ int tunnel_stream_shutdown(tunnel_stream *st, tunnel_stream_write_cb cb,
   st->shut_requested = 1;
   st->shut_cb = cb;
   st->shut_ud = ud;
+  if (st->tcp) {
+    /* libuv sends the FIN after the queued writes. */
+    st->tcp_shut.data = st;
+    int rc = uv_shutdown(&st->tcp_shut, (uv_stream_t *)st->tcp, tcp_shut_cb);
+    if (rc) {
+      st->shut_requested = 0;
+      st->shut_cb = NULL;
+      return tunnel__uv_err(rc);
+    }
+    return 0;
+  }
   tunnel__stream_pump(st);
   return 0;
 }
@@ -357,6 +537,14 @@ int tunnel_stream_close(tunnel_stream *st, tunnel_stream_close_cb cb,
   st->closing = 1;
   st->close_cb = cb;
   st->close_ud = ud;
+  if (st->tcp && st->tcp_open) {
+    uv_read_stop((uv_stream_t *)st->tcp);
+    st->tcp_reading = 0;
+    int clean = st->eof_received && st->shut_sent && !st->error;
+    /* As with a mux stream, an unfinished stream ends in a reset. */
+    if (clean || uv_tcp_close_reset(st->tcp, tcp_closed_cb) != 0)
+      uv_close((uv_handle_t *)st->tcp, tcp_closed_cb);
+  }
   if (st->mux) {
     if (!st->forgotten) {
       tunnel__ymx_reset(tunnel__mux_session(st->mux), st->id);

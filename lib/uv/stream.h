@@ -19,7 +19,14 @@ typedef size_t (*tunnel__stream_take_fn)(tunnel_stream *st, int status,
                                          void *ud);
 
 struct tunnel_stream {
-  tunnel__mux *mux; /* NULL once the session is gone */
+  tunnel__mux *mux; /* NULL once the session is gone (or for TCP streams) */
+  /* A stream that is a whole TCP connection (frp's non-mux mode). */
+  uv_tcp_t *tcp;
+  uint8_t *tcp_rbuf;
+  size_t tcp_pending;  /* bytes in uv_write requests */
+  int tcp_reading;     /* uv_read_start in effect */
+  int tcp_open;        /* handle not yet closed */
+  uv_shutdown_t tcp_shut;
   tunnel__sched *sched;
   const tunnel__mem *mem;
   uint32_t id;
@@ -60,6 +67,12 @@ struct tunnel_stream {
 
 tunnel_stream *tunnel__stream_new(tunnel__mux *m, tunnel__sched *sched,
                                   const tunnel__mem *mem, uint32_t id);
+/* A stream over a connected TCP handle (allocated with `mem`; owned by the
+ * stream from now on, also on failure). `prefix` bytes were already read
+ * from it and are delivered first. NULL on out of memory. */
+tunnel_stream *tunnel__stream_new_tcp(tunnel__sched *sched,
+                                      const tunnel__mem *mem, uv_tcp_t *tcp,
+                                      const uint8_t *prefix, size_t len);
 /* Internal-reader variant of tunnel_stream_read_start. */
 int tunnel__stream_take_start(tunnel_stream *st, tunnel__stream_take_fn cb,
                               void *ud);

@@ -32,6 +32,7 @@
 #include "config.h"
 #include "tunnel/uv.h"
 #include "uv/mux.h"
+#include "uv/stream.h" /* to check the session forgot a stream */
 
 #define HDR_SIZE 16
 #define REPLY_SIZE 17
@@ -161,7 +162,6 @@ typedef struct sctx {
   scenario *sc;
   tunnel_stream *st;
   struct sctx *prev, *next;
-  int go_opened;
   int kind; /* 0 until a Go-opened stream's header has arrived */
   uint32_t index;
   uint64_t length;
@@ -194,16 +194,14 @@ struct scenario {
   tunnel__mux *mux;
   int listener_closed, mux_closed, proc_exited, finished, aborting;
   int64_t exit_status;
-  int term_signal;
   int watchdog_fired;
 
   sctx *streams;
   int live;
 
   int c_bulk_done, c_echo_done, g_bulk_done, g_echo_done;
-  int g_done, g_verdict;
-  int ping_midway_sent, pings_ok;
-  uint32_t ping_expect[2];
+  int g_done;
+  int ping_midway_sent, pings_ok, pings_seen;
 
   size_t max_echo_queue;
   int pauses;
@@ -266,12 +264,15 @@ static void close_stream(sctx *c) {
     sc_fail(c->sc, "tunnel_stream_close: %s", tunnel_err_name(rc));
 }
 
-/* Both directions ended cleanly: the session has forgotten the stream, so
- * closing it sends nothing (a reset here would be a bug we want to see as a
- * leftover stream in the session's count). */
+/* Closes a stream once a FIN went each way. The session must have forgotten
+ * it by then, so that the close sends no reset. */
 static void maybe_close(sctx *c) {
-  if (c->eof && c->shut_done)
-    close_stream(c);
+  if (!c->eof || !c->shut_done)
+    return;
+  if (!c->st->forgotten)
+    sc_fail(c->sc, "stream %c#%u: FIN both ways, yet the session keeps it",
+            c->kind, c->index);
+  close_stream(c);
 }
 
 static void shut_cb(tunnel_stream *st, int status, void *ud) {
@@ -296,13 +297,12 @@ static void shutdown_stream(sctx *c) {
     sc_fail(c->sc, "tunnel_stream_shutdown: %s", tunnel_err_name(rc));
 }
 
-static sctx *sctx_new(scenario *sc, tunnel_stream *st, int go_opened) {
+static sctx *sctx_new(scenario *sc, tunnel_stream *st) {
   sctx *c = calloc(1, sizeof *c);
   if (!c)
     return NULL;
   c->sc = sc;
   c->st = st;
-  c->go_opened = go_opened;
   c->tx_fnv = FNV_OFFSET;
   c->next = sc->streams;
   if (sc->streams)
@@ -325,7 +325,7 @@ static void chunk_written(tunnel_stream *st, int status, void *ud) {
     return;
   if (status) {
     sc_fail(c->sc, "write on stream %c#%u: %s", c->kind, c->index,
-         tunnel_err_name(status));
+            tunnel_err_name(status));
     return;
   }
   send_more(c);
@@ -336,8 +336,8 @@ static void chunk_written(tunnel_stream *st, int status, void *ud) {
 static void send_more(sctx *c) {
   uint8_t buf[CHUNK];
   while (c->sent < c->length && c->writes < MAX_WRITES && !c->sc->failed) {
-    size_t n = c->length - c->sent < CHUNK ? (size_t)(c->length - c->sent)
-                                           : CHUNK;
+    size_t n =
+        c->length - c->sent < CHUNK ? (size_t)(c->length - c->sent) : CHUNK;
     gen_fill(&c->tx, buf, n);
     c->tx_fnv = fnv_update(c->tx_fnv, buf, n);
     int rc = tunnel_stream_write(c->st, buf, n, chunk_written, c);
@@ -372,7 +372,7 @@ static void c_read_cb(tunnel_stream *st, int status, const uint8_t *data,
   }
   if (status != TUNNEL_EEOF) {
     sc_fail(sc, "stream %c#%u we opened: %s", c->kind, c->index,
-         tunnel_err_name(status));
+            tunnel_err_name(status));
     return;
   }
   c->eof = 1;
@@ -383,18 +383,18 @@ static void c_read_cb(tunnel_stream *st, int status, const uint8_t *data,
       sc_fail(sc, "bulk reply: %zu bytes", c->reply_len);
     else if (be64(c->reply) != BULK_SIZE || be64(c->reply + 8) != c->tx_fnv ||
              c->reply[16] != 1)
-      sc_fail(sc, "bulk reply: Go counted %llu bytes, FNV %016llx (ours %016llx), "
-           "verdict %d",
-           (unsigned long long)be64(c->reply),
-           (unsigned long long)be64(c->reply + 8),
-           (unsigned long long)c->tx_fnv, c->reply[16]);
+      sc_fail(sc,
+              "bulk reply: Go counted %llu bytes, FNV %016llx (ours %016llx), "
+              "verdict %d",
+              (unsigned long long)be64(c->reply),
+              (unsigned long long)be64(c->reply + 8),
+              (unsigned long long)c->tx_fnv, c->reply[16]);
     else
       sc->c_bulk_done++;
   } else if (c->v.n != c->length || c->v.bad) {
     sc_fail(sc, "echo #%u: %llu of %llu bytes back, mismatch %d at %llu",
-         c->index, (unsigned long long)c->v.n,
-         (unsigned long long)c->length, c->v.bad,
-         (unsigned long long)c->v.bad_at);
+            c->index, (unsigned long long)c->v.n, (unsigned long long)c->length,
+            c->v.bad, (unsigned long long)c->v.bad_at);
   } else {
     sc->c_echo_done++;
   }
@@ -409,7 +409,7 @@ static void open_stream(scenario *sc, int kind, uint32_t index,
     sc_fail(sc, "tunnel__mux_open: %s", tunnel_err_name(rc));
     return;
   }
-  sctx *c = sctx_new(sc, st, 0);
+  sctx *c = sctx_new(sc, st);
   if (!c) {
     tunnel_stream_close(st, NULL, NULL);
     sc_fail(sc, "out of memory");
@@ -457,7 +457,8 @@ static void g_data(sctx *c, const uint8_t *data, size_t len) {
   case 'B':
     verify_update(&c->v, data, len);
     if (c->v.n > c->length)
-      sc_fail(sc, "Go bulk: more than %llu bytes", (unsigned long long)c->length);
+      sc_fail(sc, "Go bulk: more than %llu bytes",
+              (unsigned long long)c->length);
     /* A ping queued behind megabytes of data, from inside a read. */
     if (!sc->ping_midway_sent && c->v.n >= BULK_SIZE / 2) {
       sc->ping_midway_sent = 1;
@@ -469,7 +470,7 @@ static void g_data(sctx *c, const uint8_t *data, size_t len) {
   case 'E': {
     if (c->echoed + len > c->length) {
       sc_fail(sc, "Go echo #%u: more than the %llu bytes announced", c->index,
-           (unsigned long long)c->length);
+              (unsigned long long)c->length);
       return;
     }
     verify_update(&c->v, data, len);
@@ -506,16 +507,16 @@ static void g_header(sctx *c) {
   switch (c->kind) {
   case 'B':
     if (c->length != BULK_SIZE)
-      sc_fail(sc, "Go bulk announces %llu bytes", (unsigned long long)c->length);
+      sc_fail(sc, "Go bulk announces %llu bytes",
+              (unsigned long long)c->length);
     break;
   case 'E':
     if (c->length != echo_size(c->index))
       sc_fail(sc, "Go echo #%u announces %llu bytes", c->index,
-           (unsigned long long)c->length);
+              (unsigned long long)c->length);
     break;
   case 'D':
     sc->g_done = 1;
-    sc->g_verdict = (int)c->length;
     if (c->length != 1)
       sc_fail(sc, "the Go peer reports failed checks (see its stderr)");
     break;
@@ -545,7 +546,7 @@ static void g_read_cb(tunnel_stream *st, int status, const uint8_t *data,
   }
   if (status != TUNNEL_EEOF) {
     sc_fail(sc, "stream %c#%u Go opened: %s", c->kind ? c->kind : '?', c->index,
-         tunnel_err_name(status));
+            tunnel_err_name(status));
     return;
   }
   c->eof = 1;
@@ -557,8 +558,8 @@ static void g_read_cb(tunnel_stream *st, int status, const uint8_t *data,
   case 'B':
     if (c->v.n != BULK_SIZE || c->v.bad)
       sc_fail(sc, "Go bulk: %llu bytes then EOF, mismatch %d at %llu",
-           (unsigned long long)c->v.n, c->v.bad,
-           (unsigned long long)c->v.bad_at);
+              (unsigned long long)c->v.n, c->v.bad,
+              (unsigned long long)c->v.bad_at);
     else
       sc->g_bulk_done++;
     break;
@@ -566,8 +567,8 @@ static void g_read_cb(tunnel_stream *st, int status, const uint8_t *data,
     /* Go closes only after it has verified our echo. */
     if (c->echoed != c->length || c->v.bad || !c->shut_started)
       sc_fail(sc, "Go echo #%u: EOF after %llu of %llu bytes, mismatch %d",
-           c->index, (unsigned long long)c->echoed,
-           (unsigned long long)c->length, c->v.bad);
+              c->index, (unsigned long long)c->echoed,
+              (unsigned long long)c->length, c->v.bad);
     else
       sc->g_echo_done++;
     break;
@@ -584,7 +585,7 @@ static void g_read_cb(tunnel_stream *st, int status, const uint8_t *data,
 static void on_stream(tunnel__mux *m, tunnel_stream *st, void *ud) {
   scenario *sc = ud;
   (void)m;
-  sctx *c = sctx_new(sc, st, 1);
+  sctx *c = sctx_new(sc, st);
   if (!c) {
     tunnel_stream_close(st, NULL, NULL);
     sc_fail(sc, "out of memory");
@@ -598,10 +599,14 @@ static void on_stream(tunnel__mux *m, tunnel_stream *st, void *ud) {
 static void on_ping(tunnel__mux *m, uint32_t opaque, void *ud) {
   scenario *sc = ud;
   (void)m;
-  if (sc->pings_ok < 2 && opaque == sc->ping_expect[sc->pings_ok])
+  /* Each answer once, in any order (Go answers from a goroutine each). */
+  int i = opaque == PING_START ? 0 : opaque == PING_MIDWAY ? 1 : -1;
+  if (i >= 0 && !(sc->pings_seen & (1 << i))) {
+    sc->pings_seen |= 1 << i;
     sc->pings_ok++;
-  else
+  } else {
     sc_fail(sc, "unexpected ping answer %08x", opaque);
+  }
   kick(sc);
 }
 
@@ -682,10 +687,11 @@ static void watchdog_cb(uv_timer_t *t) {
     uv_stop(&sc->loop);
     return;
   }
-  sc_fail(sc, "timed out: C bulk %d, C echoes %d, Go bulk %d, Go echoes %d, "
-       "done %d, pings %d, live streams %d",
-       sc->c_bulk_done, sc->c_echo_done, sc->g_bulk_done, sc->g_echo_done,
-       sc->g_done, sc->pings_ok, sc->live);
+  sc_fail(sc,
+          "timed out: C bulk %d, C echoes %d, Go bulk %d, Go echoes %d, "
+          "done %d, pings %d, live streams %d",
+          sc->c_bulk_done, sc->c_echo_done, sc->g_bulk_done, sc->g_echo_done,
+          sc->g_done, sc->pings_ok, sc->live);
   uv_timer_start(&sc->watchdog, watchdog_cb, 10000, 0);
 }
 
@@ -693,11 +699,10 @@ static void exit_cb(uv_process_t *p, int64_t status, int sig) {
   scenario *sc = p->data;
   sc->proc_exited = 1;
   sc->exit_status = status;
-  sc->term_signal = sig;
   close_handle((uv_handle_t *)p);
   if (!sc->aborting && (status != 0 || sig != 0))
     sc_fail(sc, "the Go peer exited with status %lld, signal %d",
-         (long long)status, sig);
+            (long long)status, sig);
   else if (!sc->mux_closed)
     sc_fail(sc, "the Go peer exited before we ended the session");
   kick(sc);
@@ -776,8 +781,6 @@ static void run_scenario(const char *name, int go_is_client, uint32_t window) {
   sc->name = name;
   sc->go_is_client = go_is_client;
   sc->window = window;
-  sc->ping_expect[0] = PING_START;
-  sc->ping_expect[1] = PING_MIDWAY;
   sc->t0 = uv_hrtime();
 
   assert_int_equal(uv_loop_init(&sc->loop), 0);
@@ -787,8 +790,8 @@ static void run_scenario(const char *name, int go_is_client, uint32_t window) {
   sc->watchdog.data = sc->kick.data = sc;
   /* The kick timer's callback is fixed; kick() restarts it with 0 delay. */
   assert_int_equal(uv_timer_start(&sc->kick, kick_cb, 0, 0), 0);
-  assert_int_equal(uv_timer_start(&sc->watchdog, watchdog_cb,
-                                   SCENARIO_TIMEOUT_MS, 0), 0);
+  assert_int_equal(
+      uv_timer_start(&sc->watchdog, watchdog_cb, SCENARIO_TIMEOUT_MS, 0), 0);
 
   assert_int_equal(tunnel_config_new(&sc->cfg), 0);
   assert_int_equal(
@@ -796,10 +799,14 @@ static void run_scenario(const char *name, int go_is_client, uint32_t window) {
   if (window)
     assert_int_equal(tunnel_config_set_stream_window(sc->cfg, window), 0);
   else
-    assert_int_equal(tunnel_config_set_stream_window(sc->cfg, 256u * 1024u),
-                     0);
+    assert_int_equal(tunnel_config_set_stream_window(sc->cfg, 256u * 1024u), 0);
+  /* The mux owns the transport handle (allocated with libc, the config's
+   * default allocator). */
+  uv_tcp_t *tcp = malloc(sizeof *tcp);
+  assert_non_null(tcp);
+  assert_int_equal(uv_tcp_init(&sc->loop, tcp), 0);
   assert_int_equal(tunnel__mux_new(&sc->mux, &sc->loop, &sc->sched, sc->cfg,
-                                   !go_is_client, &mux_cb, sc),
+                                   !go_is_client, tcp, &mux_cb, sc),
                    0);
 
   struct sockaddr_in addr;
@@ -811,9 +818,8 @@ static void run_scenario(const char *name, int go_is_client, uint32_t window) {
   assert_int_equal(uv_tcp_bind(&sc->listener, (struct sockaddr *)&addr, 0), 0);
   assert_int_equal(uv_listen((uv_stream_t *)&sc->listener, 1, on_connection),
                    0);
-  assert_int_equal(uv_tcp_getsockname(&sc->listener,
-                                      (struct sockaddr *)&bound, &blen),
-                   0);
+  assert_int_equal(
+      uv_tcp_getsockname(&sc->listener, (struct sockaddr *)&bound, &blen), 0);
   spawn_peer(sc, ntohs(((struct sockaddr_in *)&bound)->sin_port));
 
   uv_run(&sc->loop, UV_RUN_DEFAULT);
@@ -865,6 +871,11 @@ static void go_client_256k(void **state) {
   run_scenario("go-client-256KiB", 1, 0);
 }
 
+static void go_server_256k(void **state) {
+  (void)state;
+  run_scenario("go-server-256KiB", 0, 0);
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
     fprintf(stderr, "usage: %s PATH-TO-yamux_peer\n", argv[0]);
@@ -877,6 +888,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(go_client_6m),
       cmocka_unit_test(go_server_6m),
       cmocka_unit_test(go_client_256k),
+      cmocka_unit_test(go_server_256k),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
