@@ -20,10 +20,18 @@ static const char usage[] =
     "  LOCAL          PORT or HOST:PORT (host defaults to 127.0.0.1)\n"
     "  --remote-port  public port wanted (default 0: the server picks)\n"
     "  --name         proxy name, unique on the server (default: generated)\n"
-    "On success the public address is printed alone on stdout: tcp://HOST:PORT\n";
+    "On success the public address is printed alone on stdout: tcp://HOST:PORT\n"
+    "(again after a reconnection). A lost connection is re-established with\n"
+    "backoff; a refused login or proxy, or a first connection that fails,\n"
+    "ends the program with status 1.\n";
 
 static tunnel_client *client;
 static uv_signal_t sigint_h, sigterm_h;
+static uv_timer_t retry_timer;
+static char server_host[256];
+static uint16_t server_port;
+static uint64_t backoff_ms;
+static int logged_in_once;
 static int exit_code;
 static int stopping;
 
@@ -34,7 +42,30 @@ static void stop(int code) {
   exit_code = code;
   uv_close((uv_handle_t *)&sigint_h, NULL);
   uv_close((uv_handle_t *)&sigterm_h, NULL);
+  uv_close((uv_handle_t *)&retry_timer, NULL);
   tunnel_client_close(client, NULL, NULL);
+}
+
+static void schedule_reconnect(void);
+
+static void reconnect(uv_timer_t *t) {
+  (void)t;
+  int rc = tunnel_client_connect(client, server_host, server_port);
+  if (rc) {
+    fprintf(stderr, "tunnel-client: cannot reconnect: %s\n",
+            tunnel_strerror(rc));
+    schedule_reconnect();
+  }
+}
+
+/* Exponential backoff, 1 s doubling to 30 s, reset by a successful login. */
+static void schedule_reconnect(void) {
+  backoff_ms = backoff_ms ? backoff_ms * 2 : 1000;
+  if (backoff_ms > 30000)
+    backoff_ms = 30000;
+  fprintf(stderr, "tunnel-client: reconnecting in %llu s\n",
+          (unsigned long long)(backoff_ms / 1000));
+  uv_timer_start(&retry_timer, reconnect, backoff_ms, 0);
 }
 
 static void on_signal(uv_signal_t *h, int signum) {
@@ -48,14 +79,25 @@ static void on_state(tunnel_client *c, int status, const char *msg,
   (void)c, (void)ud;
   if (status == 0) {
     fprintf(stderr, "tunnel-client: logged in (run id %s)\n", msg);
+    logged_in_once = 1;
+    backoff_ms = 0;
     return;
   }
-  if (status == TUNNEL_EAUTH)
+  if (status == TUNNEL_EAUTH) {
+    /* Retrying cannot fix a refused login: say so and stop. */
     fprintf(stderr, "tunnel-client: login refused by the server: %s\n", msg);
+    stop(1);
+    return;
+  }
+  fprintf(stderr, "tunnel-client: %s: %s\n",
+          logged_in_once ? "disconnected" : "cannot reach the server",
+          tunnel_strerror(status));
+  /* Like frpc: a first login that fails is fatal (a typo in the address
+   * should not loop); a working tunnel that drops is re-established. */
+  if (logged_in_once && !stopping)
+    schedule_reconnect();
   else
-    fprintf(stderr, "tunnel-client: disconnected: %s\n",
-            tunnel_strerror(status));
-  stop(1);
+    stop(1);
 }
 
 static void on_proxy(tunnel_proxy *p, int status, const char *msg, void *ud) {
@@ -188,8 +230,11 @@ int main(int argc, char **argv) {
     return fail("proxy", rc);
   uv_signal_init(loop, &sigint_h);
   uv_signal_init(loop, &sigterm_h);
+  uv_timer_init(loop, &retry_timer);
   uv_signal_start(&sigint_h, on_signal, SIGINT);
   uv_signal_start(&sigterm_h, on_signal, SIGTERM);
+  snprintf(server_host, sizeof server_host, "%s", shost);
+  server_port = sport;
   rc = tunnel_client_connect(client, shost, sport);
   if (rc) {
     fprintf(stderr, "tunnel-client: cannot connect to %s:%u: %s\n", shost,

@@ -219,8 +219,6 @@ static void peer_closed(tunnel__ymx *s, ymx_stream *st) {
     s->cb.on_close(s, id, user, s->ud);
 }
 
-/* Opens a stream the peer asked for. Returns the stream, NULL when it was
- * refused (the frame's remaining effects are then dropped), or sets *err. */
 /* Records that the peer opened `id`; 0 if it had already. HashiCorp's yamux
  * allocates an id before queueing its SYN, so streams opened concurrently
  * announce themselves out of order (seen against Go yamux with 100
@@ -249,6 +247,8 @@ static int peer_id_new(tunnel__ymx *s, uint32_t id) {
   return 1;
 }
 
+/* Opens a stream the peer asked for. Returns the stream, NULL when it was
+ * refused (the frame's remaining effects are then dropped), or sets *err. */
 static ymx_stream *incoming(tunnel__ymx *s, uint32_t id, int *err) {
   if (!is_peer_id(s, id) || !peer_id_new(s, id)) {
     *err = fail(s, TUNNEL_EPROTO, "stream id reused or of the wrong parity");

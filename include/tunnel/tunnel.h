@@ -164,9 +164,9 @@ TUNNEL_EXTERN int tunnel_config_set_pool_count(tunnel_config *cfg,
 /* Client: 1 (default) multiplexes everything over one connection (yamux);
  * 0 opens one TCP connection per work connection (frp tcp_mux = false). */
 TUNNEL_EXTERN int tunnel_config_set_tcp_mux(tunnel_config *cfg, int enabled);
-/* Client: seconds between heartbeats on the control stream and seconds
- * without any answer after which the server is declared dead (defaults 30
- * and 90; 0 disables). */
+/* Seconds between the client's heartbeats on the control stream, and
+ * seconds of silence after which a peer is declared dead: the client drops
+ * a server, the server drops a client (defaults 30 and 90; 0 disables). */
 TUNNEL_EXTERN int tunnel_config_set_heartbeat(tunnel_config *cfg,
                                               uint32_t interval_s,
                                               uint32_t timeout_s);

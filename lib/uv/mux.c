@@ -28,6 +28,7 @@ struct tunnel__mux {
   void *ud;
 
   uint8_t *rbuf;
+  uint64_t last_rx;
   size_t inflight; /* bytes of the write in progress */
   int writing;
   int started;
@@ -154,6 +155,8 @@ uv_tcp_t *tunnel__mux_tcp(tunnel__mux *m) { return m->tcp; }
 
 tunnel__ymx *tunnel__mux_session(tunnel__mux *m) { return m->ymx; }
 
+uint64_t tunnel__mux_last_rx(const tunnel__mux *m) { return m->last_rx; }
+
 uint32_t tunnel__mux_stream_count(const tunnel__mux *m) {
   return tunnel__ymx_stream_count(m->ymx);
 }
@@ -235,8 +238,10 @@ static void feed(tunnel__mux *m, const uint8_t *data, size_t n) {
 static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   tunnel__mux *m = s->data;
   (void)buf;
-  if (nread > 0)
+  if (nread > 0) {
+    m->last_rx = uv_now(m->loop);
     feed(m, m->rbuf, (size_t)nread);
+  }
   else if (nread < 0)
     end(m, nread == UV_EOF ? TUNNEL_EEOF : tunnel__uv_err((int)nread));
 }
@@ -245,6 +250,7 @@ int tunnel__mux_start(tunnel__mux *m, const uint8_t *prefix, size_t len) {
   if (m->started)
     return TUNNEL_ESTATE;
   m->started = 1;
+  m->last_rx = uv_now(m->loop);
   uv_tcp_nodelay(m->tcp, 1);
   int rc = tunnel__uv_err(uv_read_start((uv_stream_t *)m->tcp, alloc_cb,
                                         read_cb));

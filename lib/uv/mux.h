@@ -37,6 +37,8 @@ int tunnel__mux_ping(tunnel__mux *m, uint32_t opaque);
 /* Sends GoAway(normal): the peer opens no new streams. */
 int tunnel__mux_goaway(tunnel__mux *m);
 uint32_t tunnel__mux_stream_count(const tunnel__mux *m);
+/* Loop time (ms) at which the transport last delivered bytes. */
+uint64_t tunnel__mux_last_rx(const tunnel__mux *m);
 /* Fails every stream, closes the transport and frees the mux. No mux
  * callback fires after this call. */
 void tunnel__mux_close(tunnel__mux *m);

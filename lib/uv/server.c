@@ -33,6 +33,7 @@ struct tunnel_server {
   struct tunnel_config cfg;
   tunnel__sched sched;
   uv_tcp_t listener;
+  uv_timer_t sweep; /* drops clients that went silent */
   int listening;
   uint8_t *readbuf; /* shared by all splices */
   srv_sess *sessions;
@@ -107,6 +108,7 @@ struct srv_ctl {
   uint32_t pool_count;
   srv_visitor *waiting; /* oldest first */
   uint32_t nwaiting;
+  uint64_t last_msg; /* loop time of the last control message */
   int dead;
   tunnel__task free_task;
 };
@@ -528,6 +530,7 @@ static int on_ctl_msg(tunnel__ctlchan *ch, int err, const tunnel__msg *m,
                       void *ud) {
   srv_ctl *ctl = ud;
   (void)ch;
+  ctl->last_msg = uv_now(ctl->srv->loop);
   if (err) {
     /* A client that disconnects ends its streams with a reset: normal. */
     int quiet = err == TUNNEL_EEOF || err == TUNNEL_ECONNRESET;
@@ -699,6 +702,7 @@ static void on_login(tunnel_server *srv, srv_sess *sess, tunnel_stream *st,
     return;
   }
   srv->objects++;
+  ctl->last_msg = uv_now(srv->loop);
   if (sess)
     sess->ctl = ctl;
   ctl->next = srv->ctls;
@@ -1012,6 +1016,29 @@ static void on_client(uv_stream_t *l, int status) {
     conn_done(c, 0);
 }
 
+/* A client is alive while anything arrives from it: control messages
+ * (frp heartbeats) or, in mux mode, any frame (frpc replaces heartbeats
+ * with yamux keepalive pings there). */
+static void sweep(uv_timer_t *t) {
+  tunnel_server *srv = t->data;
+  uint64_t limit = (uint64_t)srv->cfg.heartbeat_timeout_s * 1000u;
+  uint64_t now = uv_now(srv->loop);
+  srv_ctl *ctl = srv->ctls;
+  while (ctl) {
+    srv_ctl *next = ctl->next;
+    uint64_t last = ctl->last_msg;
+    if (ctl->sess && tunnel__mux_last_rx(ctl->sess->mux) > last)
+      last = tunnel__mux_last_rx(ctl->sess->mux);
+    if (!ctl->dead && now - last > limit) {
+      tunnel__log(&srv->cfg.log, TUNNEL_LOG_WARN,
+                  "server: [%s] silent for %llu s; dropped", ctl->run_id,
+                  (unsigned long long)((now - last) / 1000u));
+      ctl_destroy(ctl);
+    }
+    ctl = next;
+  }
+}
+
 /* ---------------------------------------------------------------- API */
 
 static void sched_drained(void *ud) { maybe_finish_close(ud); }
@@ -1043,9 +1070,16 @@ int tunnel_server_new(tunnel_server **out, uv_loop_t *loop,
   srv->sched.drained = sched_drained;
   srv->sched.drained_ud = srv;
   uv_tcp_init(loop, &srv->listener);
+  uv_timer_init(loop, &srv->sweep);
   srv->loop = loop;
   srv->listener.data = srv;
-  srv->handles = 1;
+  srv->sweep.data = srv;
+  srv->handles = 2;
+  if (srv->cfg.heartbeat_timeout_s) {
+    /* Sweeping at a tenth of the timeout keeps detection within 10%. */
+    uint64_t every = (uint64_t)srv->cfg.heartbeat_timeout_s * 100u;
+    uv_timer_start(&srv->sweep, sweep, every, every);
+  }
   *out = srv;
   return 0;
 }
@@ -1119,6 +1153,7 @@ int tunnel_server_close(tunnel_server *srv, tunnel_server_close_cb cb,
   srv->close_ud = ud;
   srv->listener.data = srv;
   uv_close((uv_handle_t *)&srv->listener, handle_closed);
+  uv_close((uv_handle_t *)&srv->sweep, handle_closed);
   while (srv->conns)
     conn_done(srv->conns, 0);
   while (srv->firsts) {
