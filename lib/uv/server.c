@@ -38,6 +38,7 @@ struct tunnel_server {
   uint8_t *readbuf; /* shared by all splices */
   srv_sess *sessions;
   struct srv_conn *conns;   /* connections not yet identified */
+  uint32_t nconns;
   struct srv_first *firsts; /* streams awaiting their first message */
   srv_ctl *ctls;
   uint32_t nctl;
@@ -52,6 +53,7 @@ struct tunnel_server {
 struct srv_sess {
   tunnel_server *srv;
   tunnel__mux *mux;
+  uint64_t created; /* loop time; a session must log in within a limit */
   srv_sess *prev, *next;
   srv_ctl *ctl; /* the client that logged in over this session */
   int dead;
@@ -65,6 +67,7 @@ typedef struct srv_first {
   tunnel_stream *st;
   tunnel__ctlchan ch;
   struct srv_first *prev, *next;
+  uint64_t created;
 } srv_first;
 
 /* A new connection, until its first bytes tell yamux from a raw frp
@@ -78,7 +81,8 @@ typedef struct srv_conn {
   int done;
 } srv_conn;
 
-/* A connection must identify itself within this time. */
+/* A connection must identify itself, and a session or channel log in or
+ * say what it is, within this time. */
 #define SNIFF_TIMEOUT_MS 10000
 
 typedef struct srv_work {
@@ -838,6 +842,7 @@ static void first_start(tunnel_server *srv, srv_sess *sess,
   f->srv = srv;
   f->sess = sess;
   f->st = st;
+  f->created = uv_now(srv->loop);
   tunnel__ctlchan_init(&f->ch, st, MEM(srv), srv->cfg.max_message_size);
   f->next = srv->firsts;
   if (srv->firsts)
@@ -917,6 +922,7 @@ static void conn_done(srv_conn *c, int keep_tcp) {
     srv->conns = c->next;
   if (c->next)
     c->next->prev = c->prev;
+  srv->nconns--;
   if (!keep_tcp) {
     uv_read_stop((uv_stream_t *)c->tcp);
     tunnel__tcp_close_free(MEM(srv), c->tcp);
@@ -962,6 +968,7 @@ static void conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
       return;
     }
     sess->srv = srv;
+    sess->created = uv_now(srv->loop);
     if (tunnel__mux_new(&sess->mux, srv->loop, &srv->sched, &srv->cfg, 0, tcp,
                         &mux_cb, sess) != 0) {
       tunnel__free(MEM(srv), sess);
@@ -992,7 +999,10 @@ static void on_client(uv_stream_t *l, int status) {
   if (!tcp)
     return;
   uv_tcp_init(srv->loop, tcp);
-  if (uv_accept(l, (uv_stream_t *)tcp) != 0) {
+  if (uv_accept(l, (uv_stream_t *)tcp) != 0 ||
+      srv->nconns >= srv->cfg.max_clients) {
+    /* Accepted and closed at once: unidentified connections are bounded
+     * like clients, so a flood cannot exhaust the server. */
     tunnel__tcp_close_free(MEM(srv), tcp);
     return;
   }
@@ -1011,31 +1021,53 @@ static void on_client(uv_stream_t *l, int status) {
   if (srv->conns)
     srv->conns->prev = c;
   srv->conns = c;
+  srv->nconns++;
   uv_timer_start(&c->timer, conn_timeout, SNIFF_TIMEOUT_MS, 0);
   if (uv_read_start((uv_stream_t *)tcp, conn_alloc, conn_read) != 0)
     conn_done(c, 0);
 }
 
-/* A client is alive while anything arrives from it: control messages
- * (frp heartbeats) or, in mux mode, any frame (frpc replaces heartbeats
- * with yamux keepalive pings there). */
+/* Once a second: drops clients that went silent, sessions that never
+ * logged in and channels that never said what they are. A client is alive
+ * while anything arrives from it: control messages (frp heartbeats) or, in
+ * mux mode, any frame (frpc replaces heartbeats with yamux keepalive pings
+ * there). */
 static void sweep(uv_timer_t *t) {
   tunnel_server *srv = t->data;
   uint64_t limit = (uint64_t)srv->cfg.heartbeat_timeout_s * 1000u;
   uint64_t now = uv_now(srv->loop);
-  srv_ctl *ctl = srv->ctls;
-  while (ctl) {
-    srv_ctl *next = ctl->next;
+  for (srv_ctl *ctl = srv->ctls, *next; ctl; ctl = next) {
+    next = ctl->next;
     uint64_t last = ctl->last_msg;
     if (ctl->sess && tunnel__mux_last_rx(ctl->sess->mux) > last)
       last = tunnel__mux_last_rx(ctl->sess->mux);
-    if (!ctl->dead && now - last > limit) {
+    if (limit && !ctl->dead && now - last > limit) {
       tunnel__log(&srv->cfg.log, TUNNEL_LOG_WARN,
                   "server: [%s] silent for %llu s; dropped", ctl->run_id,
                   (unsigned long long)((now - last) / 1000u));
+      /* Destroying may take the next control's session along only if it
+       * is the same session, which cannot be: one control per session. */
       ctl_destroy(ctl);
     }
-    ctl = next;
+  }
+  for (srv_sess *sess = srv->sessions, *next; sess; sess = next) {
+    next = sess->next;
+    if (!sess->ctl && now - sess->created > SNIFF_TIMEOUT_MS) {
+      tunnel__log(&srv->cfg.log, TUNNEL_LOG_INFO,
+                  "server: session did not log in in time; closed");
+      sess_destroy(sess);
+    }
+  }
+  for (srv_first *f = srv->firsts, *next; f; f = next) {
+    next = f->next;
+    if (now - f->created > SNIFF_TIMEOUT_MS) {
+      tunnel__log(&srv->cfg.log, TUNNEL_LOG_INFO,
+                  "server: channel sent no complete message in time; "
+                  "closed");
+      tunnel_stream *st = f->st;
+      first_unlink(f);
+      tunnel_stream_close(st, NULL, NULL);
+    }
   }
 }
 
@@ -1075,11 +1107,7 @@ int tunnel_server_new(tunnel_server **out, uv_loop_t *loop,
   srv->listener.data = srv;
   srv->sweep.data = srv;
   srv->handles = 2;
-  if (srv->cfg.heartbeat_timeout_s) {
-    /* Sweeping at a tenth of the timeout keeps detection within 10%. */
-    uint64_t every = (uint64_t)srv->cfg.heartbeat_timeout_s * 100u;
-    uv_timer_start(&srv->sweep, sweep, every, every);
-  }
+  uv_timer_start(&srv->sweep, sweep, 1000, 1000);
   *out = srv;
   return 0;
 }
