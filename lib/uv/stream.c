@@ -419,6 +419,25 @@ int tunnel_stream_read_stop(tunnel_stream *st) {
   return 0;
 }
 
+/* Records a write of `len` bytes, `direct` of them already handed on; its
+ * callback fires once tx_out passes its end. */
+static void wreq_push(tunnel_stream *st, tunnel__wreq *r, size_t len,
+                      size_t direct, tunnel_stream_write_cb cb, void *ud) {
+  st->tx_in += len;
+  st->tx_out += direct;
+  r->next = NULL;
+  r->end = st->tx_in;
+  r->cb = cb;
+  r->ud = ud;
+  if (st->wreq_tail)
+    st->wreq_tail->next = r;
+  else
+    st->wreq_head = r;
+  st->wreq_tail = r;
+  if (direct == len)
+    post(st);
+}
+
 int tunnel_stream_write(tunnel_stream *st, const uint8_t *data, size_t len,
                         tunnel_stream_write_cb cb, void *ud) {
   if (!st || (!data && len))
@@ -440,19 +459,7 @@ int tunnel_stream_write(tunnel_stream *st, const uint8_t *data, size_t len,
       tunnel__free(st->mem, r);
       return rc;
     }
-    st->tx_in += len;
-    st->tx_out += direct;
-    r->next = NULL;
-    r->end = st->tx_in;
-    r->cb = cb;
-    r->ud = ud;
-    if (st->wreq_tail)
-      st->wreq_tail->next = r;
-    else
-      st->wreq_head = r;
-    st->wreq_tail = r;
-    if (direct == len)
-      post(st);
+    wreq_push(st, r, len, direct, cb, ud);
     return 0;
   }
   if (m && st->tx.size == 0 && tunnel__mux_has_room(m)) {
@@ -476,20 +483,9 @@ int tunnel_stream_write(tunnel_stream *st, const uint8_t *data, size_t len,
     }
     return TUNNEL_ENOMEM;
   }
-  st->tx_in += len;
-  st->tx_out += direct;
-  r->next = NULL;
-  r->end = st->tx_in;
-  r->cb = cb;
-  r->ud = ud;
-  if (st->wreq_tail)
-    st->wreq_tail->next = r;
-  else
-    st->wreq_head = r;
-  st->wreq_tail = r;
-  if (direct == len)
-    post(st);
-  else if (m && st->tx.size == len - direct && !tunnel__mux_has_room(m))
+  wreq_push(st, r, len, direct, cb, ud);
+  if (direct < len && m && st->tx.size == len - direct &&
+      !tunnel__mux_has_room(m))
     tunnel__mux_wait_room(m, st);
   return 0;
 }
