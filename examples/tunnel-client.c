@@ -197,6 +197,8 @@ int main(int argc, char **argv) {
     name = gen_name;
   }
 
+  /* A visitor resetting mid-write must not kill the process. */
+  signal(SIGPIPE, SIG_IGN);
   uv_loop_t *loop = uv_default_loop();
   tunnel_config *cfg;
   int rc = tunnel_config_new(&cfg);

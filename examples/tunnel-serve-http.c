@@ -180,6 +180,8 @@ int main(int argc, char **argv) {
       return 2;
     }
   }
+  /* A visitor resetting mid-write must not kill the process. */
+  signal(SIGPIPE, SIG_IGN);
   uv_loop_t *loop = uv_default_loop();
   tunnel_config *cfg;
   tunnel_proxy *p;

@@ -85,6 +85,8 @@ int main(int argc, char **argv) {
     fprintf(stderr, "tunnel-server: warning: no token set, any client may "
                     "log in\n");
 
+  /* A visitor resetting mid-write must not kill the process. */
+  signal(SIGPIPE, SIG_IGN);
   uv_loop_t *loop = uv_default_loop();
   tunnel_config *cfg;
   int rc = tunnel_config_new(&cfg);

@@ -4,6 +4,10 @@
  * Every handle here runs on the uv_loop_t it was created with and must be
  * used from that loop's thread only. Callbacks are invoked from the loop,
  * never from inside the call that scheduled them.
+ *
+ * As with libuv itself, a write to a connection the peer has reset raises
+ * SIGPIPE: programs must ignore it (signal(SIGPIPE, SIG_IGN)). A library
+ * cannot change a process-wide signal disposition on its behalf.
  */
 #ifndef TUNNEL_UV_H
 #define TUNNEL_UV_H

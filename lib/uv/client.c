@@ -567,8 +567,10 @@ static void session_down(tunnel_client *c, int err, const char *why) {
   }
   for (tunnel_proxy *p = c->proxies; p; p = p->next)
     p->sent = 0;
+  /* The state callback is how the program hears of this; the log only
+   * records it. */
   tunnel__log(&c->cfg.log,
-              c->closing ? TUNNEL_LOG_DEBUG : TUNNEL_LOG_WARN,
+              c->closing || c->state_cb ? TUNNEL_LOG_INFO : TUNNEL_LOG_WARN,
               "client: %s: %s", why, tunnel_strerror(err));
   if (!c->closing && c->state_cb)
     c->state_cb(c, err, err == TUNNEL_EAUTH ? why : "", c->state_ud);

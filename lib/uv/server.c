@@ -118,6 +118,7 @@ struct srv_ctl {
 };
 
 struct srv_proxy {
+  tunnel_server *srv; /* the ctl may be freed before the listener closes */
   srv_ctl *ctl;
   srv_proxy *next;
   char *name;
@@ -355,7 +356,7 @@ static void visitor_served(srv_visitor *v) {
 
 static void proxy_closed(uv_handle_t *h) {
   srv_proxy *p = h->data;
-  tunnel_server *srv = p->ctl->srv;
+  tunnel_server *srv = p->srv;
   tunnel__free(MEM(srv), h);
   tunnel__free(MEM(srv), p->name);
   tunnel__free(MEM(srv), p);
@@ -476,6 +477,7 @@ static void on_new_proxy(srv_ctl *ctl, const tunnel__msg *m) {
     reply_proxy(ctl, name, NULL, "server out of memory");
     return;
   }
+  p->srv = srv;
   p->ctl = ctl;
   int rc;
   if (m->remote_port) {
