@@ -1,0 +1,455 @@
+#!/bin/bash
+# libtunnel benchmark: TCP throughput (iperf3), new-connection rate and idle
+# client RSS of the tunnel (mux and no-mux) against baselines measured in the
+# same run: a direct connection, a chain of two socat relays and ssh -R.
+# Everything runs on 127.0.0.1. See bench/README.md.
+#
+# Environment:
+#   BENCH_SECONDS   iperf3 duration per direction (default 5)
+#   BENCH_CONNS     connections per conn-rate run (default 2000)
+#   BENCH_CONC      concurrent connections in conn-rate runs (default 32)
+#   BENCH_BUILD     meson build directory (default build-bench)
+#   BENCH_SSH_CIPHER  force an ssh cipher (default: OpenSSH's choice)
+#   BENCH_KEEP=1    keep the temp dir with all logs
+set -euo pipefail
+set +m # no job control: background jobs must not lead process groups (setsid)
+
+T=${BENCH_SECONDS:-5}
+N=${BENCH_CONNS:-2000}
+C=${BENCH_CONC:-32}
+WARM=200
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+BUILD=${BENCH_BUILD:-build-bench}
+case "$BUILD" in /*) ;; *) BUILD=$ROOT/$BUILD ;; esac
+BIN=$BUILD/examples
+H="python3 $ROOT/bench/helpers.py"
+
+die() {
+  echo "bench: ERROR: $*" >&2
+  exit 1
+}
+say() { echo "bench: $*" >&2; }
+
+for v in "$T" "$N" "$C"; do
+  case "$v" in '' | *[!0-9]* | 0) die "BENCH_SECONDS, BENCH_CONNS and BENCH_CONC must be positive integers" ;; esac
+done
+
+# ---------------------------------------------------------------- processes
+work=""
+pids=()
+cleanup() {
+  local rc=$? p i
+  set +e
+  trap - EXIT INT TERM
+  # Each process was started with setsid, so its pid is also its process
+  # group: killing the group also ends socat's and sshd's per-connection
+  # children. Reverse order: clients before the servers they talk to.
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    p=${pids[i]}
+    kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null
+  done
+  for _ in $(seq 1 30); do
+    local alive=0
+    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ $alive = 0 ] && break
+    sleep 0.1
+  done
+  for p in "${pids[@]}"; do
+    if kill -0 "$p" 2>/dev/null; then
+      say "process $p did not stop on SIGTERM, killing it"
+      kill -KILL -- "-$p" 2>/dev/null || kill -KILL "$p" 2>/dev/null
+    fi
+  done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
+  if [ -n "$work" ]; then
+    if [ "${BENCH_KEEP:-0}" = 1 ] || [ $rc != 0 ]; then
+      say "logs kept in $work"
+    else
+      rm -rf "$work"
+    fi
+  fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# start NAME CMD...: runs CMD in its own process group, stdout and stderr in
+# $work/NAME.out and $work/NAME.err; the pid is left in $LASTPID.
+start() {
+  local name=$1
+  shift
+  setsid "$@" >"$work/$name.out" 2>"$work/$name.err" </dev/null &
+  LASTPID=$!
+  pids+=("$LASTPID")
+}
+
+# stop PID: ends one process started by start() and waits for it (bounded).
+stop() {
+  local p=$1 q keep=()
+  kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true
+  for _ in $(seq 1 30); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL -- "-$p" 2>/dev/null || true
+  wait "$p" 2>/dev/null || true
+  for q in "${pids[@]}"; do [ "$q" = "$p" ] || keep+=("$q"); done
+  pids=("${keep[@]}")
+}
+
+# wait_line FILE PID SECONDS: prints the first line of FILE once it has one;
+# fails if PID exits first or time runs out.
+wait_line() {
+  local i n=$(($3 * 20))
+  for ((i = 0; i < n; i++)); do
+    if [ -s "$1" ] && [ "$(wc -l <"$1")" -ge 1 ]; then
+      head -n 1 "$1"
+      return 0
+    fi
+    kill -0 "$2" 2>/dev/null || return 1
+    sleep 0.05
+  done
+  return 1
+}
+
+rss() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo n/a; }
+priv() { awk '/^Private_(Clean|Dirty):/ {s += $2} END {print s}' "/proc/$1/smaps_rollup" 2>/dev/null || echo n/a; }
+hwm() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo n/a; }
+
+# ---------------------------------------------------------------- setup
+need_pkgs=""
+need() { command -v "$1" >/dev/null 2>&1 || need_pkgs="$need_pkgs $2"; }
+need iperf3 iperf3
+need socat socat
+need ssh openssh-client
+need ssh-keygen openssh-client
+[ -x /usr/sbin/sshd ] || need_pkgs="$need_pkgs openssh-server"
+need python3 python3
+need meson meson
+need ninja ninja-build
+need cc gcc
+need pkg-config pkgconf
+need setsid util-linux
+need timeout coreutils
+for p in libuv1-dev libmbedtls-dev libhttp-parser-dev libcjson-dev; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+    need_pkgs="$need_pkgs $p"
+done
+need_pkgs=$(echo "$need_pkgs" | tr ' ' '\n' | sort -u | tr '\n' ' ')
+if [ -n "${need_pkgs// /}" ]; then
+  command -v apt-get >/dev/null || die "missing:$need_pkgs and no apt-get to install them"
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null || die "missing:$need_pkgs; run as root to install them"
+    sudo=sudo
+  fi
+  say "installing:$need_pkgs"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq || die "apt-get update failed"
+  # shellcheck disable=SC2086
+  $sudo apt-get install -y -qq --no-install-recommends $need_pkgs >/dev/null ||
+    die "apt-get install$need_pkgs failed"
+fi
+
+work=$(mktemp -d /tmp/libtunnel-bench.XXXXXX) || die "mktemp failed"
+RES=$work/results
+: >"$RES"
+put() { echo "$1 $2" >>"$RES"; }
+
+buildtype() {
+  meson introspect --buildoptions "$BUILD" 2>/dev/null |
+    python3 -c 'import json,sys; print(next(o["value"] for o in json.load(sys.stdin) if o["name"]=="buildtype"))' 2>/dev/null ||
+    echo "?"
+}
+if [ ! -f "$BUILD/build.ninja" ]; then
+  say "configuring $BUILD (release)"
+  meson setup "$BUILD" --buildtype=release -Dtests=false >"$work/meson.log" 2>&1 ||
+    { tail -n 30 "$work/meson.log" >&2; die "meson setup $BUILD failed"; }
+elif [ "$(buildtype)" != release ]; then
+  say "switching $BUILD to buildtype=release"
+  meson configure "$BUILD" -Dbuildtype=release >"$work/meson.log" 2>&1 ||
+    { tail -n 30 "$work/meson.log" >&2; die "meson configure $BUILD failed"; }
+fi
+say "building $BUILD"
+ninja -C "$BUILD" examples/tunnel-server examples/tunnel-client >"$work/ninja.log" 2>&1 ||
+  { tail -n 40 "$work/ninja.log" >&2; die "build failed (log: $work/ninja.log)"; }
+bt=$(buildtype)
+[ "$bt" = release ] || say "warning: $BUILD has buildtype '$bt', not release"
+
+read -ra uvflags <<<"$(pkg-config --cflags --libs libuv)" || die "pkg-config does not know libuv"
+cc -O2 -std=c11 -D_GNU_SOURCE -Wall -o "$work/connrate" "$ROOT/bench/connrate.c" \
+  "${uvflags[@]}" >"$work/cc.log" 2>&1 ||
+  { cat "$work/cc.log" >&2; die "cannot compile bench/connrate.c against libuv"; }
+CR=$work/connrate
+
+commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+git -C "$ROOT" diff --quiet HEAD 2>/dev/null || commit="$commit+dirty"
+put meta.desc "$(nproc) CPUs, $(uname -r), libtunnel $commit, $bt build"
+put meta.seconds "$T"
+put meta.conns "$N"
+put meta.conc "$C"
+
+freeport() { $H freeport; }
+waitlisten() { $H waitlisten "$1" "${2:-5}"; }
+
+# Services behind everything: iperf3 (restarted per test) and an echo server.
+IPORT=$(freeport)
+start echo "$CR" serve
+ECHO_PID=$LASTPID
+echo_addr=$(wait_line "$work/echo.out" "$ECHO_PID" 5) || die "echo service did not start: $(cat "$work/echo.err")"
+EPORT=${echo_addr##*:}
+
+# socat chains: client -> A -> B -> service, one chain per service.
+socat_chain() { # NAME TARGETPORT -> prints the entry port
+  local a b
+  a=$(freeport)
+  b=$(freeport)
+  start "$1-2" socat TCP-LISTEN:"$b",bind=127.0.0.1,reuseaddr,fork,backlog=1024 TCP:127.0.0.1:"$2"
+  start "$1-1" socat TCP-LISTEN:"$a",bind=127.0.0.1,reuseaddr,fork,backlog=1024 TCP:127.0.0.1:"$b"
+  SOCAT_PID=$LASTPID
+  waitlisten "$b" || die "socat relay did not listen on $b: $(cat "$work/$1-2.err")"
+  waitlisten "$a" || die "socat relay did not listen on $a: $(cat "$work/$1-1.err")"
+  SOCAT_PORT=$a
+}
+socat_chain socat-iperf "$IPORT"
+SOCAT_IPERF=$SOCAT_PORT
+SOCAT_RSS_PID=$SOCAT_PID
+socat_chain socat-echo "$EPORT"
+SOCAT_ECHO=$SOCAT_PORT
+
+# ssh -R through a private sshd.
+SSH_IPERF="" SSH_ECHO="" SSH_PID=""
+setup_ssh() {
+  local d=$work/ssh sshd=/usr/sbin/sshd port me
+  mkdir -p "$d"
+  chmod 700 "$d"
+  ssh-keygen -q -t ed25519 -N '' -f "$d/host_key" >/dev/null || { SSH_ERR="ssh-keygen failed"; return 1; }
+  ssh-keygen -q -t ed25519 -N '' -f "$d/user_key" >/dev/null || { SSH_ERR="ssh-keygen failed"; return 1; }
+  cp "$d/user_key.pub" "$d/authorized_keys"
+  port=$(freeport)
+  me=$(id -un)
+  cat >"$d/sshd_config" <<EOF
+Port $port
+ListenAddress 127.0.0.1
+HostKey $d/host_key
+PidFile none
+AuthorizedKeysFile $d/authorized_keys
+StrictModes no
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+AllowUsers $me
+AllowTcpForwarding yes
+GatewayPorts no
+X11Forwarding no
+PrintMotd no
+Subsystem sftp internal-sftp
+EOF
+  # Privilege separation directory; the package normally creates it at boot.
+  if [ "$(id -u)" = 0 ] && [ ! -d /run/sshd ]; then mkdir -p /run/sshd && chmod 755 /run/sshd; fi
+  if ! "$sshd" -t -f "$d/sshd_config" >"$work/sshd-test.err" 2>&1; then
+    SSH_ERR="sshd -t: $(head -n 3 "$work/sshd-test.err" | tr '\n' ' ')"
+    return 1
+  fi
+  start sshd "$sshd" -D -e -f "$d/sshd_config"
+  waitlisten "$port" 5 || { SSH_ERR="sshd did not listen: $(tail -n 3 "$work/sshd.err" | tr '\n' ' ')"; return 1; }
+  local copt=()
+  [ -n "${BENCH_SSH_CIPHER:-}" ] && copt=(-c "$BENCH_SSH_CIPHER")
+  start ssh ssh -F /dev/null -i "$d/user_key" -p "$port" -l "$me" "${copt[@]}" \
+    -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+    -o BatchMode=yes -o IdentitiesOnly=yes -o ExitOnForwardFailure=yes \
+    -o ServerAliveInterval=0 -o LogLevel=INFO \
+    -N -R "0:127.0.0.1:$IPORT" -R "0:127.0.0.1:$EPORT" 127.0.0.1
+  SSH_PID=$LASTPID
+  local i
+  for ((i = 0; i < 200; i++)); do
+    SSH_IPERF=$(sed -n "s/^Allocated port \([0-9]*\) for remote forward to 127.0.0.1:$IPORT.*/\1/p" "$work/ssh.err")
+    SSH_ECHO=$(sed -n "s/^Allocated port \([0-9]*\) for remote forward to 127.0.0.1:$EPORT.*/\1/p" "$work/ssh.err")
+    [ -n "$SSH_IPERF" ] && [ -n "$SSH_ECHO" ] && break
+    kill -0 "$SSH_PID" 2>/dev/null || break
+    sleep 0.05
+  done
+  if [ -z "$SSH_IPERF" ] || [ -z "$SSH_ECHO" ]; then
+    SSH_ERR="ssh -R did not come up: $(grep -v '^Warning: Permanently' "$work/ssh.err" | tail -n 3 | tr '\n' ' ') $(tail -n 3 "$work/sshd.err" | tr '\n' ' ')"
+    SSH_IPERF="" SSH_ECHO=""
+    return 1
+  fi
+  local cipher
+  cipher=$(grep -o 'cipher: [^ ]*' "$work/ssh.err" | head -n 1 || true)
+  if [ -z "$cipher" ]; then
+    if [ -n "${BENCH_SSH_CIPHER:-}" ]; then
+      cipher="cipher $BENCH_SSH_CIPHER"
+    else
+      cipher="cipher $(ssh -F /dev/null -G 127.0.0.1 2>/dev/null </dev/null | awk '/^ciphers / {split($2, c, ","); print c[1]}') (OpenSSH default)"
+    fi
+  fi
+  put note.ssh "ssh -R: OpenSSH $(ssh -V 2>&1 | sed 's/^OpenSSH_\([^,]*\).*/\1/'), $cipher"
+  return 0
+}
+say "starting sshd and ssh -R"
+SSH_ERR=""
+if ! setup_ssh; then
+  say "ssh -R unavailable, its rows will read n/a: $SSH_ERR"
+  put note.ssh "ssh -R unavailable: $SSH_ERR"
+  SSH_IPERF="" SSH_ECHO=""
+fi
+
+# The tunnel: one server, one client per (mode, service).
+say "starting tunnel-server and tunnel-clients"
+token=bench-$RANDOM$RANDOM
+start server "$BIN/tunnel-server" --control 127.0.0.1:0 --bind 127.0.0.1 \
+  --ports 20000-29999 --token "$token"
+SERVER_PID=$LASTPID
+line=$(wait_line "$work/server.out" "$SERVER_PID" 10) ||
+  die "tunnel-server did not start: $(tail -n 5 "$work/server.err")"
+CONTROL=${line#listening on }
+TUNNEL_PROCS=("server:$SERVER_PID")
+
+# check_tunnel: records (once) any tunnel process that exited during the run.
+declare -A GONE=()
+check_tunnel() {
+  local e name pid st
+  for e in "${TUNNEL_PROCS[@]}"; do
+    name=${e%%:*} pid=${e#*:}
+    [ -n "${GONE[$pid]:-}" ] && continue
+    kill -0 "$pid" 2>/dev/null && continue
+    st=0
+    wait "$pid" 2>/dev/null || st=$?
+    GONE[$pid]=1
+    local why="exit status $st"
+    [ "$st" -gt 128 ] && why="killed by signal $((st - 128))$([ $st = 141 ] && echo ' (SIGPIPE)')"
+    say "tunnel process $name (pid $pid) died during '$1': $why"
+    put "note.died-$name" "tunnel-$name (pid $pid) died during $1: $why; last log: $(tail -n 2 "$work/$name.err" | tr '\n' ' ')"
+  done
+}
+
+# tunnel_client NAME LOCALPORT [--no-mux]: on success sets TC_PORT (public
+# port) and TC_PID and returns 0; returns 2 if --no-mux is unavailable.
+tunnel_client() {
+  local name=$1 lport=$2
+  shift 2
+  TC_PORT="" TC_PID=""
+  start "$name" "$BIN/tunnel-client" --server "$CONTROL" --token "$token" "$@" \
+    tcp "127.0.0.1:$lport" --name "$name"
+  TC_PID=$LASTPID
+  local out
+  if ! out=$(wait_line "$work/$name.out" "$TC_PID" 10); then
+    for _ in $(seq 1 20); do kill -0 "$TC_PID" 2>/dev/null || break; sleep 0.05; done
+    if grep -q -- "--no-mux is not available" "$work/$name.err"; then
+      stop "$TC_PID"
+      return 2
+    fi
+    die "tunnel-client $name ($*) did not register: $(tail -n 5 "$work/$name.err")"
+  fi
+  TUNNEL_PROCS+=("$name:$TC_PID")
+  case "$out" in
+  tcp://*:*) TC_PORT=${out##*:} ;;
+  *) die "tunnel-client $name printed '$out', expected tcp://HOST:PORT" ;;
+  esac
+}
+tunnel_client mux-iperf "$IPORT"
+MUX_IPERF=$TC_PORT MUX_PID=$TC_PID
+tunnel_client mux-echo "$EPORT"
+MUX_ECHO=$TC_PORT
+NOMUX_IPERF="" NOMUX_ECHO="" NOMUX_PID=""
+if tunnel_client nomux-iperf "$IPORT" --no-mux; then
+  NOMUX_IPERF=$TC_PORT NOMUX_PID=$TC_PID
+  tunnel_client nomux-echo "$EPORT" --no-mux
+  NOMUX_ECHO=$TC_PORT
+else
+  say "tunnel-client reports --no-mux unavailable: no-mux rows will read n/a"
+  put note.nomux "tunnel-client: --no-mux is not available in this build"
+fi
+
+# ---------------------------------------------------------------- idle RSS
+sleep 1
+mem() { put "rss.$1" "$(rss "$2")"; put "priv.$1" "$(priv "$2")"; }
+mem client_mux "$MUX_PID"
+[ -n "$NOMUX_PID" ] && mem client_nomux "$NOMUX_PID"
+mem socat "$SOCAT_RSS_PID"
+mem server "$SERVER_PID"
+[ -n "$SSH_PID" ] && [ -n "$SSH_IPERF" ] && mem ssh "$SSH_PID"
+
+# ---------------------------------------------------------------- throughput
+IPERF_PID=""
+iperf_run() { # KEY DIR PORT
+  local key=$1 dir=$2 port=$3 flag="" v
+  [ "$dir" = rev ] && flag=-R
+  if [ -z "$port" ]; then
+    put "tput.$key.$dir" n/a
+    return
+  fi
+  start "iperf3-server-$key-$dir" iperf3 -s -1 -B 127.0.0.1 -p "$IPORT"
+  IPERF_PID=$LASTPID
+  waitlisten "$IPORT" 5 || die "iperf3 server did not listen on $IPORT: $(cat "$work/iperf3-server-$key-$dir.err")"
+  timeout $((T + 30)) iperf3 -c 127.0.0.1 -p "$port" -t "$T" -J $flag \
+    --connect-timeout 5000 >"$work/iperf-$key-$dir.json" 2>"$work/iperf-$key-$dir.err" || true
+  v=$($H iperf "$work/iperf-$key-$dir.json") || {
+    say "iperf3 $key $dir failed: ${v#err: }"
+    put "note.iperf-$key-$dir" "iperf3 $key $dir failed: ${v#err: }"
+    v=err
+  }
+  put "tput.$key.$dir" "$v"
+  say "  $key $dir: $v Gbit/s"
+  stop "$IPERF_PID"
+  check_tunnel "iperf3 $key $dir"
+}
+say "throughput, ${T}s per direction"
+for row in direct:$IPORT socat:$SOCAT_IPERF ssh:$SSH_IPERF mux:$MUX_IPERF nomux:$NOMUX_IPERF; do
+  for dir in fwd rev; do iperf_run "${row%%:*}" "$dir" "${row#*:}"; done
+done
+
+# ---------------------------------------------------------------- conn rate
+conn_run() { # KEY PORT
+  local key=$1 port=$2 out rc=0 f
+  if [ -z "$port" ]; then
+    put "conn.$key.rate" n/a
+    return
+  fi
+  # Warm-up (not measured), then the measured run; both time-bounded.
+  timeout 60 "$CR" -n "$WARM" -c "$C" -t 30 "127.0.0.1:$port" >/dev/null 2>"$work/conn-$key-warm.err" || true
+  out=$(timeout 120 "$CR" -n "$N" -c "$C" -t 90 "127.0.0.1:$port" 2>"$work/conn-$key.err") || rc=$?
+  # A run shorter than a second is noisy: do two more, keep the median rate.
+  local secs
+  secs=$(echo "$out" | tr ' ' '\n' | sed -n 's/^seconds=//p')
+  if [ $rc = 0 ] && awk -v s="${secs:-9}" 'BEGIN {exit !(s < 1)}'; then
+    local o2 o3
+    o2=$(timeout 120 "$CR" -n "$N" -c "$C" -t 90 "127.0.0.1:$port" 2>>"$work/conn-$key.err") || rc=$?
+    o3=$(timeout 120 "$CR" -n "$N" -c "$C" -t 90 "127.0.0.1:$port" 2>>"$work/conn-$key.err") || rc=$?
+    if [ $rc = 0 ]; then
+      out=$(printf '%s\n%s\n%s\n' "$out" "$o2" "$o3" |
+        awk '{for (i = 1; i <= NF; i++) if ($i ~ /^rate=/) r = substr($i, 6); print r, $0}' |
+        sort -n | sed -n '2p' | cut -d' ' -f2-)
+      out="$out (median of 3)"
+    fi
+  fi
+  for f in rate p50 p99; do
+    local v
+    v=$(echo "$out" | tr ' ' '\n' | sed -n "s/^${f}\(_ms\)\?=//p")
+    put "conn.$key.$f" "${v:-err}"
+  done
+  if [ $rc != 0 ]; then
+    say "conn rate $key: failures ($out) $(cat "$work/conn-$key.err")"
+    put "note.conn-$key" "conn rate $key: $(echo "$out" | cut -d' ' -f1-2) $(head -n 2 "$work/conn-$key.err" | tr '\n' ' ')"
+  fi
+  say "  $key: $out"
+  check_tunnel "conn rate $key"
+}
+say "new-connection rate, $N connections, $C concurrent"
+for row in direct:$EPORT socat:$SOCAT_ECHO ssh:$SSH_ECHO mux:$MUX_ECHO nomux:$NOMUX_ECHO; do
+  conn_run "${row%%:*}" "${row#*:}"
+done
+
+put hwm.client_mux "$(hwm "$MUX_PID")"
+[ -n "$NOMUX_PID" ] && put hwm.client_nomux "$(hwm "$NOMUX_PID")"
+check_tunnel "the end of the run"
+# Reconnects of a tunnel-client mean its control connection broke mid-run.
+for e in "${TUNNEL_PROCS[@]}"; do
+  name=${e%%:*}
+  [ "$name" = server ] && continue
+  n=$(grep -c "disconnected:" "$work/$name.err" || true)
+  [ "${n:-0}" -gt 0 ] && put "note.reconnect-$name" "tunnel-client $name lost its server connection $n time(s): $(grep -m1 -B1 "disconnected:" "$work/$name.err" | tr '\n' ' ')"
+done
+
+$H report "$RES"
