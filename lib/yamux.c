@@ -566,6 +566,38 @@ int tunnel__ymx_write(tunnel__ymx *s, uint32_t id, const uint8_t *data,
   return 0;
 }
 
+int tunnel__ymx_frame_data(tunnel__ymx *s, uint32_t id, size_t len,
+                           uint8_t hdr[TUNNEL__YMX_HEADER_SIZE], size_t *n) {
+  ymx_stream *st;
+  *n = 0;
+  int rc = usable(s, id, &st);
+  if (rc)
+    return rc;
+  if (st->local_fin)
+    return TUNNEL_ESTATE;
+  if (s->out.size)
+    return TUNNEL_ESTATE; /* the frame would overtake queued bytes */
+  size_t k = len;
+  if (k > st->send_window)
+    k = st->send_window;
+  if (k > MAX_DATA_FRAME)
+    k = MAX_DATA_FRAME;
+  if (k == 0)
+    return 0;
+  hdr[0] = 0;
+  hdr[1] = TUNNEL__YMX_DATA;
+  tunnel__put16(hdr + 2, 0);
+  tunnel__put32(hdr + 4, id);
+  tunnel__put32(hdr + 8, (uint32_t)k);
+  st->send_window -= (uint32_t)k;
+  *n = k;
+  return 0;
+}
+
+int tunnel__ymx_out_push(tunnel__ymx *s, const tunnel__iov *v, size_t n) {
+  return tunnel__bufq_appendv(&s->out, v, n);
+}
+
 int64_t tunnel__ymx_send_window(const tunnel__ymx *s, uint32_t id) {
   ymx_stream *st;
   int rc = usable(s, id, &st);

@@ -107,6 +107,17 @@ int tunnel__ymx_set_user(tunnel__ymx *s, uint32_t id, void *stream_user);
  * 0 written with return 0 means the window is closed: wait for on_window. */
 int tunnel__ymx_write(tunnel__ymx *s, uint32_t id, const uint8_t *data,
                       size_t len, size_t *written);
+/* Zero-copy path, for a caller that writes to the transport itself: only
+ * while the output queue is empty (else TUNNEL_ESTATE). Takes up to `len`
+ * bytes of send window for one data frame, writes its header to `hdr` and
+ * the payload size to *n (0: window closed). The caller must put the header
+ * and those n payload bytes on the transport before anything else the
+ * session queues: whatever it cannot write at once goes back in order with
+ * tunnel__ymx_out_push. */
+int tunnel__ymx_frame_data(tunnel__ymx *s, uint32_t id, size_t len,
+                           uint8_t hdr[TUNNEL__YMX_HEADER_SIZE], size_t *n);
+/* Appends raw bytes to the output queue, all or nothing. */
+int tunnel__ymx_out_push(tunnel__ymx *s, const tunnel__iov *v, size_t n);
 /* Bytes that may be written now. Negative error if the stream is unknown. */
 int64_t tunnel__ymx_send_window(const tunnel__ymx *s, uint32_t id);
 /* Reports `n` received bytes as used; reopens the peer's window. */

@@ -330,6 +330,58 @@ static void flush(tunnel__mux *m) {
   wake_blocked(m);
 }
 
+int tunnel__mux_send(tunnel__mux *m, uint32_t id, const uint8_t *data,
+                     size_t len, size_t *done) {
+  tunnel__ymx *y = m->ymx;
+  *done = 0;
+  while (len && !m->writing && m->started && !m->ended &&
+         tunnel__ymx_out_pending(y) == 0) {
+    uint8_t hdr[TUNNEL__YMX_HEADER_SIZE];
+    size_t n;
+    int rc = tunnel__ymx_frame_data(y, id, len, hdr, &n);
+    if (rc)
+      return *done ? 0 : rc;
+    if (n == 0)
+      return 0; /* window closed */
+    uv_buf_t b[2] = {uv_buf_init((char *)hdr, sizeof hdr),
+                     uv_buf_init((char *)data, (unsigned)n)};
+    int w = uv_try_write((uv_stream_t *)m->tcp, b, 2);
+    size_t sent = w > 0 ? (size_t)w : 0;
+    *done += n;
+    if (sent < sizeof hdr + n) {
+      /* The frame is committed: queue what did not go out, in order. */
+      tunnel__iov rest[2];
+      size_t k = 0;
+      if (sent < sizeof hdr)
+        rest[k++] = (tunnel__iov){hdr + sent, sizeof hdr - sent};
+      size_t poff = sent > sizeof hdr ? sent - sizeof hdr : 0;
+      rest[k++] = (tunnel__iov){data + poff, n - poff};
+      if (tunnel__ymx_out_push(y, rest, k) != 0) {
+        /* A torn frame cannot be recovered: the session is over. */
+        end(m, TUNNEL_ENOMEM);
+        return 0;
+      }
+      if (w < 0 && w != UV_EAGAIN) {
+        end(m, tunnel__uv_err(w));
+        return 0;
+      }
+      flush(m);
+      return 0;
+    }
+    data += n;
+    len -= n;
+  }
+  if (!len)
+    return 0;
+  /* Something is queued or being written: go behind it. */
+  size_t q = 0;
+  int rc = tunnel__ymx_write(y, id, data, len, &q);
+  *done += q;
+  if (q)
+    tunnel__mux_flush_soon(m);
+  return *done ? 0 : rc;
+}
+
 static void flush_task(tunnel__task *t) {
   flush(CONTAINER(t, tunnel__mux, flush_task));
 }

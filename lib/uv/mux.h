@@ -48,6 +48,11 @@ void tunnel__mux_close(tunnel__mux *m);
 /* For stream.c. */
 #include "../yamux.h"
 tunnel__ymx *tunnel__mux_session(tunnel__mux *m);
+/* Sends stream data within the window: straight to the socket (header and
+ * payload in one writev, no copy) when nothing is queued ahead, else
+ * through the session's queue. *done: bytes taken. */
+int tunnel__mux_send(tunnel__mux *m, uint32_t id, const uint8_t *data,
+                     size_t len, size_t *done);
 /* Whether the session's output queue can take more stream data now. */
 int tunnel__mux_has_room(const tunnel__mux *m);
 /* Calls tunnel__stream_pump(st) once the output queue has drained. */

@@ -228,7 +228,7 @@ void tunnel__stream_pump(tunnel_stream *st) {
     tunnel__bufq_iov(&st->tx, &iov, 1);
     size_t len = iov.len < (uint64_t)win ? iov.len : (size_t)win;
     size_t w = 0;
-    int rc = tunnel__ymx_write(y, st->id, iov.base, len, &w);
+    int rc = tunnel__mux_send(m, st->id, iov.base, len, &w);
     if (rc) {
       tunnel__stream_on_fail(st, rc);
       return;
@@ -464,14 +464,11 @@ int tunnel_stream_write(tunnel_stream *st, const uint8_t *data, size_t len,
   }
   if (m && st->tx.size == 0 && tunnel__mux_has_room(m)) {
     /* Straight into the session while the window is open: one copy. */
-    tunnel__ymx *y = tunnel__mux_session(m);
-    int rc = tunnel__ymx_write(y, st->id, data, len, &direct);
+    int rc = tunnel__mux_send(m, st->id, data, len, &direct);
     if (rc) {
       tunnel__free(st->mem, r);
       return rc;
     }
-    if (direct)
-      tunnel__mux_flush_soon(m);
   }
   if (len > direct && tunnel__bufq_append(&st->tx, data + direct,
                                           len - direct) != 0) {
