@@ -178,7 +178,9 @@ TUNNEL_EXTERN int tunnel_config_set_proxy_bind_addr(tunnel_config *cfg,
  * 1024..65535). */
 TUNNEL_EXTERN int tunnel_config_set_port_range(tunnel_config *cfg,
                                                uint16_t lo, uint16_t hi);
-/* Server: clients logged in at once (default 1024). */
+/* Server: clients logged in at once (default 1024). Connections not yet
+ * authenticated (identifying themselves, logging in, or refused and being
+ * closed) are capped at the same number. */
 TUNNEL_EXTERN int tunnel_config_set_max_clients(tunnel_config *cfg,
                                                 uint32_t n);
 /* Server: milliseconds a visitor may wait for a work connection before it

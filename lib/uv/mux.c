@@ -12,7 +12,9 @@
  * of streams or the size of their windows. */
 #define OUT_HIGH (2u * 1024u * 1024u)
 #define OUT_LOW (512u * 1024u)
-#define READ_BUF (256u * 1024u)
+/* Reads as large as the kernel usually has ready on loopback, small enough
+ * that an idle or unauthenticated session costs little. */
+#define READ_BUF (64u * 1024u)
 #define MAX_IOV 64
 
 struct tunnel__mux {

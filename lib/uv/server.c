@@ -39,6 +39,13 @@ struct tunnel_server {
   srv_sess *sessions;
   struct srv_conn *conns;   /* connections not yet identified */
   uint32_t nconns;
+  /* Peers not (yet) authenticated, capped at max_clients so that
+   * unauthenticated connections cannot exhaust the server: sniffing
+   * connections, raw first-message channels, refused raw channels draining,
+   * and mux sessions without a login. */
+  uint32_t nanon;
+  struct srv_drain *drains; /* refused channels, until the peer reads the
+                               refusal and closes, or a deadline */
   struct srv_first *firsts; /* streams awaiting their first message */
   srv_ctl *ctls;
   uint32_t nctl;
@@ -53,6 +60,7 @@ struct tunnel_server {
 struct srv_sess {
   tunnel_server *srv;
   tunnel__mux *mux;
+  int authed; /* a client logged in over it (it left srv->nanon) */
   uint64_t created; /* loop time; a session must log in within a limit */
   srv_sess *prev, *next;
   srv_ctl *ctl; /* the client that logged in over this session */
@@ -242,13 +250,56 @@ static void dispatch(srv_proxy *p, tunnel_stream *st, uv_tcp_t *vis) {
 
 static void visitor_served(srv_visitor *v);
 
-/* A stream nobody will use again: kept until the peer ends it, so that what
- * was written to it (a refusal) is delivered before any reset. */
+/* A refused channel: kept until the peer ends it, so that what was written
+ * to it (a refusal) is delivered before any reset, but no longer than the
+ * identification timeout, and closed with the server. */
+typedef struct srv_drain {
+  tunnel_server *srv;
+  tunnel_stream *st;
+  struct srv_drain *prev, *next;
+  uint64_t created;
+  int anon; /* a raw connection: counts in srv->nanon */
+} srv_drain;
+
+static void drain_end(srv_drain *d) {
+  tunnel_server *srv = d->srv;
+  if (d->prev)
+    d->prev->next = d->next;
+  else
+    srv->drains = d->next;
+  if (d->next)
+    d->next->prev = d->prev;
+  if (d->anon)
+    srv->nanon--;
+  tunnel_stream_close(d->st, NULL, NULL);
+  tunnel__free(MEM(srv), d);
+}
+
 static void drain_then_close(tunnel_stream *st, int status,
                              const uint8_t *data, size_t len, void *ud) {
-  (void)data, (void)len, (void)ud;
+  (void)st, (void)data, (void)len;
   if (status)
+    drain_end(ud);
+}
+
+static void drain_start(tunnel_server *srv, tunnel_stream *st) {
+  srv_drain *d = tunnel__calloc(MEM(srv), 1, sizeof *d);
+  if (!d) {
     tunnel_stream_close(st, NULL, NULL);
+    return;
+  }
+  d->srv = srv;
+  d->st = st;
+  d->created = uv_now(srv->loop);
+  /* Mux streams are covered by their session's count. */
+  d->anon = st->tcp != NULL;
+  if (d->anon)
+    srv->nanon++;
+  d->next = srv->drains;
+  if (srv->drains)
+    srv->drains->prev = d;
+  srv->drains = d;
+  tunnel_stream_read_start(st, drain_then_close, d);
 }
 
 static void unlink_waiting(srv_ctl *ctl, srv_visitor *v) {
@@ -639,7 +690,7 @@ static void refuse_login(tunnel_server *srv, tunnel_stream *st,
   tunnel__msg_clear(MEM(srv), &r);
   /* FIN after the answer; the client ends the session when it reads it. */
   tunnel_stream_shutdown(st, NULL, NULL);
-  tunnel_stream_read_start(st, drain_then_close, NULL);
+  drain_start(srv, st);
 }
 
 static int check_key(tunnel_server *srv, const char *key, int64_t ts) {
@@ -709,8 +760,11 @@ static void on_login(tunnel_server *srv, srv_sess *sess, tunnel_stream *st,
   }
   srv->objects++;
   ctl->last_msg = uv_now(srv->loop);
-  if (sess)
+  if (sess) {
     sess->ctl = ctl;
+    sess->authed = 1;
+    srv->nanon--;
+  }
   ctl->next = srv->ctls;
   if (srv->ctls)
     srv->ctls->prev = ctl;
@@ -759,7 +813,7 @@ static void on_new_work_conn(tunnel_server *srv, srv_sess *sess,
     send_plain(srv, st, &r);
     tunnel__msg_clear(MEM(srv), &r);
     tunnel_stream_shutdown(st, NULL, NULL);
-    tunnel_stream_read_start(st, drain_then_close, NULL);
+    drain_start(srv, st);
     return;
   }
   if (ctl->waiting) {
@@ -800,6 +854,8 @@ static void first_unlink(srv_first *f) {
     srv->firsts = f->next;
   if (f->next)
     f->next->prev = f->prev;
+  if (!f->sess)
+    srv->nanon--;
   tunnel__ctlchan_free(&f->ch);
   tunnel__free(MEM(srv), f);
 }
@@ -850,6 +906,8 @@ static void first_start(tunnel_server *srv, srv_sess *sess,
   if (srv->firsts)
     srv->firsts->prev = f;
   srv->firsts = f;
+  if (!sess)
+    srv->nanon++;
   if (tunnel__ctlchan_read(&f->ch, on_first_msg, f) != 0) {
     first_unlink(f);
     tunnel_stream_close(st, NULL, NULL);
@@ -894,6 +952,8 @@ static void sess_destroy(srv_sess *sess) {
     ctl->sess = NULL;
     ctl_destroy(ctl);
   }
+  if (!sess->authed)
+    srv->nanon--;
   if (sess->prev)
     sess->prev->next = sess->next;
   else
@@ -925,6 +985,7 @@ static void conn_done(srv_conn *c, int keep_tcp) {
   if (c->next)
     c->next->prev = c->prev;
   srv->nconns--;
+  srv->nanon--;
   if (!keep_tcp) {
     uv_read_stop((uv_stream_t *)c->tcp);
     tunnel__tcp_close_free(MEM(srv), c->tcp);
@@ -977,6 +1038,7 @@ static void conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
       return;
     }
     srv->objects++;
+    srv->nanon++;
     sess->next = srv->sessions;
     if (srv->sessions)
       srv->sessions->prev = sess;
@@ -1002,7 +1064,7 @@ static void on_client(uv_stream_t *l, int status) {
     return;
   uv_tcp_init(srv->loop, tcp);
   if (uv_accept(l, (uv_stream_t *)tcp) != 0 ||
-      srv->nconns >= srv->cfg.max_clients) {
+      srv->nanon >= srv->cfg.max_clients) {
     /* Accepted and closed at once: unidentified connections are bounded
      * like clients, so a flood cannot exhaust the server. */
     tunnel__tcp_close_free(MEM(srv), tcp);
@@ -1024,6 +1086,7 @@ static void on_client(uv_stream_t *l, int status) {
     srv->conns->prev = c;
   srv->conns = c;
   srv->nconns++;
+  srv->nanon++;
   uv_timer_start(&c->timer, conn_timeout, SNIFF_TIMEOUT_MS, 0);
   if (uv_read_start((uv_stream_t *)tcp, conn_alloc, conn_read) != 0)
     conn_done(c, 0);
@@ -1059,6 +1122,11 @@ static void sweep(uv_timer_t *t) {
                   "server: session did not log in in time; closed");
       sess_destroy(sess);
     }
+  }
+  for (srv_drain *d = srv->drains, *next; d; d = next) {
+    next = d->next;
+    if (now - d->created > SNIFF_TIMEOUT_MS)
+      drain_end(d);
   }
   for (srv_first *f = srv->firsts, *next; f; f = next) {
     next = f->next;
@@ -1191,6 +1259,8 @@ int tunnel_server_close(tunnel_server *srv, tunnel_server_close_cb cb,
     first_unlink(srv->firsts);
     tunnel_stream_close(st, NULL, NULL);
   }
+  while (srv->drains)
+    drain_end(srv->drains);
   while (srv->sessions)
     sess_destroy(srv->sessions);
   while (srv->ctls) /* clients without a session: non-mux */
