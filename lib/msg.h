@@ -20,8 +20,8 @@
  * hides the literal, so "1e3" or "1.0" pass as integers where Go refuses.
  *
  * Known types without typed fields: UDPPacket and frp's NatHole* messages.
- * Their bodies are checked to be JSON objects and otherwise dropped (UDP
- * proxies and xtcp hole punching are not implemented); they encode as "{}".
+ * Their bodies are checked to be JSON objects and otherwise dropped; they
+ * encode as "{}". Their fields arrive with UDP proxies and xtcp.
  *
  * Encoding mirrors Go's omitempty: NULL or empty strings, zero numbers,
  * false, and empty arrays or maps are omitted. Keys are emitted in frp's

@@ -32,6 +32,7 @@
 #include "crypto.h"
 #include "msg.h"
 
+#include "it_data.h"
 #include "it_hostile.h"
 
 #define TOKEN "it-token"
@@ -58,70 +59,6 @@
 
 /* ------------------------------------------------------------- helpers */
 
-#define FNV_OFFSET 0xcbf29ce484222325ull
-#define FNV_PRIME 0x100000001b3ull
-
-static uint64_t fnv1a(uint64_t h, const uint8_t *p, size_t n) {
-  for (size_t i = 0; i < n; i++) {
-    h ^= p[i];
-    h *= FNV_PRIME;
-  }
-  return h;
-}
-
-/* Deterministic content: byte `off` of stream `seed`. */
-static void gen_fill(uint32_t seed, uint64_t off, uint8_t *out, size_t n) {
-  for (size_t i = 0; i < n; i++) {
-    it_rng r = {((uint64_t)seed << 40) ^ ((off + i) / 8)};
-    out[i] = (uint8_t)(it_rng_next(&r) >> (8 * ((off + i) % 8)));
-  }
-}
-
-/* Counting allocator: what the library (server and client) holds. */
-typedef struct memstat {
-  size_t cur, peak;
-} memstat;
-
-typedef union mem_hdr {
-  size_t n;
-  max_align_t align;
-} mem_hdr;
-
-static void mem_account(memstat *m, size_t add, size_t sub) {
-  m->cur = m->cur - sub + add;
-  if (m->cur > m->peak)
-    m->peak = m->cur;
-}
-
-static void *mem_malloc(size_t n, void *ud) {
-  mem_hdr *h = malloc(sizeof *h + n);
-  if (!h)
-    return NULL;
-  h->n = n;
-  mem_account(ud, n, 0);
-  return h + 1;
-}
-
-static void *mem_realloc(void *p, size_t n, void *ud) {
-  if (!p)
-    return mem_malloc(n, ud);
-  mem_hdr *h = (mem_hdr *)p - 1;
-  size_t old = h->n;
-  mem_hdr *nh = realloc(h, sizeof *nh + n);
-  if (!nh)
-    return NULL;
-  nh->n = n;
-  mem_account(ud, n, old);
-  return nh + 1;
-}
-
-static void mem_free(void *p, void *ud) {
-  if (!p)
-    return;
-  mem_hdr *h = (mem_hdr *)p - 1;
-  mem_account(ud, 0, h->n);
-  free(h);
-}
 
 static int log_level = -1; /* none */
 
