@@ -368,7 +368,11 @@ int tunnel__mux_send(tunnel__mux *m, uint32_t id, const uint8_t *data,
         return 0;
       }
       flush(m);
-      return 0;
+      /* The rest of the window goes behind it now: left for later, it
+       * would wait for a window update that a short send never earns. */
+      data += n;
+      len -= n;
+      break;
     }
     data += n;
     len -= n;
