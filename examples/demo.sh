@@ -2,6 +2,8 @@
 # The demo: builds libtunnel, then on loopback starts a tunnel-server, a
 # local "hello" service and a tunnel-client exposing it, fetches the
 # service through the public port, and stops everything.
+# It needs bash (/dev/tcp, arrays): started with another shell, it moves.
+if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi
 set -eu
 cd "$(dirname "$0")/.."
 sh .ci/install-deps
