@@ -22,6 +22,16 @@ void tunnel__config_defaults(struct tunnel_config *cfg) {
   cfg->port_hi = 65535;
   cfg->max_clients = 1024;
   cfg->work_conn_timeout_ms = 10000;
+  cfg->max_proxies = 128;
+  cfg->max_work_conns = 256;
+  cfg->login_timeout_ms = 15000;
+  cfg->unauth_streams = 4;
+  cfg->unauth_per_addr = 128;
+  cfg->unauth_bytes = 16u * 1024u * 1024u;
+  cfg->session_buffer = 64u * 1024u * 1024u;
+  cfg->total_buffer = 512u * 1024u * 1024u;
+  cfg->auth_max_skew_s = 900;
+  cfg->require_signed_work = 0;
 }
 
 int tunnel__config_copy(struct tunnel_config *dst,
@@ -190,4 +200,54 @@ int tunnel_config_set_max_clients(tunnel_config *cfg, uint32_t n) {
 int tunnel_config_set_work_conn_timeout(tunnel_config *cfg, uint32_t ms) {
   return set_range(cfg, cfg ? &cfg->work_conn_timeout_ms : NULL, ms, 10,
                    3600000);
+}
+
+int tunnel_config_set_max_proxies(tunnel_config *cfg, uint32_t n) {
+  return set_range(cfg, cfg ? &cfg->max_proxies : NULL, n, 1, 65535);
+}
+
+int tunnel_config_set_max_work_conns(tunnel_config *cfg, uint32_t n) {
+  return set_range(cfg, cfg ? &cfg->max_work_conns : NULL, n, 1, 65535);
+}
+
+int tunnel_config_set_login_timeout(tunnel_config *cfg, uint32_t ms) {
+  return set_range(cfg, cfg ? &cfg->login_timeout_ms : NULL, ms, 100, 600000);
+}
+
+int tunnel_config_set_unauth_limits(tunnel_config *cfg, uint32_t streams,
+                                    uint32_t per_addr, uint32_t bytes) {
+  if (!cfg)
+    return TUNNEL_EINVAL;
+  if (streams < 1 || streams > 1024 || per_addr < 1 || per_addr > (1u << 20) ||
+      bytes < 64u * 1024u || bytes == UINT32_MAX)
+    return TUNNEL_ERANGE;
+  cfg->unauth_streams = streams;
+  cfg->unauth_per_addr = per_addr;
+  cfg->unauth_bytes = bytes;
+  return 0;
+}
+
+int tunnel_config_set_buffer_limits(tunnel_config *cfg, uint32_t per_session,
+                                    uint32_t total) {
+  if (!cfg)
+    return TUNNEL_EINVAL;
+  if (per_session < 1024u * 1024u || total < 1024u * 1024u ||
+      per_session == UINT32_MAX || total == UINT32_MAX)
+    return TUNNEL_ERANGE;
+  cfg->session_buffer = per_session;
+  cfg->total_buffer = total;
+  return 0;
+}
+
+int tunnel_config_set_auth_max_skew(tunnel_config *cfg, uint32_t seconds) {
+  return set_range(cfg, cfg ? &cfg->auth_max_skew_s : NULL, seconds, 0,
+                   10u * 365u * 86400u);
+}
+
+int tunnel_config_set_require_signed_work_conns(tunnel_config *cfg,
+                                                int required) {
+  if (!cfg)
+    return TUNNEL_EINVAL;
+  cfg->require_signed_work = required ? 1 : 0;
+  return 0;
 }

@@ -26,6 +26,16 @@ struct tunnel_config {
   uint16_t port_lo, port_hi;
   uint32_t max_clients;
   uint32_t work_conn_timeout_ms;
+  uint32_t max_proxies;
+  uint32_t max_work_conns;
+  uint32_t login_timeout_ms;
+  uint32_t unauth_streams;
+  uint32_t unauth_per_addr;
+  uint32_t unauth_bytes;
+  uint32_t session_buffer;
+  uint32_t total_buffer;
+  uint32_t auth_max_skew_s;
+  int require_signed_work;
 };
 
 void tunnel__config_defaults(struct tunnel_config *cfg);

@@ -188,6 +188,53 @@ TUNNEL_EXTERN int tunnel_config_set_max_clients(tunnel_config *cfg,
 TUNNEL_EXTERN int tunnel_config_set_work_conn_timeout(tunnel_config *cfg,
                                                       uint32_t ms);
 
+/* Server: public proxies one client may hold at once (default 128,
+ * 1..65535). Each TCP proxy holds a listening socket. */
+TUNNEL_EXTERN int tunnel_config_set_max_proxies(tunnel_config *cfg,
+                                                uint32_t n);
+/* Client: work connections (streams, or TCP connections in non-mux mode)
+ * opened at the server's request and not yet joined to a visitor (default
+ * 256, 1..65535). Requests beyond it are ignored with a log line, so a
+ * hostile server cannot exhaust the client's sockets. */
+TUNNEL_EXTERN int tunnel_config_set_max_work_conns(tunnel_config *cfg,
+                                                   uint32_t n);
+/* Client: milliseconds from the start of a connection attempt to the
+ * server's LoginResp (default 15000, 100..600000). A server that accepts
+ * and never answers ends the attempt with TUNNEL_ETIMEDOUT. */
+TUNNEL_EXTERN int tunnel_config_set_login_timeout(tunnel_config *cfg,
+                                                  uint32_t ms);
+
+/* Server: what a peer that has not logged in yet can make the server hold.
+ * `streams`: streams a multiplexed session may open before its login
+ * (default 4, 1..1024). `per_addr`: unauthenticated connections from one
+ * source address (default 128, 1..1048576). `bytes`: bytes buffered for
+ * all unauthenticated peers together (default 16 MiB, 64 KiB..4 GiB-1).
+ * At a limit the oldest unauthenticated connection (of that address, or
+ * overall) is shed to make room, so a trickle of slow connections cannot
+ * lock real clients out. */
+TUNNEL_EXTERN int tunnel_config_set_unauth_limits(tunnel_config *cfg,
+                                                  uint32_t streams,
+                                                  uint32_t per_addr,
+                                                  uint32_t bytes);
+/* Server: bytes received from a client's visitors' streams and not yet
+ * passed on, per session (default 64 MiB) and for the whole server
+ * (default 512 MiB); 1 MiB..4 GiB-1. Beyond them the server stops
+ * granting flow-control window, so streams stall instead of memory
+ * growing; new streams are refused while the server is over its total. */
+TUNNEL_EXTERN int tunnel_config_set_buffer_limits(tunnel_config *cfg,
+                                                  uint32_t per_session,
+                                                  uint32_t total);
+/* Server: seconds a signed Login or NewWorkConn timestamp may differ from
+ * the server's clock (default 900; 0 accepts any age, as frp once did). */
+TUNNEL_EXTERN int tunnel_config_set_auth_max_skew(tunnel_config *cfg,
+                                                  uint32_t seconds);
+/* Server: 1 refuses work connections that arrive on their own TCP
+ * connection (frp's non-mux mode) without a privilege key; 0 (default)
+ * accepts unsigned ones from the address the client's control connection
+ * came from, as a stock frpc sends them. See docs/PROTOCOL.md. */
+TUNNEL_EXTERN int tunnel_config_set_require_signed_work_conns(
+    tunnel_config *cfg, int required);
+
 #ifdef __cplusplus
 }
 #endif
