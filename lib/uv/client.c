@@ -48,7 +48,7 @@ struct tunnel_client {
   void *state_ud;
   uint64_t last_heard; /* loop time (ms) of the last control message */
   uint32_t handles;    /* uv handles owned directly */
-  uint32_t splices;
+  tunnel__splice_set splices;
   uint32_t objects; /* work records and muxes not yet freed */
   int closing;
   tunnel_client_close_cb close_cb;
@@ -187,11 +187,7 @@ static void work_unlink(cl_work *w) {
   tunnel__sched_post(&c->sched, &w->free_task, work_free_task);
 }
 
-static void splice_gone(void *ud) {
-  tunnel_client *c = ud;
-  c->splices--;
-  maybe_finish_close(c);
-}
+static void splice_gone(void *ud) { maybe_finish_close(ud); }
 
 static void local_tcp_closed(uv_handle_t *h) {
   tunnel_client *c = h->data;
@@ -216,10 +212,9 @@ static void local_connected(tunnel__dial *d, int status, void *ud) {
     tunnel_stream_close(w->st, NULL, NULL);
   } else {
     c->handles--; /* the splice owns the handle now */
-    c->splices++;
-    if (tunnel__splice_start(MEM(c), &c->cfg.log, w->local, w->st, NULL, 0,
-                             c->readbuf, READBUF_SIZE, splice_gone, c) != 0)
-      splice_gone(c);
+    tunnel__splice_start(MEM(c), &c->cfg.log, w->local, w->st, NULL, 0,
+                         c->readbuf, READBUF_SIZE, &c->splices, splice_gone,
+                         c);
   }
   w->local = NULL;
   w->st = NULL;
@@ -237,7 +232,7 @@ static int on_start_work(tunnel__ctlchan *ch, int err, const tunnel__msg *m,
   if (!err && m->type == TUNNEL__MSG_START_WORK_CONN && !(m->error && *m->error))
     p = find_proxy(c, m->proxy_name);
   if (!p) {
-    if (!err || err != TUNNEL_ECANCELED)
+    if (err != TUNNEL_ECLOSED)
       tunnel__log(&c->cfg.log, TUNNEL_LOG_DEBUG,
                   "client: work stream dropped (%s%s)",
                   err ? tunnel_strerror(err) : "no such proxy",
@@ -683,7 +678,7 @@ static void sched_closed(uv_handle_t *h) {
 }
 
 static void maybe_finish_close(tunnel_client *c) {
-  if (!c->closing || c->handles || c->splices || c->objects ||
+  if (!c->closing || c->handles || c->splices.count || c->objects ||
       c->sched.refs || c->sched.closing)
     return;
   tunnel__sched_close(&c->sched, sched_closed);
@@ -705,6 +700,9 @@ int tunnel_client_close(tunnel_client *c, tunnel_client_close_cb cb,
   c->close_cb = cb;
   c->close_ud = ud;
   session_down(c, TUNNEL_ECANCELED, "client closed");
+  /* Non-mux joins are connections of their own: no session end reaches
+   * them. */
+  tunnel__splice_abort_all(&c->splices);
   if (c->ch_live) {
     tunnel__ctlchan_free(&c->ch);
     c->ch_live = 0;

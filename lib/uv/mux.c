@@ -212,7 +212,9 @@ void tunnel__mux_close(tunnel__mux *m) {
   m->ended = 1;
   tunnel__sched_cancel(m->sched, &m->flush_task);
   tunnel__sched_cancel(m->sched, &m->end_task);
-  fail_streams(m, TUNNEL_ECANCELED);
+  /* ECANCELED stays the stream owner's own close; for its streams the
+   * session is simply gone. */
+  fail_streams(m, TUNNEL_ECLOSED);
   /* Pending uv_write requests complete with UV_ECANCELED before closed_cb. */
   uv_close((uv_handle_t *)m->tcp, closed_cb);
 }

@@ -1,5 +1,18 @@
 #include "sched.h"
 
+static void unlink_task(tunnel__sched *s, tunnel__task *t) {
+  if (t->prev)
+    t->prev->next = t->next;
+  else
+    s->head = t->next;
+  if (t->next)
+    t->next->prev = t->prev;
+  else
+    s->tail = t->prev;
+  t->next = t->prev = NULL;
+  t->queued = 0;
+}
+
 static void run(uv_idle_t *idle) {
   tunnel__sched *s = idle->data;
   /* Tasks posted while running carry the new generation and wait for the
@@ -7,11 +20,7 @@ static void run(uv_idle_t *idle) {
   unsigned g = ++s->gen;
   while (s->head && s->head->gen != g) {
     tunnel__task *t = s->head;
-    s->head = t->next;
-    if (!s->head)
-      s->tail = NULL;
-    t->next = NULL;
-    t->queued = 0;
+    unlink_task(s, t);
     t->fn(t);
   }
   if (!s->head)
@@ -36,6 +45,7 @@ void tunnel__sched_post(tunnel__sched *s, tunnel__task *t, tunnel__task_fn fn) {
   t->queued = 1;
   t->gen = s->gen;
   t->next = NULL;
+  t->prev = s->tail;
   if (s->tail)
     s->tail->next = t;
   else
@@ -45,31 +55,15 @@ void tunnel__sched_post(tunnel__sched *s, tunnel__task *t, tunnel__task_fn fn) {
 }
 
 void tunnel__sched_cancel(tunnel__sched *s, tunnel__task *t) {
-  if (!t->queued)
-    return;
-  tunnel__task **pp = &s->head, *prev = NULL;
-  while (*pp && *pp != t) {
-    prev = *pp;
-    pp = &(*pp)->next;
-  }
-  if (*pp) {
-    *pp = t->next;
-    if (s->tail == t)
-      s->tail = prev;
-  }
-  t->queued = 0;
-  t->next = NULL;
+  if (t->queued)
+    unlink_task(s, t);
 }
 
 void tunnel__sched_close(tunnel__sched *s, uv_close_cb cb) {
   /* Queued work is mostly frees: run it now rather than leak it. */
   while (s->head) {
     tunnel__task *t = s->head;
-    s->head = t->next;
-    if (!s->head)
-      s->tail = NULL;
-    t->queued = 0;
-    t->next = NULL;
+    unlink_task(s, t);
     t->fn(t);
   }
   s->closing = 1;

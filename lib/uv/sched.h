@@ -11,7 +11,7 @@ typedef void (*tunnel__task_fn)(tunnel__task *t);
 
 /* Embed in the object that owns the work. */
 struct tunnel__task {
-  tunnel__task *next;
+  tunnel__task *next, *prev; /* doubly linked: cancelling is O(1) */
   tunnel__task_fn fn;
   unsigned gen; /* run in which it was posted */
   int queued;
@@ -37,7 +37,7 @@ void tunnel__sched_unref(tunnel__sched *s);
 int tunnel__sched_init(tunnel__sched *s, uv_loop_t *loop);
 /* Queues `t` once (a task already queued stays where it is). */
 void tunnel__sched_post(tunnel__sched *s, tunnel__task *t, tunnel__task_fn fn);
-/* Removes a queued task (before freeing its owner). */
+/* Removes a queued task (before freeing its owner); constant time. */
 void tunnel__sched_cancel(tunnel__sched *s, tunnel__task *t);
 /* Runs what is still queued, then closes the idle handle; `cb` gets the uv
  * handle when it may be freed. Nothing may be posted afterwards. */

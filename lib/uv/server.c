@@ -50,7 +50,7 @@ struct tunnel_server {
   srv_ctl *ctls;
   uint32_t nctl;
   uint32_t handles;  /* open uv handles owned by server objects */
-  uint32_t splices;  /* live splices */
+  tunnel__splice_set splices;  /* live splices */
   uint32_t objects;  /* sessions and controls not yet freed */
   int closing;
   tunnel_server_close_cb close_cb;
@@ -195,11 +195,7 @@ static int gen_run_id(char out[33]) {
 
 /* ------------------------------------------------------------ visitors */
 
-static void splice_gone(void *ud) {
-  tunnel_server *srv = ud;
-  srv->splices--;
-  maybe_finish_close(srv);
-}
+static void splice_gone(void *ud) { maybe_finish_close(ud); }
 
 static void free_tcp_closed(uv_handle_t *h) {
   tunnel_server *srv = h->data;
@@ -236,11 +232,9 @@ static void dispatch(srv_proxy *p, tunnel_stream *st, uv_tcp_t *vis) {
   if (rc == 0) {
     /* The splice owns both now and tears them down even if it fails. */
     srv->handles--;
-    srv->splices++;
-    rc = tunnel__splice_start(MEM(srv), &srv->cfg.log, vis, st, NULL, 0,
-                              srv->readbuf, READBUF_SIZE, splice_gone, srv);
-    if (rc) /* not even started: nothing will call splice_gone */
-      splice_gone(srv);
+    tunnel__splice_start(MEM(srv), &srv->cfg.log, vis, st, NULL, 0,
+                         srv->readbuf, READBUF_SIZE, &srv->splices,
+                         splice_gone, srv);
     return;
   }
   tunnel_stream_close(st, NULL, NULL);
@@ -1234,7 +1228,7 @@ static void sched_closed(uv_handle_t *h) {
 }
 
 static void maybe_finish_close(tunnel_server *srv) {
-  if (!srv->closing || srv->handles || srv->splices || srv->objects ||
+  if (!srv->closing || srv->handles || srv->splices.count || srv->objects ||
       srv->sched.refs || srv->sched.closing)
     return;
   tunnel__sched_close(&srv->sched, sched_closed);
@@ -1265,6 +1259,9 @@ int tunnel_server_close(tunnel_server *srv, tunnel_server_close_cb cb,
     sess_destroy(srv->sessions);
   while (srv->ctls) /* clients without a session: non-mux */
     ctl_destroy(srv->ctls);
+  /* Non-mux joins are connections of their own: no session end reaches
+   * them. */
+  tunnel__splice_abort_all(&srv->splices);
   maybe_finish_close(srv);
   return 0;
 }

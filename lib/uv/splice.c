@@ -2,6 +2,8 @@
 
 #include <string.h>
 
+#include "handle.h"
+#include "stream.h"
 #include "uverr.h"
 
 /* Per-direction queue marks. */
@@ -13,6 +15,8 @@ struct tunnel__splice {
   const tunnel__logger *log;
   uv_tcp_t *tcp;
   tunnel_stream *st;
+  tunnel__splice_set *set;
+  tunnel__splice *prev, *next; /* in set */
   uint8_t *readbuf;
   size_t readbuf_size;
   void (*gone)(void *ud);
@@ -39,6 +43,14 @@ typedef struct {
 static void maybe_free(tunnel__splice *sp) {
   if (sp->handles)
     return;
+  tunnel__splice_set *set = sp->set;
+  if (sp->prev)
+    sp->prev->next = sp->next;
+  else
+    set->head = sp->next;
+  if (sp->next)
+    sp->next->prev = sp->prev;
+  set->count--;
   void (*gone)(void *) = sp->gone;
   void *ud = sp->gone_ud;
   tunnel__free(sp->mem, sp);
@@ -104,8 +116,7 @@ static void st_shut_cb(tunnel_stream *st, int status, void *ud) {
 static void st_write_cb(tunnel_stream *st, int status, void *ud) {
   tunnel__splice *sp = ud;
   if (status) {
-    if (status != TUNNEL_ECANCELED)
-      finish(sp, status);
+    finish(sp, status); /* no-op when we closed the stream ourselves */
     return;
   }
   if (!sp->tcp_reading && !sp->tcp_eof && !sp->closing &&
@@ -238,14 +249,24 @@ static void st_read_cb(tunnel_stream *st, int status, const uint8_t *data,
   }
 }
 
+/* The stream failed while neither direction was waiting on it. */
+static void st_failed(tunnel_stream *st, int err, void *ud) {
+  (void)st;
+  finish(ud, err);
+}
+
 int tunnel__splice_start(const tunnel__mem *mem, const tunnel__logger *log,
                          uv_tcp_t *tcp, tunnel_stream *st,
                          const uint8_t *prefix, size_t prefix_len,
                          uint8_t *readbuf, size_t readbuf_size,
-                         void (*gone)(void *ud), void *gone_ud) {
+                         tunnel__splice_set *set, void (*gone)(void *ud),
+                         void *gone_ud) {
   tunnel__splice *sp = tunnel__calloc(mem, 1, sizeof *sp);
-  if (!sp)
+  if (!sp) {
+    tunnel__tcp_close_free(mem, tcp);
+    tunnel_stream_close(st, NULL, NULL);
     return TUNNEL_ENOMEM;
+  }
   sp->mem = mem;
   sp->log = log;
   sp->tcp = tcp;
@@ -254,8 +275,15 @@ int tunnel__splice_start(const tunnel__mem *mem, const tunnel__logger *log,
   sp->readbuf_size = readbuf_size;
   sp->gone = gone;
   sp->gone_ud = gone_ud;
+  sp->set = set;
+  sp->next = set->head;
+  if (set->head)
+    set->head->prev = sp;
+  set->head = sp;
+  set->count++;
   tcp->data = sp;
   uv_tcp_nodelay(tcp, 1);
+  tunnel__stream_watch(st, st_failed, sp);
   int rc = prefix_len ? tcp_send(sp, prefix, prefix_len) : 0;
   if (rc == 0)
     rc = tunnel__uv_err(
@@ -270,4 +298,9 @@ int tunnel__splice_start(const tunnel__mem *mem, const tunnel__logger *log,
   sp->tcp_reading = 1;
   sp->st_reading = 1;
   return 0;
+}
+
+void tunnel__splice_abort_all(tunnel__splice_set *set) {
+  for (tunnel__splice *sp = set->head; sp; sp = sp->next)
+    finish(sp, TUNNEL_ECLOSED);
 }

@@ -181,8 +181,14 @@ void tunnel__stream_on_data(tunnel_stream *st, const uint8_t *d, size_t n) {
   }
   /* What the reader did not take waits here; the window it still occupies
    * is what holds the peer back. */
-  if (n && tunnel__bufq_append(&st->rx, d, n) != 0)
+  if (n && tunnel__bufq_append(&st->rx, d, n) != 0) {
     tunnel__stream_on_fail(st, TUNNEL_ENOMEM);
+    return;
+  }
+  /* A reader named during the call above (an accept callback run from a
+   * control message) found nothing queued yet: deliver from the loop. */
+  if (n && st->reading)
+    post(st);
 }
 
 void tunnel__stream_on_fin(tunnel_stream *st) {
@@ -306,6 +312,10 @@ static void task(tunnel__task *t) {
     complete_writes(st);
   if (!st->closing)
     deliver(st);
+  if (!st->closing && st->error && st->watch_cb && !st->watch_fired) {
+    st->watch_fired = 1;
+    st->watch_cb(st, st->error, st->watch_ud);
+  }
   /* A TCP stream is freed only once libuv is done with its handle. */
   if (st->closing && !st->tcp_open)
     finish_close(st);
@@ -313,11 +323,17 @@ static void task(tunnel__task *t) {
 
 /* ---------------------------------------------------------- TCP side */
 
+/* uv_buf_t lengths are unsigned int: larger writes go out as several
+ * buffers, never truncated. */
+#define TCP_MAX_BUF (1u << 30)
+
 typedef struct tcp_wbuf {
   uv_write_t req;
   tunnel_stream *st;
   size_t len;
-  uint8_t data[];
+  unsigned nbufs;
+  uv_buf_t *bufs;
+  uint8_t *data;
 } tcp_wbuf;
 
 static void tcp_write_cb(uv_write_t *req, int status) {
@@ -337,7 +353,8 @@ static int tcp_send(tunnel_stream *st, const uint8_t *data, size_t len,
                     size_t *done) {
   *done = 0;
   if (st->tcp_pending == 0) {
-    uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+    size_t first = len < TCP_MAX_BUF ? len : TCP_MAX_BUF;
+    uv_buf_t b = uv_buf_init((char *)data, (unsigned)first);
     int n = uv_try_write((uv_stream_t *)st->tcp, &b, 1);
     if (n > 0)
       *done = (size_t)n;
@@ -347,14 +364,25 @@ static int tcp_send(tunnel_stream *st, const uint8_t *data, size_t len,
   if (*done == len)
     return 0;
   size_t rest = len - *done;
-  tcp_wbuf *w = tunnel__malloc(st->mem, sizeof *w + rest);
+  size_t nbufs = rest / TCP_MAX_BUF + (rest % TCP_MAX_BUF != 0);
+  if (nbufs > (SIZE_MAX - sizeof(tcp_wbuf) - rest) / sizeof(uv_buf_t))
+    return TUNNEL_ENOMEM;
+  tcp_wbuf *w = tunnel__malloc(st->mem, sizeof *w + nbufs * sizeof(uv_buf_t) +
+                                            rest);
   if (!w)
     return TUNNEL_ENOMEM;
   w->st = st;
   w->len = rest;
+  w->nbufs = (unsigned)nbufs;
+  w->bufs = (uv_buf_t *)(void *)(w + 1);
+  w->data = (uint8_t *)(w->bufs + nbufs);
   memcpy(w->data, data + *done, rest);
-  uv_buf_t b = uv_buf_init((char *)w->data, (unsigned)rest);
-  int rc = uv_write(&w->req, (uv_stream_t *)st->tcp, &b, 1, tcp_write_cb);
+  for (size_t i = 0, off = 0; i < nbufs; i++, off += TCP_MAX_BUF) {
+    size_t n = rest - off < TCP_MAX_BUF ? rest - off : TCP_MAX_BUF;
+    w->bufs[i] = uv_buf_init((char *)w->data + off, (unsigned)n);
+  }
+  int rc = uv_write(&w->req, (uv_stream_t *)st->tcp, w->bufs, w->nbufs,
+                    tcp_write_cb);
   if (rc) {
     tunnel__free(st->mem, w);
     return tunnel__uv_err(rc);
@@ -548,6 +576,15 @@ int tunnel_stream_close(tunnel_stream *st, tunnel_stream_close_cb cb,
   }
   post(st);
   return 0;
+}
+
+void tunnel__stream_watch(tunnel_stream *st,
+                          void (*cb)(tunnel_stream *st, int err, void *ud),
+                          void *ud) {
+  st->watch_cb = cb;
+  st->watch_ud = ud;
+  if (st->error)
+    post(st);
 }
 
 void tunnel_stream_set_user_data(tunnel_stream *st, void *ud) {

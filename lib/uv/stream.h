@@ -63,6 +63,10 @@ struct tunnel_stream {
   void *close_ud;
   tunnel__task task;
   void *user_data;
+  /* Internal owner told of a failure even while nobody reads or writes. */
+  void (*watch_cb)(tunnel_stream *st, int err, void *ud);
+  void *watch_ud;
+  int watch_fired;
 };
 
 tunnel_stream *tunnel__stream_new(tunnel__mux *m, tunnel__sched *sched,
@@ -76,6 +80,14 @@ tunnel_stream *tunnel__stream_new_tcp(tunnel__sched *sched,
 /* Internal-reader variant of tunnel_stream_read_start. */
 int tunnel__stream_take_start(tunnel_stream *st, tunnel__stream_take_fn cb,
                               void *ud);
+
+/* `cb` fires once, from the loop, when the stream fails (reset, session
+ * gone, transport error), whether or not a reader or a write is pending:
+ * an owner whose both directions are paused still learns of it. Not after
+ * tunnel_stream_close. */
+void tunnel__stream_watch(tunnel_stream *st,
+                          void (*cb)(tunnel_stream *st, int err, void *ud),
+                          void *ud);
 
 /* Called by the mux. */
 void tunnel__stream_on_data(tunnel_stream *st, const uint8_t *data, size_t n);
