@@ -31,6 +31,7 @@ struct tunnel_client {
   struct tunnel_config cfg;
   tunnel__sched sched;
   uv_timer_t hb_timer;
+  uv_timer_t login_timer; /* from connect to LoginResp */
   tunnel__mux *mux;     /* mux mode */
   uv_tcp_t *ctl_tcp;    /* non-mux mode: control connection being dialled */
   tunnel__dial *dial;
@@ -43,6 +44,7 @@ struct tunnel_client {
   char run_id[64];
   tunnel_proxy *proxies;
   cl_work *works; /* waiting for StartWorkConn or a local connection */
+  uint32_t nworks;
   uint8_t *readbuf;
   tunnel_client_state_cb state_cb;
   void *state_ud;
@@ -181,6 +183,7 @@ static void work_unlink(cl_work *w) {
   for (cl_work **pp = &c->works; *pp; pp = &(*pp)->next) {
     if (*pp == w) {
       *pp = w->next;
+      c->nworks--;
       break;
     }
   }
@@ -312,6 +315,15 @@ static void work_connected(tunnel__dial *d, int status, void *ud) {
 }
 
 static void new_work(tunnel_client *c) {
+  /* Each request costs a stream or a socket: a server asking for more
+   * than the limit is not obeyed. */
+  if (c->nworks >= c->cfg.max_work_conns) {
+    tunnel__log(&c->cfg.log, TUNNEL_LOG_WARN,
+                "client: server asked for more than %u pending work "
+                "connections; request ignored",
+                c->cfg.max_work_conns);
+    return;
+  }
   cl_work *w = tunnel__calloc(MEM(c), 1, sizeof *w);
   if (!w)
     return;
@@ -319,6 +331,7 @@ static void new_work(tunnel_client *c) {
   c->objects++;
   w->next = c->works;
   c->works = w;
+  c->nworks++;
   if (c->mux) {
     tunnel_stream *st;
     if (tunnel__mux_open(c->mux, &st) != 0) {
@@ -419,6 +432,7 @@ static int on_login_resp(tunnel__ctlchan *ch, int err, const tunnel__msg *m,
     return 0;
   }
   c->state = C_READY;
+  uv_timer_stop(&c->login_timer);
   c->last_heard = uv_now(c->loop);
   tunnel__log(&c->cfg.log, TUNNEL_LOG_INFO, "client: logged in as %s",
               c->run_id);
@@ -519,6 +533,7 @@ static void session_down(tunnel_client *c, int err, const char *why) {
     return;
   c->state = C_DOWN;
   uv_timer_stop(&c->hb_timer);
+  uv_timer_stop(&c->login_timer);
   if (c->dial) {
     tunnel__dial_cancel(c->dial);
     c->dial = NULL;
@@ -530,6 +545,7 @@ static void session_down(tunnel_client *c, int err, const char *why) {
   while (c->works) {
     cl_work *w = c->works;
     c->works = w->next;
+    c->nworks--;
     if (w->dial) {
       tunnel__dial_cancel(w->dial);
       w->dial = NULL;
@@ -602,7 +618,9 @@ int tunnel_client_new(tunnel_client **out, uv_loop_t *loop,
   c->sched.drained_ud = c;
   uv_timer_init(loop, &c->hb_timer);
   c->hb_timer.data = c;
-  c->handles = 1;
+  uv_timer_init(loop, &c->login_timer);
+  c->login_timer.data = c;
+  c->handles = 2;
   *out = c;
   return 0;
 }
@@ -614,6 +632,16 @@ int tunnel_client_set_state_cb(tunnel_client *c, tunnel_client_state_cb cb,
   c->state_cb = cb;
   c->state_ud = ud;
   return 0;
+}
+
+/* Every wait for the server has a deadline: one that accepts and never
+ * answers must not hold the client forever. */
+static void login_timeout(uv_timer_t *t) {
+  tunnel_client *c = t->data;
+  if (c->state == C_CONNECTING || c->state == C_LOGIN)
+    session_down(c, TUNNEL_ETIMEDOUT,
+                 c->state == C_CONNECTING ? "cannot connect to the server"
+                                          : "no answer to login");
 }
 
 int tunnel_client_connect(tunnel_client *c, const char *host, uint16_t port) {
@@ -654,6 +682,7 @@ int tunnel_client_connect(tunnel_client *c, const char *host, uint16_t port) {
   c->port = port;
   c->mux = mux;
   c->state = C_CONNECTING;
+  uv_timer_start(&c->login_timer, login_timeout, c->cfg.login_timeout_ms, 0);
   return 0;
 }
 
@@ -713,6 +742,7 @@ int tunnel_client_close(tunnel_client *c, tunnel_client_close_cb cb,
     proxy_free(p);
   }
   uv_close((uv_handle_t *)&c->hb_timer, timer_closed);
+  uv_close((uv_handle_t *)&c->login_timer, timer_closed);
   return 0;
 }
 

@@ -8,6 +8,7 @@
 #include "../crypto.h"
 #include "../log.h"
 #include "../msg.h"
+#include "anon.h"
 #include "ctlchan.h"
 #include "dial.h"
 #include "handle.h"
@@ -39,11 +40,11 @@ struct tunnel_server {
   srv_sess *sessions;
   struct srv_conn *conns;   /* connections not yet identified */
   uint32_t nconns;
-  /* Peers not (yet) authenticated, capped at max_clients so that
-   * unauthenticated connections cannot exhaust the server: sniffing
-   * connections, raw first-message channels, refused raw channels draining,
-   * and mux sessions without a login. */
-  uint32_t nanon;
+  /* Peers not (yet) authenticated: sniffing connections, raw first-message
+   * channels, refused raw channels draining, and mux sessions without a
+   * login. Bounded by count (max_clients), per address and by bytes. */
+  tunnel__anon_set anon;
+  tunnel__anon_limits anon_limits;
   struct srv_drain *drains; /* refused channels, until the peer reads the
                                refusal and closes, or a deadline */
   struct srv_first *firsts; /* streams awaiting their first message */
@@ -60,7 +61,10 @@ struct tunnel_server {
 struct srv_sess {
   tunnel_server *srv;
   tunnel__mux *mux;
-  int authed; /* a client logged in over it (it left srv->nanon) */
+  int authed; /* a client logged in over it (it left srv->anon) */
+  tunnel__anon anon;
+  char addr[TUNNEL__ADDR_MAX];
+  uint32_t nfirst; /* streams opened before the login */
   uint64_t created; /* loop time; a session must log in within a limit */
   srv_sess *prev, *next;
   srv_ctl *ctl; /* the client that logged in over this session */
@@ -73,6 +77,8 @@ typedef struct srv_first {
   tunnel_server *srv;
   srv_sess *sess; /* NULL: a whole TCP connection (non-mux) */
   tunnel_stream *st;
+  tunnel__anon anon; /* raw connections only */
+  char addr[TUNNEL__ADDR_MAX];
   tunnel__ctlchan ch;
   struct srv_first *prev, *next;
   uint64_t created;
@@ -85,6 +91,7 @@ typedef struct srv_conn {
   uv_tcp_t *tcp;
   uv_timer_t timer;
   struct srv_conn *prev, *next;
+  tunnel__anon anon;
   uint8_t buf[256];
   int done;
 } srv_conn;
@@ -92,6 +99,13 @@ typedef struct srv_conn {
 /* A connection must identify itself, and a session or channel log in or
  * say what it is, within this time. */
 #define SNIFF_TIMEOUT_MS 10000
+/* What an unauthenticated peer costs, for the byte budget: a sniffing
+ * connection its record; a raw channel its read buffer and a first
+ * message; a session its read buffer and its allowed first streams. */
+#define ANON_CONN_COST 1024u
+#define ANON_RAW_COST (64u * 1024u + TUNNEL__DEFAULT_MAX_MESSAGE)
+/* Longest proxy name accepted: names are echoed in replies and logs. */
+#define MAX_PROXY_NAME 255
 
 typedef struct srv_work {
   srv_ctl *ctl;
@@ -114,8 +128,13 @@ struct srv_ctl {
   tunnel_stream *st;
   tunnel__ctlchan ch;
   char run_id[33];
+  char addr[TUNNEL__ADDR_MAX]; /* where the control connection came from */
+  int64_t login_ts;   /* timestamp of the login that made this control */
+  uint32_t requested; /* work connections asked for and not yet arrived */
   srv_proxy *proxies;
-  srv_work *pool;
+  uint32_t nproxies;
+  srv_work *pool; /* oldest first */
+  srv_work *pool_tail;
   uint32_t pooled;
   uint32_t pool_count;
   srv_visitor *waiting; /* oldest first */
@@ -169,18 +188,34 @@ static int send_plain(tunnel_server *srv, tunnel_stream *st,
 }
 
 static int send_ctl(srv_ctl *ctl, const tunnel__msg *m) {
+  if (ctl->dead)
+    return TUNNEL_ECLOSED;
   int rc = tunnel__ctlchan_send(&ctl->ch, m);
-  if (rc)
+  if (rc) {
     tunnel__log(&ctl->srv->cfg.log, TUNNEL_LOG_WARN,
                 "server: [%s] cannot send %s: %s", ctl->run_id,
                 tunnel__msg_type_name(m->type), tunnel_strerror(rc));
-  return rc;
+    return rc;
+  }
+  /* Replies are provoked by the client (a Pong per Ping): one that does
+   * not read them is cut off, not buffered. */
+  if (tunnel_stream_write_queue_size(ctl->st) > ctl->srv->cfg.max_control_backlog) {
+    tunnel__log(&ctl->srv->cfg.log, TUNNEL_LOG_WARN,
+                "server: [%s] client %s does not read its control stream "
+                "(%zu bytes queued); dropped",
+                ctl->run_id, ctl->addr,
+                tunnel_stream_write_queue_size(ctl->st));
+    ctl_destroy(ctl);
+    return TUNNEL_ELIMIT;
+  }
+  return 0;
 }
 
 static void req_work_conn(srv_ctl *ctl) {
   tunnel__msg m;
   tunnel__msg_init(&m, TUNNEL__MSG_REQ_WORK_CONN);
-  send_ctl(ctl, &m);
+  if (send_ctl(ctl, &m) == 0)
+    ctl->requested++;
 }
 
 static int gen_run_id(char out[33]) {
@@ -252,7 +287,7 @@ typedef struct srv_drain {
   tunnel_stream *st;
   struct srv_drain *prev, *next;
   uint64_t created;
-  int anon; /* a raw connection: counts in srv->nanon */
+  tunnel__anon anon; /* raw connections only */
 } srv_drain;
 
 static void drain_end(srv_drain *d) {
@@ -263,8 +298,7 @@ static void drain_end(srv_drain *d) {
     srv->drains = d->next;
   if (d->next)
     d->next->prev = d->prev;
-  if (d->anon)
-    srv->nanon--;
+  tunnel__anon_remove(&srv->anon, &d->anon);
   tunnel_stream_close(d->st, NULL, NULL);
   tunnel__free(MEM(srv), d);
 }
@@ -276,7 +310,12 @@ static void drain_then_close(tunnel_stream *st, int status,
     drain_end(ud);
 }
 
-static void drain_start(tunnel_server *srv, tunnel_stream *st) {
+static void drain_shed(tunnel__anon *a) {
+  drain_end(CONTAINER(a, srv_drain, anon));
+}
+
+static void drain_start(tunnel_server *srv, tunnel_stream *st,
+                        const char *addr) {
   srv_drain *d = tunnel__calloc(MEM(srv), 1, sizeof *d);
   if (!d) {
     tunnel_stream_close(st, NULL, NULL);
@@ -285,10 +324,9 @@ static void drain_start(tunnel_server *srv, tunnel_stream *st) {
   d->srv = srv;
   d->st = st;
   d->created = uv_now(srv->loop);
-  /* Mux streams are covered by their session's count. */
-  d->anon = st->tcp != NULL;
-  if (d->anon)
-    srv->nanon++;
+  /* Mux streams are covered by their session's entry. */
+  if (st->tcp)
+    tunnel__anon_add(&srv->anon, &d->anon, addr, ANON_RAW_COST, drain_shed);
   d->next = srv->drains;
   if (srv->drains)
     srv->drains->prev = d;
@@ -326,10 +364,14 @@ static void visitor_timer_closed(uv_handle_t *h) {
   maybe_finish_close(srv);
 }
 
+/* Oldest first: a connection slipped in late is the last to get a
+ * visitor. */
 static srv_work *pool_pop(srv_ctl *ctl) {
   srv_work *w = ctl->pool;
   if (w) {
     ctl->pool = w->next;
+    if (!ctl->pool)
+      ctl->pool_tail = NULL;
     ctl->pooled--;
   }
   return w;
@@ -484,7 +526,7 @@ static void reply_proxy(srv_ctl *ctl, const char *name, const char *addr,
   tunnel__msg_clear(MEM(srv), &r);
   if (error)
     tunnel__log(&srv->cfg.log, TUNNEL_LOG_WARN,
-                "server: [%s] proxy %s refused: %s", ctl->run_id,
+                "server: [%s] proxy %.64s refused: %s", ctl->run_id,
                 name ? name : "", error);
 }
 
@@ -497,14 +539,26 @@ static void on_new_proxy(srv_ctl *ctl, const tunnel__msg *m) {
     reply_proxy(ctl, name, NULL, "proxy name is empty");
     return;
   }
+  if (strlen(name) > MAX_PROXY_NAME) {
+    snprintf(err, sizeof err, "proxy name is longer than %d bytes",
+             MAX_PROXY_NAME);
+    reply_proxy(ctl, name, NULL, err);
+    return;
+  }
+  if (ctl->nproxies >= cfg->max_proxies) {
+    snprintf(err, sizeof err, "too many proxies for one client (limit %u)",
+             cfg->max_proxies);
+    reply_proxy(ctl, name, NULL, err);
+    return;
+  }
   if (!m->proxy_type || strcmp(m->proxy_type, "tcp") != 0) {
-    snprintf(err, sizeof err, "proxy type [%s] is not supported",
+    snprintf(err, sizeof err, "proxy type [%.32s] is not supported",
              m->proxy_type ? m->proxy_type : "");
     reply_proxy(ctl, name, NULL, err);
     return;
   }
   if (find_proxy(srv, name)) {
-    snprintf(err, sizeof err, "proxy [%s] is already in use", name);
+    snprintf(err, sizeof err, "proxy [%.64s] is already in use", name);
     reply_proxy(ctl, name, NULL, err);
     return;
   }
@@ -554,6 +608,7 @@ static void on_new_proxy(srv_ctl *ctl, const tunnel__msg *m) {
   }
   p->next = ctl->proxies;
   ctl->proxies = p;
+  ctl->nproxies++;
   char addr[16];
   snprintf(addr, sizeof addr, ":%u", p->port);
   tunnel__log(&srv->cfg.log, TUNNEL_LOG_INFO,
@@ -569,6 +624,7 @@ static void on_close_proxy(srv_ctl *ctl, const tunnel__msg *m) {
     if (strcmp((*pp)->name, m->proxy_name) == 0) {
       srv_proxy *p = *pp;
       *pp = p->next;
+      ctl->nproxies--;
       proxy_close(p);
       return;
     }
@@ -673,9 +729,9 @@ static srv_ctl *find_ctl(tunnel_server *srv, const char *run_id) {
 }
 
 static void refuse_login(tunnel_server *srv, tunnel_stream *st,
-                         const char *why) {
-  tunnel__log(&srv->cfg.log, TUNNEL_LOG_WARN, "server: login refused: %s",
-              why);
+                         const char *addr, const char *why) {
+  tunnel__log(&srv->cfg.log, TUNNEL_LOG_WARN,
+              "server: login from %s refused: %s", addr, why);
   tunnel__msg r;
   tunnel__msg_init(&r, TUNNEL__MSG_LOGIN_RESP);
   tunnel__msg_set_str(MEM(srv), &r.version, TUNNEL_VERSION_STRING);
@@ -684,45 +740,72 @@ static void refuse_login(tunnel_server *srv, tunnel_stream *st,
   tunnel__msg_clear(MEM(srv), &r);
   /* FIN after the answer; the client ends the session when it reads it. */
   tunnel_stream_shutdown(st, NULL, NULL);
-  drain_start(srv, st);
+  drain_start(srv, st, addr);
 }
 
-static int check_key(tunnel_server *srv, const char *key, int64_t ts) {
+static int64_t now_seconds(void) {
+  uv_timeval64_t tv;
+  return uv_gettimeofday(&tv) == 0 ? tv.tv_sec : 0;
+}
+
+/* NULL when the key is right for the token and its timestamp is within the
+ * allowed skew (a captured key is only good for that long), else why
+ * not. */
+static const char *check_key(tunnel_server *srv, const char *key,
+                             int64_t ts) {
   const char *token = tunnel__config_token(&srv->cfg);
   if (!*token)
-    return 1;
+    return NULL;
   char want[33];
   if (!key || strlen(key) != 32 ||
-      tunnel__privilege_key(token, strlen(token), ts, want) != 0)
-    return 0;
-  return tunnel__ct_equal(want, key, 32);
+      tunnel__privilege_key(token, strlen(token), ts, want) != 0 ||
+      !tunnel__ct_equal(want, key, 32))
+    return "authorization failed: token mismatch";
+  uint32_t skew = srv->cfg.auth_max_skew_s;
+  int64_t now = now_seconds();
+  if (skew && (ts < now - (int64_t)skew || ts > now + (int64_t)skew))
+    return "authorization failed: timestamp out of range (check the "
+           "clock)";
+  return NULL;
 }
 
 static void on_login(tunnel_server *srv, srv_sess *sess, tunnel_stream *st,
-                     const tunnel__msg *m) {
+                     const char *addr, const tunnel__msg *m) {
   if (sess && sess->ctl) {
-    refuse_login(srv, st, "session already logged in");
+    refuse_login(srv, st, addr, "session already logged in");
     return;
   }
-  if (!check_key(srv, m->privilege_key, m->timestamp)) {
-    refuse_login(srv, st, "authorization failed: token mismatch");
+  const char *why = check_key(srv, m->privilege_key, m->timestamp);
+  if (why) {
+    refuse_login(srv, st, addr, why);
     return;
   }
   srv_ctl *old = find_ctl(srv, m->run_id);
-  if (old) /* the same client reconnecting: the new session replaces it */
+  if (old) {
+    /* The same client reconnecting replaces its session, but only with a
+     * later login: a replayed one must not take the live session over. */
+    if (*tunnel__config_token(&srv->cfg) && m->timestamp <= old->login_ts) {
+      refuse_login(srv, st, addr,
+                   "authorization failed: login not newer than the "
+                   "session it would replace (replayed)");
+      return;
+    }
     ctl_destroy(old);
+  }
   if (srv->nctl >= srv->cfg.max_clients) {
-    refuse_login(srv, st, "too many clients");
+    refuse_login(srv, st, addr, "too many clients");
     return;
   }
   srv_ctl *ctl = tunnel__calloc(MEM(srv), 1, sizeof *ctl);
   if (!ctl) {
-    refuse_login(srv, st, "server out of memory");
+    refuse_login(srv, st, addr, "server out of memory");
     return;
   }
   ctl->srv = srv;
   ctl->sess = sess;
   ctl->st = st;
+  ctl->login_ts = m->timestamp;
+  snprintf(ctl->addr, sizeof ctl->addr, "%s", addr);
   ctl->pool_count = m->pool_count < 0 ? 0 : (uint32_t)m->pool_count;
   if (ctl->pool_count > MAX_POOL_COUNT)
     ctl->pool_count = MAX_POOL_COUNT;
@@ -730,7 +813,7 @@ static void on_login(tunnel_server *srv, srv_sess *sess, tunnel_stream *st,
     snprintf(ctl->run_id, sizeof ctl->run_id, "%s", m->run_id);
   else if (gen_run_id(ctl->run_id) != 0) {
     tunnel__free(MEM(srv), ctl);
-    refuse_login(srv, st, "server cannot generate a run id");
+    refuse_login(srv, st, addr, "server cannot generate a run id");
     return;
   }
   tunnel__ctlchan_init(&ctl->ch, st, MEM(srv), srv->cfg.max_message_size);
@@ -757,7 +840,7 @@ static void on_login(tunnel_server *srv, srv_sess *sess, tunnel_stream *st,
   if (sess) {
     sess->ctl = ctl;
     sess->authed = 1;
-    srv->nanon--;
+    tunnel__anon_remove(&srv->anon, &sess->anon);
   }
   ctl->next = srv->ctls;
   if (srv->ctls)
@@ -765,8 +848,10 @@ static void on_login(tunnel_server *srv, srv_sess *sess, tunnel_stream *st,
   srv->ctls = ctl;
   srv->nctl++;
   tunnel__log(&srv->cfg.log, TUNNEL_LOG_INFO,
-              "server: [%s] client logged in (version %s, pool %u)",
-              ctl->run_id, m->version ? m->version : "?", ctl->pool_count);
+              "server: [%s] client logged in from %s (version %.32s, pool "
+              "%u)",
+              ctl->run_id, addr, m->version ? m->version : "?",
+              ctl->pool_count);
   for (uint32_t i = 0; i < ctl->pool_count; i++)
     req_work_conn(ctl);
 }
@@ -777,10 +862,13 @@ static void pooled_read(tunnel_stream *st, int status, const uint8_t *data,
                         size_t len, void *ud) {
   srv_ctl *ctl = ud;
   (void)status, (void)data, (void)len;
-  for (srv_work **pp = &ctl->pool; *pp; pp = &(*pp)->next) {
+  srv_work *prev = NULL;
+  for (srv_work **pp = &ctl->pool; *pp; prev = *pp, pp = &(*pp)->next) {
     if ((*pp)->st == st) {
       srv_work *w = *pp;
       *pp = w->next;
+      if (ctl->pool_tail == w)
+        ctl->pool_tail = prev;
       ctl->pooled--;
       tunnel__free(MEM(ctl->srv), w);
       break;
@@ -789,27 +877,66 @@ static void pooled_read(tunnel_stream *st, int status, const uint8_t *data,
   tunnel_stream_close(st, NULL, NULL);
 }
 
+static void refuse_work_conn(tunnel_server *srv, tunnel_stream *st,
+                             const char *addr, const char *run_id,
+                             const char *why) {
+  tunnel__log(&srv->cfg.log, TUNNEL_LOG_WARN,
+              "server: work connection from %s for run id [%.64s] refused: %s",
+              addr, run_id ? run_id : "", why);
+  tunnel__msg r;
+  tunnel__msg_init(&r, TUNNEL__MSG_START_WORK_CONN);
+  tunnel__msg_set_str(MEM(srv), &r.error, "invalid NewWorkConn");
+  send_plain(srv, st, &r);
+  tunnel__msg_clear(MEM(srv), &r);
+  tunnel_stream_shutdown(st, NULL, NULL);
+  drain_start(srv, st, addr);
+}
+
+/* Who may hand a client a work connection (which will carry a visitor):
+ * a stream of the session the client logged in on is covered by that
+ * login. A connection of its own (non-mux) must have been asked for, and
+ * either carry a fresh key signed after the client's login, or come
+ * unsigned from the address of the client's control connection (what a
+ * stock frpc sends by default) unless signatures are required. */
+static const char *work_conn_refusal(tunnel_server *srv, srv_sess *sess,
+                                     srv_ctl *ctl, const char *addr,
+                                     const tunnel__msg *m) {
+  if (!ctl)
+    return "unknown run id";
+  if (sess)
+    return ctl->sess == sess ? NULL : "stream of another session";
+  if (!ctl->requested)
+    return "not requested";
+  const char *token = tunnel__config_token(&srv->cfg);
+  int is_signed = m->privilege_key && *m->privilege_key;
+  if (!*token)
+    return NULL;
+  if (!is_signed) {
+    if (srv->cfg.require_signed_work)
+      return "unsigned, and this server requires signed work connections";
+    if (strcmp(addr, ctl->addr) != 0)
+      return "unsigned, and not from the client's address";
+    return NULL;
+  }
+  const char *why = check_key(srv, m->privilege_key, m->timestamp);
+  if (why)
+    return why;
+  if (m->timestamp < ctl->login_ts)
+    return "signed before the client's login (replayed)";
+  return NULL;
+}
+
 static void on_new_work_conn(tunnel_server *srv, srv_sess *sess,
-                             tunnel_stream *st, const tunnel__msg *m) {
+                             tunnel_stream *st, const char *addr,
+                             const tunnel__msg *m) {
   srv_ctl *ctl = find_ctl(srv, m->run_id);
-  /* A work stream on the session its client logged in on is covered by
-   * that login; one arriving any other way (its own TCP connection, in
-   * non-mux mode) must carry its own key when a token is set. */
-  int trusted = ctl && sess && ctl->sess == sess;
-  if (!ctl || (!trusted && !check_key(srv, m->privilege_key, m->timestamp))) {
-    tunnel__log(&srv->cfg.log, TUNNEL_LOG_WARN,
-                "server: work connection for unknown or unauthorised run id "
-                "[%s]",
-                m->run_id ? m->run_id : "");
-    tunnel__msg r;
-    tunnel__msg_init(&r, TUNNEL__MSG_START_WORK_CONN);
-    tunnel__msg_set_str(MEM(srv), &r.error, "invalid NewWorkConn");
-    send_plain(srv, st, &r);
-    tunnel__msg_clear(MEM(srv), &r);
-    tunnel_stream_shutdown(st, NULL, NULL);
-    drain_start(srv, st);
+  const char *why = work_conn_refusal(srv, sess, ctl, addr, m);
+  if (why) {
+    refuse_work_conn(srv, st, addr, m->run_id, why);
     return;
   }
+  if (ctl->requested)
+    ctl->requested--;
   if (ctl->waiting) {
     srv_visitor *v = ctl->waiting;
     ctl->waiting = v->next;
@@ -832,8 +959,12 @@ static void on_new_work_conn(tunnel_server *srv, srv_sess *sess,
   }
   w->ctl = ctl;
   w->st = st;
-  w->next = ctl->pool;
-  ctl->pool = w;
+  w->next = NULL;
+  if (ctl->pool_tail)
+    ctl->pool_tail->next = w;
+  else
+    ctl->pool = w;
+  ctl->pool_tail = w;
   ctl->pooled++;
   tunnel_stream_read_start(st, pooled_read, ctl);
 }
@@ -848,8 +979,7 @@ static void first_unlink(srv_first *f) {
     srv->firsts = f->next;
   if (f->next)
     f->next->prev = f->prev;
-  if (!f->sess)
-    srv->nanon--;
+  tunnel__anon_remove(&srv->anon, &f->anon);
   tunnel__ctlchan_free(&f->ch);
   tunnel__free(MEM(srv), f);
 }
@@ -860,6 +990,8 @@ static int on_first_msg(tunnel__ctlchan *ch, int err, const tunnel__msg *m,
   tunnel_server *srv = f->srv;
   srv_sess *sess = f->sess;
   tunnel_stream *st = f->st;
+  char addr[TUNNEL__ADDR_MAX];
+  memcpy(addr, f->addr, sizeof addr);
   (void)ch;
   first_unlink(f);
   if (err) {
@@ -868,24 +1000,34 @@ static int on_first_msg(tunnel__ctlchan *ch, int err, const tunnel__msg *m,
   }
   switch (m->type) {
   case TUNNEL__MSG_LOGIN:
-    on_login(srv, sess, st, m);
+    on_login(srv, sess, st, addr, m);
     break;
   case TUNNEL__MSG_NEW_WORK_CONN:
-    on_new_work_conn(srv, sess, st, m);
+    on_new_work_conn(srv, sess, st, addr, m);
     break;
   default:
     tunnel__log(&srv->cfg.log, TUNNEL_LOG_WARN,
-                "server: unexpected first message %s",
-                tunnel__msg_type_name(m->type));
+                "server: unexpected first message %s from %s",
+                tunnel__msg_type_name(m->type), addr);
     tunnel_stream_close(st, NULL, NULL);
     break;
   }
   return 0;
 }
 
+static void first_shed(tunnel__anon *a) {
+  srv_first *f = CONTAINER(a, srv_first, anon);
+  tunnel__log(&f->srv->cfg.log, TUNNEL_LOG_INFO,
+              "server: unauthenticated channel from %s shed to make room",
+              f->addr);
+  tunnel_stream *st = f->st;
+  first_unlink(f);
+  tunnel_stream_close(st, NULL, NULL);
+}
+
 /* Reads the first message of a new stream (mux) or connection (raw). */
 static void first_start(tunnel_server *srv, srv_sess *sess,
-                        tunnel_stream *st) {
+                        tunnel_stream *st, const char *addr) {
   srv_first *f = tunnel__calloc(MEM(srv), 1, sizeof *f);
   if (!f) {
     tunnel_stream_close(st, NULL, NULL);
@@ -895,13 +1037,14 @@ static void first_start(tunnel_server *srv, srv_sess *sess,
   f->sess = sess;
   f->st = st;
   f->created = uv_now(srv->loop);
+  snprintf(f->addr, sizeof f->addr, "%s", addr);
   tunnel__ctlchan_init(&f->ch, st, MEM(srv), srv->cfg.max_message_size);
   f->next = srv->firsts;
   if (srv->firsts)
     srv->firsts->prev = f;
   srv->firsts = f;
   if (!sess)
-    srv->nanon++;
+    tunnel__anon_add(&srv->anon, &f->anon, addr, ANON_RAW_COST, first_shed);
   if (tunnel__ctlchan_read(&f->ch, on_first_msg, f) != 0) {
     first_unlink(f);
     tunnel_stream_close(st, NULL, NULL);
@@ -911,7 +1054,15 @@ static void first_start(tunnel_server *srv, srv_sess *sess,
 static void on_stream(tunnel__mux *mux, tunnel_stream *st, void *ud) {
   srv_sess *sess = ud;
   (void)mux;
-  first_start(sess->srv, sess, st);
+  /* Before its login a session needs one stream; a few spare allow for a
+   * retry, more are only a way to make the server hold memory. */
+  if (!sess->authed && sess->nfirst >= sess->srv->cfg.unauth_streams) {
+    tunnel_stream_close(st, NULL, NULL);
+    return;
+  }
+  if (!sess->authed)
+    sess->nfirst++;
+  first_start(sess->srv, sess, st, sess->addr);
 }
 
 static void on_mux_end(tunnel__mux *mux, int err, void *ud) {
@@ -946,8 +1097,7 @@ static void sess_destroy(srv_sess *sess) {
     ctl->sess = NULL;
     ctl_destroy(ctl);
   }
-  if (!sess->authed)
-    srv->nanon--;
+  tunnel__anon_remove(&srv->anon, &sess->anon);
   if (sess->prev)
     sess->prev->next = sess->next;
   else
@@ -979,7 +1129,7 @@ static void conn_done(srv_conn *c, int keep_tcp) {
   if (c->next)
     c->next->prev = c->prev;
   srv->nconns--;
-  srv->nanon--;
+  tunnel__anon_remove(&srv->anon, &c->anon);
   if (!keep_tcp) {
     uv_read_stop((uv_stream_t *)c->tcp);
     tunnel__tcp_close_free(MEM(srv), c->tcp);
@@ -991,8 +1141,39 @@ static void conn_done(srv_conn *c, int keep_tcp) {
 static void conn_timeout(uv_timer_t *t) {
   srv_conn *c = t->data;
   tunnel__log(&c->srv->cfg.log, TUNNEL_LOG_INFO,
-              "server: connection silent for too long; closed");
+              "server: connection from %s silent for too long; closed",
+              c->anon.addr);
   conn_done(c, 0);
+}
+
+static void conn_shed(tunnel__anon *a) {
+  srv_conn *c = CONTAINER(a, srv_conn, anon);
+  tunnel__log(&c->srv->cfg.log, TUNNEL_LOG_INFO,
+              "server: unidentified connection from %s shed to make room",
+              a->addr);
+  conn_done(c, 0);
+}
+
+static void sess_shed(tunnel__anon *a) {
+  srv_sess *sess = CONTAINER(a, srv_sess, anon);
+  tunnel__log(&sess->srv->cfg.log, TUNNEL_LOG_INFO,
+              "server: session from %s not logged in yet shed to make room",
+              a->addr);
+  sess_destroy(sess);
+}
+
+/* Room for one more unauthenticated peer: the oldest make way. */
+static void anon_make_room(tunnel_server *srv, const char *addr,
+                           uint32_t cost) {
+  srv->anon_limits.max = srv->cfg.max_clients;
+  srv->anon_limits.per_addr = srv->cfg.unauth_per_addr;
+  srv->anon_limits.bytes = srv->cfg.unauth_bytes;
+  tunnel__anon_make_room(&srv->anon, &srv->anon_limits, addr, cost);
+}
+
+static uint32_t sess_cost(const tunnel_server *srv) {
+  return 64u * 1024u +
+         srv->cfg.unauth_streams * (srv->cfg.max_message_size + 2048u);
 }
 
 static void conn_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
@@ -1016,7 +1197,11 @@ static void conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   uint8_t first[sizeof c->buf];
   size_t n = (size_t)nread;
   memcpy(first, c->buf, n);
+  char addr[TUNNEL__ADDR_MAX];
+  memcpy(addr, c->anon.addr, sizeof addr);
   conn_done(c, 1);
+  uint32_t cost = first[0] == 0 ? sess_cost(srv) : ANON_RAW_COST;
+  anon_make_room(srv, addr, cost);
   if (first[0] == 0) {
     /* A yamux header starts with version 0; no frp message type is 0. */
     srv_sess *sess = tunnel__calloc(MEM(srv), 1, sizeof *sess);
@@ -1032,7 +1217,8 @@ static void conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
       return;
     }
     srv->objects++;
-    srv->nanon++;
+    snprintf(sess->addr, sizeof sess->addr, "%s", addr);
+    tunnel__anon_add(&srv->anon, &sess->anon, addr, cost, sess_shed);
     sess->next = srv->sessions;
     if (srv->sessions)
       srv->sessions->prev = sess;
@@ -1046,7 +1232,7 @@ static void conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   tunnel_stream *st = tunnel__stream_new_tcp(&srv->sched, MEM(srv), tcp,
                                              first, n);
   if (st)
-    first_start(srv, NULL, st);
+    first_start(srv, NULL, st, addr);
 }
 
 static void on_client(uv_stream_t *l, int status) {
@@ -1057,13 +1243,19 @@ static void on_client(uv_stream_t *l, int status) {
   if (!tcp)
     return;
   uv_tcp_init(srv->loop, tcp);
-  if (uv_accept(l, (uv_stream_t *)tcp) != 0 ||
-      srv->nanon >= srv->cfg.max_clients) {
-    /* Accepted and closed at once: unidentified connections are bounded
-     * like clients, so a flood cannot exhaust the server. */
+  if (uv_accept(l, (uv_stream_t *)tcp) != 0) {
     tunnel__tcp_close_free(MEM(srv), tcp);
     return;
   }
+  char addr[TUNNEL__ADDR_MAX] = "?";
+  struct sockaddr_storage peer;
+  int plen = sizeof peer;
+  uint16_t pport = 0;
+  if (uv_tcp_getpeername(tcp, (struct sockaddr *)&peer, &plen) == 0)
+    tunnel__format_addr((struct sockaddr *)&peer, addr, sizeof addr, &pport);
+  /* Unidentified connections are bounded like clients, so a flood cannot
+   * exhaust the server; the oldest make way for newcomers. */
+  anon_make_room(srv, addr, ANON_CONN_COST);
   srv_conn *c = tunnel__calloc(MEM(srv), 1, sizeof *c);
   if (!c) {
     tunnel__tcp_close_free(MEM(srv), tcp);
@@ -1080,7 +1272,7 @@ static void on_client(uv_stream_t *l, int status) {
     srv->conns->prev = c;
   srv->conns = c;
   srv->nconns++;
-  srv->nanon++;
+  tunnel__anon_add(&srv->anon, &c->anon, addr, ANON_CONN_COST, conn_shed);
   uv_timer_start(&c->timer, conn_timeout, SNIFF_TIMEOUT_MS, 0);
   if (uv_read_start((uv_stream_t *)tcp, conn_alloc, conn_read) != 0)
     conn_done(c, 0);

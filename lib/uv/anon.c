@@ -1,0 +1,71 @@
+#include "anon.h"
+
+#include <stdio.h>
+#include <string.h>
+
+void tunnel__anon_add(tunnel__anon_set *set, tunnel__anon *a,
+                      const char *addr, uint32_t cost,
+                      void (*shed)(tunnel__anon *a)) {
+  snprintf(a->addr, sizeof a->addr, "%s", addr ? addr : "");
+  a->cost = cost;
+  a->shed = shed;
+  a->next = NULL;
+  a->prev = set->tail;
+  if (set->tail)
+    set->tail->next = a;
+  else
+    set->head = a;
+  set->tail = a;
+  a->linked = 1;
+  set->count++;
+  set->bytes += cost;
+}
+
+void tunnel__anon_remove(tunnel__anon_set *set, tunnel__anon *a) {
+  if (!a->linked)
+    return;
+  if (a->prev)
+    a->prev->next = a->next;
+  else
+    set->head = a->next;
+  if (a->next)
+    a->next->prev = a->prev;
+  else
+    set->tail = a->prev;
+  a->prev = a->next = NULL;
+  a->linked = 0;
+  set->count--;
+  set->bytes -= a->cost;
+}
+
+static void shed(tunnel__anon_set *set, tunnel__anon *a) {
+  a->shed(a);
+  /* An owner that failed to unlink would make the caller loop forever. */
+  tunnel__anon_remove(set, a);
+}
+
+uint32_t tunnel__anon_make_room(tunnel__anon_set *set,
+                                const tunnel__anon_limits *lim,
+                                const char *addr, uint32_t cost) {
+  uint32_t n = 0;
+  /* A linear walk: the set holds at most `max` entries, and a new peer is
+   * rare next to the traffic of authenticated ones. */
+  uint32_t same = 0;
+  for (tunnel__anon *a = set->head; a; a = a->next)
+    same += strcmp(a->addr, addr) == 0;
+  for (tunnel__anon *a = set->head, *next; a && same >= lim->per_addr;
+       a = next) {
+    next = a->next;
+    if (strcmp(a->addr, addr) == 0) {
+      shed(set, a);
+      same--;
+      n++;
+    }
+  }
+  while (set->head &&
+         (set->count >= lim->max || set->bytes + cost > lim->bytes)) {
+    shed(set, set->head);
+    n++;
+  }
+  return n;
+}
