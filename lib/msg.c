@@ -631,12 +631,36 @@ static size_t scan_number(const uint8_t *p, size_t n, size_t i) {
   return i;
 }
 
+/* Value of the four hex digits at p, or -1. */
+static long hex4(const uint8_t *p) {
+  long v = 0;
+  for (int i = 0; i < 4; i++) {
+    uint8_t c = p[i];
+    if (is_digit(c))
+      v = v << 4 | (c - '0');
+    else if ((c | 0x20) >= 'a' && (c | 0x20) <= 'f')
+      v = v << 4 | ((c | 0x20) - 'a' + 10);
+    else
+      return -1;
+  }
+  return v;
+}
+
+static int is_surrogate(long u) { return u >= 0xd800 && u <= 0xdfff; }
+
 /* Lexical checks cJSON skips but Go's decoder makes: the body starts with
  * '{' (no BOM), no control bytes outside whitespace, none raw in strings,
- * strict numbers; plus no "\u0000", which would cut a C string short. cJSON
- * then checks the grammar. */
-static int json_lex_ok(const uint8_t *p, size_t n) {
+ * strict numbers, only JSON's escapes with "\u" taking four hex digits
+ * (cJSON would decode "\uzzzz" as a NUL); plus no "\u0000", which would cut
+ * a C string short. cJSON then checks the grammar.
+ *
+ * Go decodes an escaped surrogate that is not a high one followed at once by
+ * an escaped low one as U+FFFD; cJSON refuses it. Such escapes are counted
+ * in *lone and, when fix is not NULL (a copy of p), rewritten there as
+ * "\ufffd": same length, and then cJSON decodes what Go decodes. */
+static int json_lex_ok(const uint8_t *p, size_t n, uint8_t *fix, size_t *lone) {
   size_t i = 0;
+  *lone = 0;
   while (i < n && is_ws(p[i]))
     i++;
   if (i >= n || p[i] != '{')
@@ -649,14 +673,34 @@ static int json_lex_ok(const uint8_t *p, size_t n) {
           return 0;
         if (p[i] == '"')
           break;
-        if (p[i] == '\\') {
-          if (n - i < 2)
-            return 0;
-          if (p[i + 1] == 'u' && n - i >= 6 &&
-              memcmp(p + i + 2, "0000", 4) == 0)
+        if (p[i] != '\\')
+          continue;
+        if (n - i < 2)
+          return 0;
+        uint8_t e = p[i + 1];
+        if (e != 'u') {
+          if (!memchr("\"\\/bfnrt", e, 8))
             return 0;
           i++;
+          continue;
         }
+        long u = n - i >= 6 ? hex4(p + i + 2) : -1;
+        if (u <= 0)
+          return 0;
+        if (is_surrogate(u)) {
+          long low = -1;
+          if (u <= 0xdbff && n - i >= 12 && p[i + 6] == '\\' && p[i + 7] == 'u')
+            low = hex4(p + i + 8);
+          if (low >= 0xdc00 && low <= 0xdfff) {
+            i += 11; /* a pair: both escapes */
+            continue;
+          }
+          /* Only this escape is replaced; the next one stands alone. */
+          ++*lone;
+          if (fix)
+            memcpy(fix + i, "\\ufffd", 6);
+        }
+        i += 5;
       }
       i++;
     } else if (c == '-' || is_digit(c)) {
@@ -769,20 +813,30 @@ int tunnel__msg_decode(const tunnel__mem *mem, uint8_t type,
                        const uint8_t *json, size_t len, tunnel__msg *out) {
   tunnel__msg_init(out, type);
   const msg_type *t = find_type(type);
-  if (!t || !json_lex_ok(json, len))
+  size_t lone;
+  if (!t || !json_lex_ok(json, len, NULL, &lone))
     return TUNNEL_EPROTO;
+  uint8_t *fixed = NULL;
+  if (lone) {
+    if (!(fixed = tunnel__malloc(mem, len)))
+      return TUNNEL_ENOMEM;
+    memcpy(fixed, json, len);
+    json_lex_ok(json, len, fixed, &lone);
+    json = fixed;
+  }
   const char *end = NULL;
   /* cJSON allocates with its global hooks; the tree lives only for this
    * call. Its allocation failures are indistinguishable from bad JSON. */
   cJSON *root = cJSON_ParseWithLengthOpts((const char *)json, len, &end, 0);
-  if (!root)
-    return TUNNEL_EPROTO;
-  int rc = cJSON_IsObject(root) && end ? 0 : TUNNEL_EPROTO;
+  int rc = root && cJSON_IsObject(root) && end ? 0 : TUNNEL_EPROTO;
   /* cJSON stops after the value; Go refuses anything but whitespace. */
   for (size_t i = rc ? len : (size_t)((const uint8_t *)end - json); i < len;
        i++)
     if (!is_ws(json[i]))
       rc = TUNNEL_EPROTO;
+  tunnel__free(mem, fixed); /* cJSON copied what it keeps */
+  if (!root)
+    return rc;
   for (const cJSON *it = rc ? NULL : root->child; it && !rc; it = it->next) {
     const field_desc *f = lookup(t, it->string);
     /* Unknown keys are ignored and null leaves a field untouched (Go). */
@@ -797,6 +851,10 @@ int tunnel__msg_decode(const tunnel__mem *mem, uint8_t type,
 
 /* ----------------------------------------------------------------- reader */
 
+/* First allocation for a body that arrives in pieces: most control
+ * messages fit, and a peer trickling bytes cannot make it much larger. */
+#define BODY_MIN_CAP 256
+
 void tunnel__msg_reader_init(tunnel__msg_reader *r, const tunnel__mem *mem,
                              uint32_t max_body) {
   memset(r, 0, sizeof *r);
@@ -804,19 +862,41 @@ void tunnel__msg_reader_init(tunnel__msg_reader *r, const tunnel__mem *mem,
   r->max_body = max_body;
 }
 
-void tunnel__msg_reader_free(tunnel__msg_reader *r) {
+static void reader_drop_body(tunnel__msg_reader *r) {
   tunnel__free(r->mem, r->body);
   r->body = NULL;
   r->body_len = 0;
+  r->body_cap = 0;
 }
+
+void tunnel__msg_reader_free(tunnel__msg_reader *r) { reader_drop_body(r); }
 
 static int reader_fail(tunnel__msg_reader *r, int err, size_t off,
                        size_t *used) {
   *used = off;
-  tunnel__free(r->mem, r->body);
-  r->body = NULL;
+  reader_drop_body(r);
   r->err = err;
   return err;
+}
+
+/* Makes room for `add` more body bytes (body_len + add <= body_want). The
+ * capacity doubles, capped at the announced length, so memory follows what
+ * actually arrived while copies stay linear in the body size. */
+static int reader_reserve(tunnel__msg_reader *r, size_t add) {
+  size_t need = r->body_len + add;
+  if (need <= r->body_cap)
+    return 0;
+  size_t cap = r->body_cap ? r->body_cap : BODY_MIN_CAP;
+  while (cap < need)
+    cap = cap > r->body_want / 2 ? r->body_want : cap * 2;
+  if (cap > r->body_want)
+    cap = r->body_want;
+  uint8_t *p = tunnel__realloc(r->mem, r->body, cap);
+  if (!p)
+    return TUNNEL_ENOMEM;
+  r->body = p;
+  r->body_cap = cap;
+  return 0;
 }
 
 int tunnel__msg_reader_feed(tunnel__msg_reader *r, const uint8_t *data,
@@ -847,19 +927,20 @@ int tunnel__msg_reader_feed(tunnel__msg_reader *r, const uint8_t *data,
   size_t avail = len - off;
   if (r->body_want == 0) {
     body = (const uint8_t *)"";
-  } else if (!r->body && avail >= r->body_want) {
+  } else if (r->body_len == 0 && avail >= r->body_want) {
     body = data + off; /* whole body at hand: no copy */
     off += r->body_want;
   } else {
-    if (!r->body && !(r->body = tunnel__malloc(r->mem, r->body_want)))
-      return reader_fail(r, TUNNEL_ENOMEM, off, used);
     size_t take = r->body_want - r->body_len;
     if (take > avail)
       take = avail;
-    if (take)
+    if (take) {
+      if (reader_reserve(r, take))
+        return reader_fail(r, TUNNEL_ENOMEM, off, used);
       memcpy(r->body + r->body_len, data + off, take);
-    r->body_len += take;
-    off += take;
+      r->body_len += take;
+      off += take;
+    }
     if (r->body_len < r->body_want) {
       *used = off;
       return 0;
@@ -867,9 +948,7 @@ int tunnel__msg_reader_feed(tunnel__msg_reader *r, const uint8_t *data,
     body = r->body;
   }
   int rc = tunnel__msg_decode(r->mem, r->hdr[0], body, r->body_want, out);
-  tunnel__free(r->mem, r->body);
-  r->body = NULL;
-  r->body_len = 0;
+  reader_drop_body(r);
   r->hdr_len = 0;
   if (rc < 0)
     return reader_fail(r, rc, off, used);

@@ -10,8 +10,9 @@
  * becomes U+FFFD. Keys match exactly (Go would also match case-insensitively;
  * frp never emits other spellings). Strict JSON is required: trailing bytes,
  * raw control characters, "01" or a BOM are protocol errors, as in Go.
- * Strings containing "\u0000" are rejected because fields are C strings,
- * and a lone surrogate escape is rejected by cJSON (Go substitutes U+FFFD).
+ * Strings containing "\u0000" are rejected because fields are C strings.
+ * An escaped UTF-16 surrogate that is not half of a pair decodes to U+FFFD,
+ * one per escape, as in Go.
  *
  * Integers arrive through cJSON as doubles, so integer fields accept only
  * integral values within +-(2^53 - 1), where every JSON integer literal is
@@ -170,16 +171,20 @@ int tunnel__msg_decode(const tunnel__mem *mem, uint8_t type,
                        const uint8_t *json, size_t len, tunnel__msg *out);
 
 /* Incremental framer. The body is buffered only when it arrives split
- * across feeds, and only after its length passed the limit. */
+ * across feeds, and only after its length passed the limit. The buffer
+ * grows with the bytes that arrived, not with the announced length, so a
+ * header alone costs nothing and a trickled body costs at most about twice
+ * what was sent. */
 typedef struct tunnel__msg_reader {
   const tunnel__mem *mem;
   uint32_t max_body;
   int err; /* sticky */
   uint8_t hdr[TUNNEL__MSG_HEADER_SIZE];
   size_t hdr_len;
-  uint8_t *body; /* partial body, allocated to its announced length */
-  size_t body_len;
-  size_t body_want;
+  uint8_t *body;    /* partial body */
+  size_t body_len;  /* bytes of it received */
+  size_t body_cap;  /* bytes allocated, at most body_want */
+  size_t body_want; /* announced length */
 } tunnel__msg_reader;
 
 void tunnel__msg_reader_init(tunnel__msg_reader *r, const tunnel__mem *mem,

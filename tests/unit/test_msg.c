@@ -2,6 +2,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -35,6 +36,40 @@ static void t_free(void *p, void *ud) {
   test_free(p);
 }
 static const tunnel__mem tmem = {t_malloc, t_realloc, t_free, NULL};
+
+/* Allocator that tracks the bytes it has live, for memory bounds. Each
+ * block carries its size in a header. */
+typedef union counted_hdr {
+  size_t size;
+  max_align_t align;
+} counted_hdr;
+static size_t live_bytes;
+static void *c_malloc(size_t n, void *ud) {
+  (void)ud;
+  counted_hdr *h = test_malloc(sizeof *h + n);
+  h->size = n;
+  live_bytes += n;
+  return h + 1;
+}
+static void *c_realloc(void *p, size_t n, void *ud) {
+  if (!p)
+    return c_malloc(n, ud);
+  counted_hdr *h = (counted_hdr *)p - 1;
+  size_t old = h->size;
+  h = test_realloc(h, sizeof *h + n);
+  h->size = n;
+  live_bytes = live_bytes - old + n;
+  return h + 1;
+}
+static void c_free(void *p, void *ud) {
+  (void)ud;
+  if (!p)
+    return;
+  counted_hdr *h = (counted_hdr *)p - 1;
+  live_bytes -= h->size;
+  test_free(h);
+}
+static const tunnel__mem cmem = {c_malloc, c_realloc, c_free, NULL};
 
 /* Copies the queue into a test_malloc'd buffer and empties it. */
 static uint8_t *flatten(tunnel__bufq *q, size_t *len) {
@@ -493,6 +528,115 @@ static void decode_go_semantics(void **state) {
                    0);
 }
 
+/* Strings Go decodes with U+FFFD substitutions: escaped surrogates that
+ * are not a high one followed at once by an escaped low one (each such
+ * escape becomes one U+FFFD), and bytes that are not UTF-8 (each becomes
+ * one U+FFFD). The expected values are what Go's encoding/json produces. */
+#define FFFD "\xef\xbf\xbd"
+static void decode_invalid_text_like_go(void **state) {
+  (void)state;
+  static const struct {
+    const char *in; /* between the quotes of a JSON string */
+    const char *want;
+  } cases[] = {
+      {"\\ud800", FFFD},
+      {"\\udbff", FFFD},
+      {"\\udc00", FFFD},
+      {"\\uDFFF", FFFD},
+      {"a\\ud800b", "a" FFFD "b"},
+      {"\\ud800\\u0041", FFFD "A"},
+      {"\\ud800\\n", FFFD "\n"},
+      {"\\ud800\\\\u0041", FFFD "\\u0041"},
+      {"\\ud800\\ud800", FFFD FFFD},
+      {"\\udc00\\ud800", FFFD FFFD},
+      {"\\udc00\\udc00", FFFD FFFD},
+      {"\\ud800\\ud800\\udc00", FFFD "\xf0\x90\x80\x80"},
+      {"\\ud83d\\ude00\\udc00", "\xf0\x9f\x98\x80" FFFD},
+      {"\\ud83d \\ude00", FFFD " " FFFD},
+      {"\\ue000\\ud7ff", "\xee\x80\x80\xed\x9f\xbf"},
+      /* Valid pairs, at either end of the string and in upper case. */
+      {"\\ud83d\\ude00", "\xf0\x9f\x98\x80"},
+      {"x\\uD83D\\uDE00", "x\xf0\x9f\x98\x80"},
+      {"\\ud800\\udc00", "\xf0\x90\x80\x80"},
+      {"\\udbff\\udfff", "\xf4\x8f\xbf\xbf"},
+      /* Raw bytes: an encoded surrogate, overlong forms, beyond U+10FFFF,
+       * stray continuation bytes, sequences cut short. */
+      {"\xed\xa0\x80", FFFD FFFD FFFD},
+      {"\xc0\xaf", FFFD FFFD},
+      {"\xe0\x80\xaf", FFFD FFFD FFFD},
+      {"\xf4\x90\x80\x80", FFFD FFFD FFFD FFFD},
+      {"\x80\xbf", FFFD FFFD},
+      {"\xe4\xb8", FFFD FFFD},
+      {"\xe4\xb8"
+       "A",
+       FFFD FFFD "A"},
+      {"\xf0\x9f\x98", FFFD FFFD FFFD},
+      {"\xfe\xff", FFFD FFFD},
+      /* Both kinds together; U+FFFD itself, raw and escaped, is kept. */
+      {"\xff\\udc00" FFFD "\\ufffd", FFFD FFFD FFFD FFFD},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    char json[128];
+    snprintf(json, sizeof json, "{\"error\":\"%s\"}", cases[i].in);
+    tunnel__msg m;
+    int rc = decode_str(TUNNEL__MSG_PONG, json, &m);
+    if (rc != 0)
+      fail_msg("case %zu (%s): rc %d", i, json, rc);
+    if (strcmp(m.error, cases[i].want) != 0)
+      fail_msg("case %zu (%s): wrong bytes", i, json);
+    tunnel__msg_clear(&tmem, &m);
+  }
+
+  /* In keys and values of maps, in arrays, and in keys that then match no
+   * field (Go compares the decoded key). */
+  tunnel__msg m;
+  assert_int_equal(
+      decode_str(TUNNEL__MSG_NEW_PROXY,
+                 "{\"headers\":{\"\\ud800\":\"\\udc00x\"},"
+                 "\"custom_domains\":[\"a\\udfff\",\"\\ud83d\\ude00\"],"
+                 "\"proxy_name\\ud800\":\"no\",\"proxy_name\":\"\\ud800\"}",
+                 &m),
+      0);
+  assert_int_equal(m.headers.n, 1);
+  assert_string_equal(m.headers.v[0].key, FFFD);
+  assert_string_equal(m.headers.v[0].value, FFFD "x");
+  assert_int_equal(m.custom_domains.n, 2);
+  assert_string_equal(m.custom_domains.v[0], "a" FFFD);
+  assert_string_equal(m.custom_domains.v[1], "\xf0\x9f\x98\x80");
+  assert_string_equal(m.proxy_name, FFFD);
+  /* It re-encodes as Go would: U+FFFD as its UTF-8 bytes. */
+  size_t len;
+  uint8_t *wire = encode(&m, &len);
+  static const char want[] =
+      "{\"proxy_name\":\"" FFFD "\",\"custom_domains\":[\"a" FFFD
+      "\",\"\xf0\x9f\x98\x80\"],\"headers\":{\"" FFFD "\":\"" FFFD "x\"}}";
+  assert_int_equal(len - TUNNEL__MSG_HEADER_SIZE, sizeof want - 1);
+  assert_memory_equal(wire + TUNNEL__MSG_HEADER_SIZE, want, sizeof want - 1);
+  test_free(wire);
+  tunnel__msg_clear(&tmem, &m);
+
+  /* Through a reader, whole and split inside the escape. */
+  static const char body[] = "{\"error\":\"\\ud800\\ud83d\\ude00\"}";
+  uint8_t frame[TUNNEL__MSG_HEADER_SIZE + sizeof body - 1];
+  frame[0] = TUNNEL__MSG_PONG;
+  tunnel__put64(frame + 1, sizeof body - 1);
+  memcpy(frame + TUNNEL__MSG_HEADER_SIZE, body, sizeof body - 1);
+  for (size_t split = 1; split <= sizeof frame; split++) {
+    tunnel__msg_reader r;
+    tunnel__msg_reader_init(&r, &tmem, 64);
+    size_t used, used2 = 0;
+    int rc = tunnel__msg_reader_feed(&r, frame, split, &used, &m);
+    if (rc == 0)
+      rc = tunnel__msg_reader_feed(&r, frame + used, sizeof frame - used,
+                                   &used2, &m);
+    assert_int_equal(rc, 1);
+    assert_int_equal(used + used2, sizeof frame);
+    assert_string_equal(m.error, FFFD "\xf0\x9f\x98\x80");
+    tunnel__msg_clear(&tmem, &m);
+    tunnel__msg_reader_free(&r);
+  }
+}
+
 static void expect_eproto(uint8_t type, const char *json, size_t len) {
   tunnel__msg m;
   memset(&m, 0x5a, sizeof m);
@@ -538,7 +682,18 @@ static void decode_errors(void **state) {
   EPROTO_STR('o', "{\"version\":\"a\x00"
                   "b\"}");
   EPROTO_STR('o', "{\"version\":\"a\\u0000b\"}");
-  EPROTO_STR('o', "{\"version\":\"\\ud800\"}");
+  EPROTO_STR('o', "{\"version\":\"\\uzzzz\"}");
+  EPROTO_STR('o', "{\"version\":\"a\\u00zzb\"}");
+  EPROTO_STR('o', "{\"version\":\"a\\u-001b\"}");
+  EPROTO_STR('o', "{\"version\":\"\\u12\"}");
+  EPROTO_STR('o', "{\"version\":\"\\u\"}");
+  EPROTO_STR('o', "{\"version\":\"\\ud800\\uzzzz\"}");
+  EPROTO_STR('o', "{\"version\":\"\\ud800\\u0000\"}");
+  EPROTO_STR('o', "{\"version\":\"\\ud800\\q\"}");
+  EPROTO_STR('o', "{\"version\":\"\\ud800\\\"}");
+  EPROTO_STR('o', "{\"version\":\"\\ud800}");
+  EPROTO_STR('o', "{\"version\":\"\\ud800\"");
+  EPROTO_STR('o', "{\"\\ud800\":\"\\ud800\",}");
   EPROTO_STR('o', "{\"version\":\"\\x41\"}");
   EPROTO_STR('o', "{\"version\":'x'}");
   EPROTO_STR('o', "{\"version\":\"x}");
@@ -782,6 +937,78 @@ static void reader_errors_are_sticky(void **state) {
   tunnel__msg_reader_free(&r);
 }
 
+/* A header announcing a large body pins no memory until the body arrives,
+ * and a body trickled in holds about what arrived, not what was announced:
+ * many idle peers each announcing the limit cannot exhaust memory. */
+static void reader_memory_follows_arrival(void **state) {
+  (void)state;
+  enum { BIG = 200000 };
+  /* A Pong whose error string fills exactly BIG bytes of body. */
+  static const char pre[] = "{\"error\":\"", post[] = "\"}";
+  size_t len = TUNNEL__MSG_HEADER_SIZE + BIG;
+  uint8_t *frame = test_malloc(len);
+  frame[0] = TUNNEL__MSG_PONG;
+  tunnel__put64(frame + 1, BIG);
+  uint8_t *body = frame + TUNNEL__MSG_HEADER_SIZE;
+  memcpy(body, pre, sizeof pre - 1);
+  for (size_t i = sizeof pre - 1; i < BIG - (sizeof post - 1); i++)
+    body[i] = (uint8_t)('a' + i % 26);
+  memcpy(body + BIG - (sizeof post - 1), post, sizeof post - 1);
+
+  tunnel__msg_reader r;
+  tunnel__msg_reader_init(&r, &cmem, BIG);
+  tunnel__msg m;
+  size_t used;
+  assert_int_equal(live_bytes, 0);
+  assert_int_equal(
+      tunnel__msg_reader_feed(&r, frame, TUNNEL__MSG_HEADER_SIZE, &used, &m),
+      0);
+  assert_true(live_bytes < 1024);
+  /* One byte at a time: memory stays within twice what arrived (plus a
+   * small first block), and the message decodes exactly. */
+  int rc = 0;
+  for (size_t i = 0; i < BIG; i++) {
+    rc = tunnel__msg_reader_feed(&r, body + i, 1, &used, &m);
+    assert_int_equal(used, 1);
+    if (rc == 1) {
+      assert_int_equal(i, BIG - 1);
+      break;
+    }
+    assert_int_equal(rc, 0);
+    if (live_bytes > 2 * (i + 1) + 512)
+      fail_msg("%zu body bytes arrived, %zu bytes held", i + 1, live_bytes);
+  }
+  assert_int_equal(rc, 1);
+  size_t n = BIG - (sizeof pre - 1) - (sizeof post - 1);
+  assert_int_equal(strlen(m.error), n);
+  assert_memory_equal(m.error, body + sizeof pre - 1, n);
+  tunnel__msg_clear(&cmem, &m);
+  assert_int_equal(live_bytes, 0); /* the buffer went with the message */
+
+  /* A message in one piece is decoded in place: no allocation beyond what
+   * decoding it directly costs. */
+  allocs = 0;
+  assert_int_equal(tunnel__msg_decode(&tmem, TUNNEL__MSG_PONG, body, BIG, &m),
+                   0);
+  size_t direct = allocs;
+  tunnel__msg_clear(&tmem, &m);
+  tunnel__msg_reader rt;
+  tunnel__msg_reader_init(&rt, &tmem, BIG);
+  allocs = 0;
+  assert_int_equal(tunnel__msg_reader_feed(&rt, frame, len, &used, &m), 1);
+  assert_int_equal(used, len);
+  assert_int_equal(allocs, direct);
+  tunnel__msg_clear(&tmem, &m);
+  tunnel__msg_reader_free(&rt);
+
+  /* Freeing a reader that holds a partial body releases it all. */
+  assert_int_equal(tunnel__msg_reader_feed(&r, frame, len / 2, &used, &m), 0);
+  assert_true(live_bytes > 0 && live_bytes <= len);
+  tunnel__msg_reader_free(&r);
+  assert_int_equal(live_bytes, 0);
+  test_free(frame);
+}
+
 static void helpers(void **state) {
   (void)state;
   tunnel__msg a, b;
@@ -878,7 +1105,8 @@ static void out_of_memory(void **state) {
   }
   /* Decoding directly, with duplicated maps merging. */
   static const char dup[] = "{\"metas\":{\"a\":\"1\",\"b\":\"\\u00ff\"},"
-                            "\"metas\":{\"c\":null},\"version\":\"x\xff\"}";
+                            "\"metas\":{\"c\":null},\"version\":\"x\xff\","
+                            "\"user\":\"\\udc00\"}";
   for (long n = 0;; n++) {
     tunnel__msg m;
     fail_after = n;
@@ -887,6 +1115,7 @@ static void out_of_memory(void **state) {
     if (rc == 0) {
       assert_int_equal(m.metas.n, 3);
       assert_string_equal(m.version, "x\xef\xbf\xbd");
+      assert_string_equal(m.user, "\xef\xbf\xbd");
       tunnel__msg_clear(&tmem, &m);
       break;
     }
@@ -903,10 +1132,12 @@ int main(void) {
       cmocka_unit_test(decode_go_bodies),
       cmocka_unit_test(decode_go_semantics),
       cmocka_unit_test(decode_errors),
+      cmocka_unit_test(decode_invalid_text_like_go),
       cmocka_unit_test(reader_byte_at_a_time),
       cmocka_unit_test(reader_chunks),
       cmocka_unit_test(reader_stops_at_message_end),
       cmocka_unit_test(reader_errors_are_sticky),
+      cmocka_unit_test(reader_memory_follows_arrival),
       cmocka_unit_test(helpers),
       cmocka_unit_test(out_of_memory),
   };
