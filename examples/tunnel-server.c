@@ -11,11 +11,21 @@
 
 static const char usage[] =
     "usage: tunnel-server [--control HOST:PORT] [--bind HOST] [--ports LO-HI]\n"
-    "                     [--token TOKEN] [--verbose]\n"
+    "                     [--token TOKEN] [--max-clients N] [--max-proxies N]\n"
+    "                     [--heartbeat-timeout S] [--auth-max-skew S]\n"
+    "                     [--require-signed-work-conns] [--verbose]\n"
     "  --control  where clients connect (default 0.0.0.0:7000)\n"
     "  --bind     address of the public listeners (default 0.0.0.0)\n"
     "  --ports    public ports clients may use or be given (default 1024-65535)\n"
     "  --token    shared secret (default: $TUNNEL_TOKEN; none = no auth)\n"
+    "  --max-clients N        clients logged in at once (default 1024)\n"
+    "  --max-proxies N        proxies per client (default 128)\n"
+    "  --heartbeat-timeout S  drop a client silent for S seconds (default 90;\n"
+    "                         0: never)\n"
+    "  --auth-max-skew S      accept signed timestamps within S seconds of\n"
+    "                         this clock (default 900; 0: any age)\n"
+    "  --require-signed-work-conns  refuse unsigned non-mux work connections\n"
+    "                         (a stock frpc needs authenticate_new_work_conns)\n"
     "  --verbose  log connections and proxies (twice: debug)\n";
 
 static tunnel_server *server;
@@ -40,6 +50,9 @@ int main(int argc, char **argv) {
   const char *bind = NULL;
   const char *token = getenv("TUNNEL_TOKEN");
   uint32_t lo = 1024, hi = 65535;
+  uint32_t max_clients = 1024, max_proxies = 128, hb_timeout = 90,
+           skew = 900;
+  int require_signed = 0;
   int verbose = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -75,6 +88,21 @@ int main(int argc, char **argv) {
     } else if (!strcmp(a, "--token") && v) {
       token = v;
       i++;
+    } else if (!strcmp(a, "--require-signed-work-conns")) {
+      require_signed = 1;
+    } else if ((!strcmp(a, "--max-clients") || !strcmp(a, "--max-proxies") ||
+                !strcmp(a, "--heartbeat-timeout") ||
+                !strcmp(a, "--auth-max-skew")) &&
+               v) {
+      uint32_t *dst = !strcmp(a, "--max-clients")   ? &max_clients
+                      : !strcmp(a, "--max-proxies") ? &max_proxies
+                      : !strcmp(a, "--auth-max-skew") ? &skew
+                                                      : &hb_timeout;
+      if (cli_parse_u32(v, 315360000u, dst) != 0) {
+        fprintf(stderr, "tunnel-server: bad %s '%s'\n", a, v);
+        return 2;
+      }
+      i++;
     } else {
       fprintf(stderr, "tunnel-server: unknown or incomplete argument '%s'\n%s",
               a, usage);
@@ -99,7 +127,12 @@ int main(int argc, char **argv) {
                         "tunnel-server");
   if ((rc = tunnel_config_set_token(cfg, token)) != 0 ||
       (rc = tunnel_config_set_port_range(cfg, (uint16_t)lo, (uint16_t)hi)) ||
-      (bind && (rc = tunnel_config_set_proxy_bind_addr(cfg, bind)) != 0))
+      (bind && (rc = tunnel_config_set_proxy_bind_addr(cfg, bind)) != 0) ||
+      (rc = tunnel_config_set_max_clients(cfg, max_clients)) != 0 ||
+      (rc = tunnel_config_set_max_proxies(cfg, max_proxies)) != 0 ||
+      (rc = tunnel_config_set_heartbeat(cfg, 0, hb_timeout)) != 0 ||
+      (rc = tunnel_config_set_auth_max_skew(cfg, skew)) != 0 ||
+      (rc = tunnel_config_set_require_signed_work_conns(cfg, require_signed)))
     return fail("config", rc);
   rc = tunnel_server_new(&server, loop, cfg);
   tunnel_config_free(cfg);
