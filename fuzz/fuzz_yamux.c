@@ -1,6 +1,9 @@
 /* Feeds arbitrary bytes to a yamux session, in pieces, while the callbacks
- * answer as an application would (consume, write back, close, reset). */
+ * answer as an application would (consume, write back, close, reset).
+ * Mode bit 32 gives the session receive budgets (and bit 64 regrants after
+ * every piece); their accounting is checked after every piece. */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "yamux.h"
@@ -61,6 +64,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   cfg.max_streams = 8;
   cfg.window = TUNNEL__YMX_INITIAL_WINDOW;
   cfg.max_backlog = 4096;
+  /* Stands for other sessions' share of the shared counter. */
+  const uint64_t others = 1000;
+  tunnel__ymx_budget shared = {others, 3 * TUNNEL__YMX_INITIAL_WINDOW};
+  int budgeted = a.mode & 32;
+  if (budgeted) {
+    cfg.window = 4 * TUNNEL__YMX_INITIAL_WINDOW;
+    cfg.budget = 2 * TUNNEL__YMX_INITIAL_WINDOW;
+    cfg.shared = &shared;
+  }
   tunnel__ymx *s;
   if (tunnel__ymx_new(&s, &cfg, &cb, &a) != 0)
     return 0;
@@ -77,9 +89,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     size_t k = tunnel__ymx_out_iov(s, iov, 4);
     if (k)
       tunnel__ymx_out_consume(s, iov[0].len);
+    if (a.mode & 64)
+      tunnel__ymx_regrant(s);
+    /* Each stream holds at most its window; with budgets, the session at
+     * most its budget plus an initial window per stream, and the shared
+     * counter exactly what it had plus the session's total. */
+    uint64_t held = tunnel__ymx_buffered(s);
+    uint64_t streams = tunnel__ymx_stream_count(s);
+    if (held > streams * cfg.window)
+      abort();
+    if (budgeted && (held > cfg.budget + streams * TUNNEL__YMX_INITIAL_WINDOW ||
+                     shared.used != others + held))
+      abort();
     if (rc)
       break;
   }
   tunnel__ymx_free(s);
+  if (shared.used != others)
+    abort();
   return 0;
 }

@@ -19,7 +19,7 @@ typedef struct ymx_stream {
   uint8_t acked; /* our SYN acknowledged (streams we opened) */
   uint32_t send_window;
   uint32_t recv_window; /* bytes the peer may still send */
-  uint32_t credit;      /* consumed but not yet granted back */
+  uint32_t credit;      /* window not granted: consumed, or withheld */
   uint32_t unconsumed;  /* delivered but not yet reported consumed */
   void *user;
 } ymx_stream;
@@ -34,6 +34,11 @@ struct tunnel__ymx {
   uint32_t max_streams;
   uint32_t window;
   uint32_t max_backlog;
+  uint64_t budget;            /* 0: no session budget */
+  tunnel__ymx_budget *shared; /* NULL: none */
+  uint64_t buffered;          /* outstanding receive credit, all streams */
+  uint64_t held;              /* of which received and not yet consumed */
+  uint32_t regrant_from;      /* bucket where the next regrant starts */
 
   uint32_t next_id;      /* next id we open */
   uint32_t last_peer_id; /* highest id the peer opened */
@@ -58,6 +63,84 @@ struct tunnel__ymx {
   uint32_t payload_id; /* stream the payload belongs to; 0: discard */
   uint16_t payload_flags;
 };
+
+/* ------------------------------------------------------------- budget */
+
+/* Every change to a stream's outstanding receive credit goes through these,
+ * so the session total and the shared counter stay exact. */
+static void hold(tunnel__ymx *s, uint64_t n) {
+  s->buffered += n;
+  if (s->shared)
+    s->shared->used += n;
+}
+
+static void release(tunnel__ymx *s, uint64_t n) {
+  s->buffered -= n;
+  if (s->shared)
+    s->shared->used -= n;
+}
+
+/* Bytes received and not yet consumed: what memory actually holds. */
+static void held_add(tunnel__ymx *s, uint64_t n) {
+  s->held += n;
+  if (s->shared)
+    s->shared->held += n;
+}
+
+static void held_sub(tunnel__ymx *s, uint64_t n) {
+  s->held -= n;
+  if (s->shared)
+    s->shared->held -= n;
+}
+
+/* What the peer may still send on the stream plus what it sent that was not
+ * consumed, counting a data frame's payload still on its way. With credit
+ * this always adds up to the configured window, until the peer's FIN. */
+static uint64_t outstanding(const tunnel__ymx *s, const ymx_stream *st) {
+  uint64_t out = (uint64_t)st->recv_window + st->unconsumed;
+  if (s->payload_left && s->payload_id == st->id)
+    out += s->payload_left;
+  return out;
+}
+
+/* New streams are refused on what is really held, not on window granted
+ * and unused: idle streams must not lock new ones out. */
+static int over_budget(const tunnel__ymx *s) {
+  return (s->budget && s->held > s->budget) ||
+         (s->shared && s->shared->held > s->shared->limit);
+}
+
+/* How much of the stream's credit may be granted now: all of it without a
+ * budget; else what keeps both totals within their budgets, but at least
+ * what brings the stream back to the initial window. */
+static uint32_t grantable(const tunnel__ymx *s, const ymx_stream *st) {
+  if (!s->budget && !s->shared)
+    return st->credit;
+  uint64_t room = UINT64_MAX;
+  if (s->budget)
+    room = s->budget > s->buffered ? s->budget - s->buffered : 0;
+  if (s->shared) {
+    uint64_t used = s->shared->used, limit = s->shared->limit;
+    uint64_t shared_room = limit > used ? limit - used : 0;
+    if (shared_room < room)
+      room = shared_room;
+  }
+  uint64_t out = outstanding(s, st);
+  uint64_t floor =
+      out < TUNNEL__YMX_INITIAL_WINDOW ? TUNNEL__YMX_INITIAL_WINDOW - out : 0;
+  uint64_t g = room > floor ? room : floor;
+  return g < st->credit ? (uint32_t)g : st->credit;
+}
+
+/* Batching: one update per quarter window keeps the pipe full without a
+ * frame per read. A grant cut short by a budget goes out once it is a
+ * quarter of the initial window: a stream down to three quarters of its
+ * initial window then always gets an update, so it cannot stall. */
+static int worth_granting(const tunnel__ymx *s, const ymx_stream *st,
+                          uint32_t g) {
+  return g >= s->window / 4 ||
+         (g < st->credit && g >= TUNNEL__YMX_INITIAL_WINDOW / 4);
+}
 
 /* ------------------------------------------------------------- streams */
 
@@ -96,7 +179,10 @@ static ymx_stream *stream_add(tunnel__ymx *s, uint32_t id, void *user) {
     return NULL;
   st->id = id;
   st->send_window = TUNNEL__YMX_INITIAL_WINDOW;
-  st->recv_window = s->window;
+  /* The spec's initial window; the rest is credit, granted by open_grant(). */
+  st->recv_window = TUNNEL__YMX_INITIAL_WINDOW;
+  st->credit = s->window - TUNNEL__YMX_INITIAL_WINDOW;
+  hold(s, TUNNEL__YMX_INITIAL_WINDOW);
   st->user = user;
   st->next = s->buckets[id & (s->nbuckets - 1)];
   s->buckets[id & (s->nbuckets - 1)] = st;
@@ -110,6 +196,8 @@ static void stream_remove(tunnel__ymx *s, ymx_stream *st) {
     pp = &(*pp)->next;
   *pp = st->next;
   s->nstreams--;
+  release(s, outstanding(s, st));
+  held_sub(s, st->unconsumed);
   tunnel__free(&s->mem, st);
 }
 
@@ -137,6 +225,37 @@ static int emit_reply(tunnel__ymx *s, uint8_t type, uint16_t flags,
   if (rc == 0)
     s->backlog += TUNNEL__YMX_HEADER_SIZE;
   return rc;
+}
+
+/* Grants what the budgets allow of the stream's credit, if worth a frame.
+ * Nothing changes when the update cannot be queued. */
+static int grant(tunnel__ymx *s, ymx_stream *st) {
+  uint32_t g = grantable(s, st);
+  if (!worth_granting(s, st, g))
+    return 0;
+  int rc = emit(s, TUNNEL__YMX_WINDOW_UPDATE, 0, st->id, g);
+  if (rc)
+    return rc;
+  st->recv_window += g;
+  st->credit -= g;
+  hold(s, g);
+  return 0;
+}
+
+/* Queues a new stream's SYN or ACK (`flags`), carrying whatever window
+ * beyond the initial one the budgets allow. */
+static int open_grant(tunnel__ymx *s, ymx_stream *st, uint16_t flags,
+                      int peer_triggered) {
+  uint32_t g = grantable(s, st);
+  int rc = peer_triggered
+               ? emit_reply(s, TUNNEL__YMX_WINDOW_UPDATE, flags, st->id, g)
+               : emit(s, TUNNEL__YMX_WINDOW_UPDATE, flags, st->id, g);
+  if (rc)
+    return rc;
+  st->recv_window += g;
+  st->credit -= g;
+  hold(s, g);
+  return 0;
 }
 
 static int fail(tunnel__ymx *s, int err, const char *why) {
@@ -180,6 +299,8 @@ int tunnel__ymx_new(tunnel__ymx **out, const tunnel__ymx_config *cfg,
   s->max_streams = cfg->max_streams;
   s->window = cfg->window;
   s->max_backlog = cfg->max_backlog ? cfg->max_backlog : 1024u * 1024u;
+  s->budget = cfg->budget;
+  s->shared = cfg->shared;
   s->next_id = cfg->is_client ? 1 : 2;
   tunnel__bufq_init(&s->out, &s->mem, 64u * 1024u);
   *out = s;
@@ -189,6 +310,8 @@ int tunnel__ymx_new(tunnel__ymx **out, const tunnel__ymx_config *cfg,
 void tunnel__ymx_free(tunnel__ymx *s) {
   if (!s)
     return;
+  release(s, s->buffered);
+  held_sub(s, s->held);
   for (uint32_t i = 0; i < s->nbuckets; i++) {
     ymx_stream *st = s->buckets[i];
     while (st) {
@@ -254,7 +377,7 @@ static ymx_stream *incoming(tunnel__ymx *s, uint32_t id, int *err) {
     *err = fail(s, TUNNEL_EPROTO, "stream id reused or of the wrong parity");
     return NULL;
   }
-  if (s->local_goaway || s->nstreams >= s->max_streams) {
+  if (s->local_goaway || s->nstreams >= s->max_streams || over_budget(s)) {
     tunnel__log(s->log, TUNNEL_LOG_DEBUG, "yamux: refusing stream %u", id);
     *err = emit_reply(s, TUNNEL__YMX_WINDOW_UPDATE, TUNNEL__YMX_RST, id, 0);
     if (*err)
@@ -271,8 +394,7 @@ static ymx_stream *incoming(tunnel__ymx *s, uint32_t id, int *err) {
    * also grants the window beyond the spec's initial 256 KiB. */
   /* Peer-triggered like a ping reply: a peer opening streams while never
    * reading is bounded by the backlog too. */
-  *err = emit_reply(s, TUNNEL__YMX_WINDOW_UPDATE, TUNNEL__YMX_ACK, id,
-                    s->window - TUNNEL__YMX_INITIAL_WINDOW);
+  *err = open_grant(s, st, TUNNEL__YMX_ACK, 1);
   if (*err) {
     stream_remove(s, st);
     *err = fail(s, *err, "cannot queue ACK");
@@ -303,6 +425,9 @@ static int on_fin(tunnel__ymx *s, ymx_stream *st) {
   if (st->remote_fin)
     return fail(s, TUNNEL_EPROTO, "second FIN on a stream");
   st->remote_fin = 1;
+  /* The peer may send nothing more: its window no longer counts. */
+  release(s, st->recv_window);
+  st->recv_window = 0;
   uint32_t id = st->id;
   if (s->cb.on_fin)
     s->cb.on_fin(s, id, st->user, s->ud);
@@ -432,8 +557,10 @@ static int frame(tunnel__ymx *s) {
 static int payload(tunnel__ymx *s, const uint8_t *p, size_t n) {
   s->payload_left -= (uint32_t)n;
   ymx_stream *st = s->payload_id ? find(s, s->payload_id) : NULL;
-  if (st)
+  if (st) {
     st->unconsumed += (uint32_t)n; /* only what was delivered can be consumed */
+    held_add(s, n);
+  }
   if (st && s->cb.on_data) {
     s->cb.on_data(s, st->id, st->user, p, n, s->ud);
     if (s->error)
@@ -515,8 +642,7 @@ int tunnel__ymx_open(tunnel__ymx *s, void *stream_user, uint32_t *id_out) {
   ymx_stream *st = stream_add(s, id, stream_user);
   if (!st)
     return TUNNEL_ENOMEM;
-  int rc = emit(s, TUNNEL__YMX_WINDOW_UPDATE, TUNNEL__YMX_SYN, id,
-                s->window - TUNNEL__YMX_INITIAL_WINDOW);
+  int rc = open_grant(s, st, TUNNEL__YMX_SYN, 0);
   if (rc) {
     stream_remove(s, st);
     return rc;
@@ -613,24 +739,41 @@ int tunnel__ymx_consumed(tunnel__ymx *s, uint32_t id, size_t n) {
     return rc;
   if (n > st->unconsumed)
     return TUNNEL_EINVAL;
-  if (st->remote_fin) {
-    st->unconsumed -= (uint32_t)n;
-    return 0; /* the peer sends nothing more: no window to reopen */
-  }
-  uint32_t credit = st->credit + (uint32_t)n;
-  /* Batch grants: one update per quarter window keeps the pipe full without
-   * a frame per read. */
-  if (credit >= s->window / 4) {
-    rc = emit(s, TUNNEL__YMX_WINDOW_UPDATE, 0, id, credit);
-    if (rc)
-      return rc; /* nothing changed: the call may be retried */
-    st->recv_window += credit;
-    credit = 0;
-  }
   st->unconsumed -= (uint32_t)n;
-  st->credit = credit;
-  return 0;
+  held_sub(s, n);
+  release(s, n);
+  if (st->remote_fin)
+    return 0; /* the peer sends nothing more: no window to reopen */
+  st->credit += (uint32_t)n;
+  if ((rc = grant(s, st)) != 0) {
+    /* Undone, so the call may be retried. */
+    st->credit -= (uint32_t)n;
+    st->unconsumed += (uint32_t)n;
+    held_add(s, n);
+    hold(s, n);
+  }
+  return rc;
 }
+
+void tunnel__ymx_regrant(tunnel__ymx *s) {
+  if (s->error)
+    return;
+  /* Each call starts one bucket further on, so budget freed a little at a
+   * time does not always go to the same streams. */
+  uint32_t first = s->regrant_from & (s->nbuckets - 1);
+  for (uint32_t k = 0; k < s->nbuckets; k++) {
+    uint32_t b = (first + k) & (s->nbuckets - 1);
+    for (ymx_stream *st = s->buckets[b]; st; st = st->next) {
+      if (st->remote_fin || !st->credit)
+        continue;
+      if (grant(s, st) != 0)
+        return; /* out of memory: the credit waits for the next call */
+    }
+  }
+  s->regrant_from = first + 1;
+}
+
+uint64_t tunnel__ymx_buffered(const tunnel__ymx *s) { return s->buffered; }
 
 int tunnel__ymx_shutdown(tunnel__ymx *s, uint32_t id) {
   ymx_stream *st;

@@ -11,6 +11,23 @@
  * consumed (tunnel__ymx_consumed), so a stalled consumer holds at most one
  * window per stream.
  *
+ * Receive budget: a stream's outstanding receive credit is what the peer may
+ * still send on it plus what was delivered and not yet consumed; the
+ * session's total (tunnel__ymx_buffered) sums its live streams and is also
+ * counted in the optional shared counter. With a budget set, window beyond
+ * the spec's initial 256 KiB (up to cfg.window, including what a new
+ * stream's SYN or ACK carries) is granted only while the session total
+ * stays within cfg.budget and the shared counter within its limit. A stream
+ * is always let back up to 256 KiB outstanding, so none can stall for good,
+ * and the session holds at most budget + 256 KiB per live stream. Withheld
+ * credit goes out with the stream's next tunnel__ymx_consumed() or with
+ * tunnel__ymx_regrant(), batched like any update (a quarter of cfg.window,
+ * or of 256 KiB when cut short by a budget). While the session total or the
+ * shared counter is over its budget, incoming streams are refused with RST
+ * (streams we open are not): as each live stream holds up to 256 KiB, and
+ * the first ones may hold whole windows, a budget also bounds how many
+ * streams are accepted at once.
+ *
  * Stream lifetime: a stream is forgotten when both directions are closed
  * (FIN each way) or it is reset. When the peer's frame causes that, on_close
  * fires; when the application's own call causes it, the call returns 1 and
@@ -52,6 +69,15 @@ enum {
 
 typedef struct tunnel__ymx tunnel__ymx;
 
+/* Receive credit held by several sessions of one thread. Each session adds
+ * its total to `used` and takes it back as it shrinks, and all of it when
+ * freed. `limit` 0 admits no growth beyond the initial windows. */
+typedef struct tunnel__ymx_budget {
+  uint64_t used;  /* outstanding receive credit of every session */
+  uint64_t limit;
+  uint64_t held;  /* of which received and not yet consumed */
+} tunnel__ymx_budget;
+
 typedef struct tunnel__ymx_callbacks {
   /* The peer opened stream `id`. Return 0 to accept (optionally setting
    * *stream_user), or a negative code to refuse it with RST. */
@@ -78,12 +104,15 @@ typedef struct tunnel__ymx_callbacks {
 } tunnel__ymx_callbacks;
 
 typedef struct tunnel__ymx_config {
-  int is_client;           /* client opens odd ids, server even */
-  uint32_t max_streams;    /* live streams, both directions */
-  uint32_t window;         /* per-stream receive window we grant */
-  uint32_t max_backlog;    /* peer-triggered control bytes queued at most */
-  const tunnel__mem *mem;  /* NULL: libc */
+  int is_client;             /* client opens odd ids, server even */
+  uint32_t max_streams;      /* live streams, both directions */
+  uint32_t window;           /* per-stream receive window we grant */
+  uint32_t max_backlog;      /* peer-triggered control bytes queued at most */
+  const tunnel__mem *mem;    /* NULL: libc */
   const tunnel__logger *log; /* may be NULL */
+  uint64_t budget;           /* receive credit the session holds; 0: none */
+  /* Counter shared with other sessions, or NULL; must outlive the session. */
+  tunnel__ymx_budget *shared;
 } tunnel__ymx_config;
 
 int tunnel__ymx_new(tunnel__ymx **out, const tunnel__ymx_config *cfg,
@@ -120,8 +149,15 @@ int tunnel__ymx_frame_data(tunnel__ymx *s, uint32_t id, size_t len,
 int tunnel__ymx_out_push(tunnel__ymx *s, const tunnel__iov *v, size_t n);
 /* Bytes that may be written now. Negative error if the stream is unknown. */
 int64_t tunnel__ymx_send_window(const tunnel__ymx *s, uint32_t id);
-/* Reports `n` received bytes as used; reopens the peer's window. */
+/* Reports `n` received bytes as used; reopens the peer's window as far as
+ * the budgets allow. */
 int tunnel__ymx_consumed(tunnel__ymx *s, uint32_t id, size_t n);
+/* Grants withheld credit on every stream as far as the budgets allow now
+ * (scans all streams). Call it when budget frees elsewhere, or now and then.
+ * Without memory for an update the rest waits for the next call. */
+void tunnel__ymx_regrant(tunnel__ymx *s);
+/* The session's outstanding receive credit, in bytes. */
+uint64_t tunnel__ymx_buffered(const tunnel__ymx *s);
 /* Half-close (FIN). Returns 1 if the stream is now forgotten, else 0. */
 int tunnel__ymx_shutdown(tunnel__ymx *s, uint32_t id);
 /* Reset (RST). The stream is forgotten; returns 1. */

@@ -216,11 +216,12 @@ TUNNEL_EXTERN int tunnel_config_set_unauth_limits(tunnel_config *cfg,
                                                   uint32_t streams,
                                                   uint32_t per_addr,
                                                   uint32_t bytes);
-/* Server: bytes received from a client's visitors' streams and not yet
- * passed on, per session (default 64 MiB) and for the whole server
- * (default 512 MiB); 1 MiB..4 GiB-1. Beyond them the server stops
- * granting flow-control window, so streams stall instead of memory
- * growing; new streams are refused while the server is over its total. */
+/* Flow-control window granted beyond each stream's first 256 KiB, summed
+ * over a session's streams (default 64 MiB; clients and servers) and, on a
+ * server, over all sessions (default 512 MiB); 1 MiB..4 GiB-1. Beyond them
+ * streams run with the 256 KiB window, so stalled readers cannot make
+ * memory grow; while the bytes actually received and not yet read exceed
+ * a limit, new streams are refused. */
 TUNNEL_EXTERN int tunnel_config_set_buffer_limits(tunnel_config *cfg,
                                                   uint32_t per_session,
                                                   uint32_t total);

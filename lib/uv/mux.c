@@ -124,6 +124,15 @@ static const tunnel__ymx_callbacks ymx_cb = {
 int tunnel__mux_new(tunnel__mux **out, uv_loop_t *loop, tunnel__sched *sched,
                     const struct tunnel_config *cfg, int is_client,
                     uv_tcp_t *tcp, const tunnel__mux_callbacks *cb, void *ud) {
+  return tunnel__mux_new_budgeted(out, loop, sched, cfg, is_client, tcp, NULL,
+                                  cb, ud);
+}
+
+int tunnel__mux_new_budgeted(tunnel__mux **out, uv_loop_t *loop,
+                             tunnel__sched *sched,
+                             const struct tunnel_config *cfg, int is_client,
+                             uv_tcp_t *tcp, struct tunnel__ymx_budget *shared,
+                             const tunnel__mux_callbacks *cb, void *ud) {
   *out = NULL;
   tunnel__mux *m = tunnel__calloc(&cfg->mem, 1, sizeof *m);
   if (!m) {
@@ -139,7 +148,8 @@ int tunnel__mux_new(tunnel__mux **out, uv_loop_t *loop, tunnel__sched *sched,
   m->ud = ud;
   m->rbuf = tunnel__malloc(&m->mem, READ_BUF);
   tunnel__ymx_config yc = {is_client, cfg->max_streams, cfg->stream_window,
-                           cfg->max_control_backlog, &m->mem, &m->log};
+                           cfg->max_control_backlog, &m->mem, &m->log,
+                           cfg->session_buffer, shared};
   int rc = m->rbuf ? tunnel__ymx_new(&m->ymx, &yc, &ymx_cb, m) : TUNNEL_ENOMEM;
   if (rc) {
     tunnel__free(&m->mem, m->rbuf);
@@ -465,6 +475,14 @@ int tunnel__mux_ping(tunnel__mux *m, uint32_t opaque) {
   if (rc == 0)
     tunnel__mux_flush_soon(m);
   return rc;
+}
+
+void tunnel__mux_regrant(tunnel__mux *m) {
+  if (m->ended || m->closing)
+    return;
+  tunnel__ymx_regrant(m->ymx);
+  if (tunnel__ymx_out_pending(m->ymx))
+    tunnel__mux_flush_soon(m);
 }
 
 int tunnel__mux_goaway(tunnel__mux *m) {

@@ -9,6 +9,7 @@
 #include "sched.h"
 
 typedef struct tunnel__mux tunnel__mux;
+struct tunnel__ymx_budget;
 
 typedef struct tunnel__mux_callbacks {
   /* The peer opened a stream; the callee owns it from now on. */
@@ -27,6 +28,14 @@ typedef struct tunnel__mux_callbacks {
 int tunnel__mux_new(tunnel__mux **out, uv_loop_t *loop, tunnel__sched *sched,
                     const struct tunnel_config *cfg, int is_client,
                     uv_tcp_t *tcp, const tunnel__mux_callbacks *cb, void *ud);
+/* The same, with the receive budget of cfg->session_buffer per session and
+ * `shared` (may be NULL; must outlive the mux) across sessions: see
+ * tunnel__ymx_config. */
+int tunnel__mux_new_budgeted(tunnel__mux **out, uv_loop_t *loop,
+                             tunnel__sched *sched,
+                             const struct tunnel_config *cfg, int is_client,
+                             uv_tcp_t *tcp, struct tunnel__ymx_budget *shared,
+                             const tunnel__mux_callbacks *cb, void *ud);
 /* The transport handle: connect it or accept into it, then start. */
 uv_tcp_t *tunnel__mux_tcp(tunnel__mux *m);
 /* Starts reading. `prefix` holds bytes already read from the transport
@@ -34,6 +43,9 @@ uv_tcp_t *tunnel__mux_tcp(tunnel__mux *m);
 int tunnel__mux_start(tunnel__mux *m, const uint8_t *prefix, size_t len);
 int tunnel__mux_open(tunnel__mux *m, tunnel_stream **out);
 int tunnel__mux_ping(tunnel__mux *m, uint32_t opaque);
+/* Grants flow-control window withheld for the budget, as far as it allows
+ * now. */
+void tunnel__mux_regrant(tunnel__mux *m);
 /* Sends GoAway(normal): the peer opens no new streams. */
 int tunnel__mux_goaway(tunnel__mux *m);
 uint32_t tunnel__mux_stream_count(const tunnel__mux *m);

@@ -45,6 +45,8 @@ struct tunnel_server {
    * login. Bounded by count (max_clients), per address and by bytes. */
   tunnel__anon_set anon;
   tunnel__anon_limits anon_limits;
+  /* Bytes the server may be made to hold for all sessions' streams. */
+  tunnel__ymx_budget budget;
   struct srv_drain *drains; /* refused channels, until the peer reads the
                                refusal and closes, or a deadline */
   struct srv_first *firsts; /* streams awaiting their first message */
@@ -1211,8 +1213,9 @@ static void conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     }
     sess->srv = srv;
     sess->created = uv_now(srv->loop);
-    if (tunnel__mux_new(&sess->mux, srv->loop, &srv->sched, &srv->cfg, 0, tcp,
-                        &mux_cb, sess) != 0) {
+    if (tunnel__mux_new_budgeted(&sess->mux, srv->loop, &srv->sched,
+                                 &srv->cfg, 0, tcp, &srv->budget, &mux_cb,
+                                 sess) != 0) {
       tunnel__free(MEM(srv), sess);
       return;
     }
@@ -1303,6 +1306,8 @@ static void sweep(uv_timer_t *t) {
   }
   for (srv_sess *sess = srv->sessions, *next; sess; sess = next) {
     next = sess->next;
+    /* Window withheld for the memory budget goes out as budget frees. */
+    tunnel__mux_regrant(sess->mux);
     if (!sess->ctl && now - sess->created > SNIFF_TIMEOUT_MS) {
       tunnel__log(&srv->cfg.log, TUNNEL_LOG_INFO,
                   "server: session did not log in in time; closed");
@@ -1360,6 +1365,7 @@ int tunnel_server_new(tunnel_server **out, uv_loop_t *loop,
   uv_tcp_init(loop, &srv->listener);
   uv_timer_init(loop, &srv->sweep);
   srv->loop = loop;
+  srv->budget.limit = srv->cfg.total_buffer;
   srv->listener.data = srv;
   srv->sweep.data = srv;
   srv->handles = 2;

@@ -2005,6 +2005,551 @@ static void reenter_from_on_ack_and_on_close(void **state) {
   peer_free(s);
 }
 
+/* ---------------------------------------------------------------- budgets */
+
+static peer *peer_new_budget_mem(int is_client, uint32_t window,
+                                 uint64_t budget, tunnel__ymx_budget *shared,
+                                 const tunnel__mem *mem) {
+  peer *p = calloc(1, sizeof *p);
+  assert_non_null(p);
+  p->auto_consume = 1;
+  tunnel__ymx_config cfg = {is_client, 64,   window, BACKLOG,
+                            mem,       NULL, budget, shared};
+  assert_int_equal(tunnel__ymx_new(&p->s, &cfg, &callbacks, p), 0);
+  return p;
+}
+
+static peer *peer_new_budget(int is_client, uint32_t window, uint64_t budget,
+                             tunnel__ymx_budget *shared) {
+  return peer_new_budget_mem(is_client, window, budget, shared, NULL);
+}
+
+#define LOTS ((uint64_t)1 << 40) /* more than any test sends */
+#define GIB ((uint64_t)1024 * MIB)
+
+/* With nothing in flight, the receiver's total is exactly what the sender
+ * may still send plus what the receiver holds unconsumed, stream by stream
+ * (`rx` in pattern mode, `consumed` indexed by id). */
+static void assert_buffered_exact(peer *rx, peer *tx, const uint32_t *ids,
+                                  int n, const uint64_t *consumed) {
+  uint64_t sum = 0;
+  for (int i = 0; i < n; i++) {
+    int64_t w = tunnel__ymx_send_window(tx->s, ids[i]);
+    assert_true(w >= 0);
+    sum += (uint64_t)w + rx->rx[ids[i]] - consumed[ids[i]];
+  }
+  assert_int_equal(tunnel__ymx_buffered(rx->s), sum);
+}
+
+/* Reports `n` bytes consumed on `id`, in uneven pieces. */
+static void consume_pieces(peer *p, uint32_t id, uint64_t n,
+                           uint64_t *consumed) {
+  static const size_t piece[] = {100000, 7, 65536, 30000, 1};
+  for (size_t i = 0; n; i = (i + 1) % (sizeof piece / sizeof piece[0])) {
+    size_t k = n < piece[i] ? (size_t)n : piece[i];
+    assert_int_equal(tunnel__ymx_consumed(p->s, id, k), 0);
+    consumed[id] += k;
+    n -= k;
+  }
+}
+
+/* Streams whose application stops reading hold their initial window each;
+ * beyond that the session holds no more than its budget, while the streams
+ * that do read keep moving. */
+static void budget_bounds_stalled_streams(void **state) {
+  (void)state;
+  enum { N = 8 };
+  const uint64_t budget = MIB, bound = MIB + N * W0;
+  peer *s = peer_new_budget(0, 2 * MIB, budget, NULL), *c = peer_new(1, W0, 64);
+  s->auto_consume = 0;
+  s->pattern = 1;
+  uint32_t ids[N];
+  uint64_t sent[64] = {0}, consumed[64] = {0};
+  for (int i = 0; i < N; i++)
+    ids[i] = open_pumped(s, c);
+  /* The first SYN grants what the budget holds beyond the initial window;
+   * the others grant nothing beyond it. */
+  assert_int_equal(tunnel__ymx_send_window(c->s, ids[0]), budget);
+  for (int i = 1; i < N; i++)
+    assert_int_equal(tunnel__ymx_send_window(c->s, ids[i]), W0);
+  assert_int_equal(tunnel__ymx_buffered(s->s), budget + (N - 1) * W0);
+  /* The first half read everything they get; the second half never read. */
+  for (int round = 0; round < 16; round++) {
+    for (int i = 0; i < N; i++)
+      send_some(c, ids[i], &sent[ids[i]], LOTS);
+    pump(c, s);
+    for (int i = 0; i < N; i++)
+      assert_int_equal(s->rx[ids[i]], sent[ids[i]]);
+    assert_buffered_exact(s, c, ids, N, consumed);
+    assert_true(tunnel__ymx_buffered(s->s) <= bound);
+    for (int i = 0; i < N / 2; i++) {
+      consume_pieces(s, ids[i], s->rx[ids[i]] - consumed[ids[i]], consumed);
+      assert_true(tunnel__ymx_buffered(s->s) <= bound);
+    }
+    pump(s, c);
+    assert_buffered_exact(s, c, ids, N, consumed);
+    assert_true(tunnel__ymx_buffered(s->s) <= bound);
+  }
+  /* Readers got more than a whole window through; stalled streams hold
+   * exactly their initial window. */
+  for (int i = 0; i < N / 2; i++)
+    assert_true(s->rx[ids[i]] > 2 * MIB);
+  for (int i = N / 2; i < N; i++)
+    assert_int_equal(s->rx[ids[i]], W0);
+  assert_int_equal(tunnel__ymx_error(s->s), 0);
+  peer_free(c);
+  peer_free(s);
+}
+
+/* A stream below its initial window always gets back up to it, in updates
+ * of at least a quarter of it, even when another session has used up the
+ * shared budget; and never gets more. */
+static void budget_never_starves_a_stream(void **state) {
+  (void)state;
+  tunnel__ymx_budget shared = {0, MIB};
+  peer *hog = peer_new_budget(0, 6 * MIB, 0, &shared);
+  peer *hc = peer_new(1, W0, 16);
+  open_pumped(hog, hc);
+  assert_int_equal(shared.used, MIB); /* grown up to the limit */
+  open_pumped(hog, hc);
+  assert_int_equal(shared.used, MIB + W0); /* over it: initial window only */
+
+  peer *s = peer_new_budget(0, 6 * MIB, 0, &shared), *c = peer_new(1, W0, 16);
+  s->auto_consume = 0;
+  s->pattern = 1;
+  uint32_t id = open_pumped(s, c);
+  assert_int_equal(tunnel__ymx_send_window(c->s, id), W0);
+  uint64_t sent = 0, consumed[64] = {0};
+  uint8_t out[64];
+  send_some(c, id, &sent, LOTS);
+  pump(c, s);
+  assert_int_equal(s->rx[id], W0);
+  /* Nothing below a quarter of the initial window... */
+  assert_int_equal(tunnel__ymx_consumed(s->s, id, W0 / 4 - 1), 0);
+  assert_int_equal(tunnel__ymx_out_pending(s->s), 0);
+  /* ...then just what restores the initial window. */
+  assert_int_equal(tunnel__ymx_consumed(s->s, id, 1), 0);
+  assert_int_equal(take_out(s, out, sizeof out), HS);
+  expect_frame(out, Y_WU, 0, id, W0 / 4);
+  assert_int_equal(feed(c, out, HS), 0);
+  assert_int_equal(tunnel__ymx_send_window(c->s, id), W0 / 4);
+  consumed[id] = W0 / 4;
+  /* A long transfer read in uneven pieces never stalls. */
+  for (int round = 0; round < 40; round++) {
+    send_some(c, id, &sent, LOTS);
+    assert_int_equal(tunnel__ymx_send_window(c->s, id), 0);
+    pump(c, s);
+    consume_pieces(s, id, s->rx[id] - consumed[id], consumed);
+    pump(s, c);
+    int64_t w = tunnel__ymx_send_window(c->s, id);
+    assert_true(w > (int64_t)(W0 - W0 / 4) && w <= (int64_t)W0);
+    assert_true(shared.used > shared.limit);
+  }
+  assert_true(sent > 6 * MIB);
+  assert_int_equal(s->rx[id], sent);
+  peer_free(c);
+  peer_free(s);
+  peer_free(hc);
+  peer_free(hog);
+  assert_int_equal(shared.used, 0);
+}
+
+/* Credit withheld for lack of budget goes out once budget frees: with
+ * tunnel__ymx_regrant(), or with the stream's next consumed(). */
+static void budget_regrant_releases_withheld_credit(void **state) {
+  (void)state;
+  peer *s = peer_new_budget(0, MIB, MIB, NULL), *c = peer_new(1, W0, 16);
+  s->auto_consume = 0;
+  s->pattern = 1;
+  uint32_t a = open_pumped(s, c), b = open_pumped(s, c), d = open_pumped(s, c);
+  assert_int_equal(tunnel__ymx_send_window(c->s, a), MIB);
+  assert_int_equal(tunnel__ymx_send_window(c->s, b), W0);
+  assert_int_equal(tunnel__ymx_send_window(c->s, d), W0);
+  uint64_t sent[64] = {0};
+  uint8_t out[64];
+  /* b is read: it gets its initial window back and no more. */
+  send_some(c, b, &sent[b], LOTS);
+  pump(c, s);
+  assert_int_equal(tunnel__ymx_consumed(s->s, b, W0), 0);
+  assert_int_equal(take_out(s, out, sizeof out), HS);
+  expect_frame(out, Y_WU, 0, b, W0);
+  assert_int_equal(feed(c, out, HS), 0);
+  /* Nothing to hand out while over budget. */
+  tunnel__ymx_regrant(s->s);
+  assert_int_equal(tunnel__ymx_out_pending(s->s), 0);
+  /* a's sender finishes; reading a frees budget, and a, half-closed by
+   * the peer, has no window to reopen. */
+  send_some(c, a, &sent[a], MIB);
+  assert_int_equal(tunnel__ymx_shutdown(c->s, a), 0);
+  pump(c, s);
+  assert_int_equal(s->fins, 1);
+  assert_int_equal(tunnel__ymx_buffered(s->s), MIB + 2 * W0);
+  assert_int_equal(tunnel__ymx_consumed(s->s, a, MIB), 0);
+  assert_int_equal(tunnel__ymx_out_pending(s->s), 0);
+  assert_int_equal(tunnel__ymx_buffered(s->s), 2 * W0);
+  /* The budget now has room for 512 KiB: regrant hands it out, as far as it
+   * goes, to the streams that were held back. */
+  tunnel__ymx_regrant(s->s);
+  size_t n = take_out(s, out, sizeof out);
+  assert_int_equal(tunnel__ymx_buffered(s->s), MIB);
+  assert_int_equal(feed(c, out, n), 0);
+  assert_int_equal(n, HS); /* all of it to one of them */
+  int64_t wb = tunnel__ymx_send_window(c->s, b);
+  int64_t wd = tunnel__ymx_send_window(c->s, d);
+  assert_int_equal(wb + wd, MIB);
+  tunnel__ymx_regrant(s->s); /* nothing left to give */
+  assert_int_equal(tunnel__ymx_out_pending(s->s), 0);
+
+  /* Freed by a reset this time; the withheld credit rides on the next
+   * consumed() of the stream that was held back. */
+  uint32_t full = tunnel__ymx_send_window(c->s, b) == W0 ? d : b;
+  uint32_t held = full == b ? d : b;
+  uint64_t w_held = (uint64_t)tunnel__ymx_send_window(c->s, held);
+  assert_int_equal(tunnel__ymx_reset(s->s, full), 1);
+  pump(s, c);
+  assert_int_equal(tunnel__ymx_buffered(s->s), w_held);
+  send_some(c, held, &sent[held], sent[held] + 1);
+  pump(c, s);
+  assert_int_equal(tunnel__ymx_consumed(s->s, held, 1), 0);
+  assert_int_equal(take_out(s, out, sizeof out), HS);
+  expect_frame(out, Y_WU, 0, held, (uint32_t)(MIB - w_held + 1));
+  assert_int_equal(tunnel__ymx_buffered(s->s), MIB);
+  peer_free(c);
+  peer_free(s);
+}
+
+/* The shared budget freed by another session's streams reaches a session
+ * that was held back, through its regrant. */
+static void budget_regrant_after_other_session_frees(void **state) {
+  (void)state;
+  tunnel__ymx_budget shared = {0, MIB};
+  peer *s1 = peer_new_budget(0, MIB, 0, &shared), *c1 = peer_new(1, W0, 16);
+  peer *s2 = peer_new_budget(0, MIB, 0, &shared), *c2 = peer_new(1, W0, 16);
+  s1->auto_consume = s2->auto_consume = 0;
+  s1->pattern = s2->pattern = 1;
+  uint32_t x = open_pumped(s1, c1), y = open_pumped(s2, c2);
+  assert_int_equal(tunnel__ymx_send_window(c1->s, x), MIB);
+  assert_int_equal(tunnel__ymx_send_window(c2->s, y), W0);
+  uint64_t sx = 0, sy = 0;
+  send_some(c1, x, &sx, LOTS);
+  pump(c1, s1);
+  send_some(c2, y, &sy, LOTS);
+  pump(c2, s2);
+  assert_int_equal(shared.used, MIB + W0);
+  assert_int_equal(tunnel__ymx_consumed(s2->s, y, W0), 0);
+  pump(s2, c2);
+  assert_int_equal(tunnel__ymx_send_window(c2->s, y), W0);
+  /* s1 reads its stream: its window comes back as far as the shared limit
+   * allows, y holding its initial window. */
+  assert_int_equal(tunnel__ymx_consumed(s1->s, x, MIB), 0);
+  pump(s1, c1);
+  assert_int_equal(tunnel__ymx_send_window(c1->s, x), MIB - W0);
+  assert_int_equal(shared.used, MIB);
+  /* s1's peer goes quiet for good: resetting x frees the budget, and s2's
+   * regrant lets y grow to its whole window. */
+  assert_int_equal(tunnel__ymx_reset(s1->s, x), 1);
+  pump(s1, c1);
+  assert_int_equal(shared.used, W0);
+  tunnel__ymx_regrant(s1->s); /* nothing held back there */
+  assert_int_equal(tunnel__ymx_out_pending(s1->s), 0);
+  tunnel__ymx_regrant(s2->s);
+  pump(s2, c2);
+  assert_int_equal(tunnel__ymx_send_window(c2->s, y), MIB);
+  assert_int_equal(shared.used, MIB);
+  peer_free(c1);
+  peer_free(s1);
+  assert_int_equal(shared.used, MIB);
+  peer_free(c2);
+  peer_free(s2);
+  assert_int_equal(shared.used, 0);
+}
+
+/* Over budget, incoming streams are refused as the stream cap refuses them;
+ * once budget frees they are accepted again. */
+/* New streams are refused while the bytes received and not consumed exceed
+ * a budget, and accepted again once they are consumed. Window granted and
+ * unused does not count: idle streams never lock new ones out. */
+static void budget_refuses_streams_while_over(void **state) {
+  (void)state;
+  static uint8_t chunk[W0];
+  memset(chunk, 'x', sizeof chunk);
+  peer *s = peer_new_budget(0, MIB, MIB, NULL);
+  s->auto_consume = 0;
+  uint8_t out[64];
+  /* Idle streams far beyond the budget's worth of window: all accepted. */
+  for (uint32_t id = 1; id <= 19; id += 2) {
+    assert_int_equal(feed_frame(s, Y_WU, F_SYN, id, 0, NULL), 0);
+    assert_int_equal(take_out(s, out, sizeof out), HS);
+    assert_int_equal(out[3] & F_ACK, F_ACK);
+  }
+  assert_int_equal(tunnel__ymx_stream_count(s->s), 10);
+  assert_true(tunnel__ymx_buffered(s->s) > MIB);
+  /* Four streams hold a full initial window each, unread: at the budget,
+   * not over it, so a new stream is still accepted. */
+  for (uint32_t id = 1; id <= 7; id += 2)
+    assert_int_equal(feed_frame(s, Y_DATA, 0, id, W0, chunk), 0);
+  assert_int_equal(feed_frame(s, Y_WU, F_SYN, 21, 0, NULL), 0);
+  assert_int_equal(take_out(s, out, sizeof out), HS);
+  assert_int_equal(out[3] & F_ACK, F_ACK);
+  /* One byte more held: over it. Refused, data crossing the refusal
+   * dropped, the session intact. */
+  assert_int_equal(feed_frame(s, Y_DATA, 0, 9, 1, "y"), 0);
+  assert_int_equal(feed_frame(s, Y_DATA, F_SYN, 23, 4, "lost"), 0);
+  assert_int_equal(take_out(s, out, sizeof out), HS);
+  expect_frame(out, Y_WU, F_RST, 23, 0);
+  assert_int_equal(tunnel__ymx_stream_count(s->s), 11);
+  assert_int_equal(tunnel__ymx_error(s->s), 0);
+  /* The reader catches up on one stream: accepted again. */
+  assert_int_equal(tunnel__ymx_consumed(s->s, 1, W0), 0);
+  while (take_out(s, out, sizeof out) > 0)
+    ;
+  assert_int_equal(feed_frame(s, Y_WU, F_SYN, 25, 0, NULL), 0);
+  assert_int_equal(take_out(s, out, sizeof out), HS);
+  assert_int_equal(out[3] & F_ACK, F_ACK);
+  assert_int_equal(tunnel__ymx_error(s->s), 0);
+  peer_free(s);
+
+  /* The same for the shared counter, filled by another session. */
+  tunnel__ymx_budget shared = {0, MIB, 0};
+  peer *hog = peer_new_budget(0, MIB, 0, &shared);
+  hog->auto_consume = 0;
+  for (uint32_t id = 1; id <= 9; id += 2) {
+    assert_int_equal(feed_frame(hog, Y_WU, F_SYN, id, 0, NULL), 0);
+    assert_int_equal(feed_frame(hog, Y_DATA, 0, id, W0, chunk), 0);
+  }
+  while (take_out(hog, out, sizeof out) > 0)
+    ;
+  assert_int_equal(shared.held, 5 * W0);
+  s = peer_new_budget(0, MIB, 0, &shared);
+  assert_int_equal(feed_frame(s, Y_WU, F_SYN, 1, 0, NULL), 0);
+  assert_int_equal(take_out(s, out, sizeof out), HS);
+  expect_frame(out, Y_WU, F_RST, 1, 0);
+  assert_int_equal(tunnel__ymx_stream_count(s->s), 0);
+  assert_int_equal(tunnel__ymx_reset(hog->s, 1), 1);
+  assert_int_equal(shared.held, 4 * W0);
+  assert_int_equal(feed_frame(s, Y_WU, F_SYN, 3, 0, NULL), 0);
+  assert_int_equal(take_out(s, out, sizeof out), HS);
+  assert_int_equal(out[3] & F_ACK, F_ACK);
+  assert_int_equal(tunnel__ymx_error(s->s), 0);
+  peer_free(s);
+  peer_free(hog);
+  assert_int_equal(shared.used, 0);
+  assert_int_equal(shared.held, 0);
+}
+
+static void assert_shared(const tunnel__ymx_budget *shared, uint64_t base,
+                          peer *a, peer *b) {
+  assert_int_equal(shared->used, base + tunnel__ymx_buffered(a->s) +
+                                     tunnel__ymx_buffered(b->s));
+}
+
+/* Two sessions talking to each other share one counter: it always holds
+ * exactly their totals plus what was there before, through data, reads,
+ * resets (one in the middle of a frame), closes both ways and frees. */
+static void budget_shared_counter_exact(void **state) {
+  (void)state;
+  const uint64_t base = 12345;
+  tunnel__ymx_budget shared = {base, 16 * MIB};
+  peer *a = peer_new_budget(0, MIB, 0, &shared);
+  peer *b = peer_new_budget(1, 2 * MIB, 2 * MIB, &shared);
+  a->auto_consume = b->auto_consume = 0;
+  a->pattern = b->pattern = 1;
+  assert_int_equal(shared.used, base);
+  uint32_t x = open_pumped(a, b), y = open_pumped(b, a), z = open_pumped(b, a);
+  assert_shared(&shared, base, a, b);
+  uint64_t sent[64] = {0}, ca[64] = {0}, cb[64] = {0};
+  send_some(b, x, &sent[x], LOTS);
+  send_some(a, y, &sent[y], 300000);
+  send_some(a, z, &sent[z], 100000);
+  pump(a, b);
+  assert_shared(&shared, base, a, b);
+  consume_pieces(a, x, 500000, ca);
+  consume_pieces(b, y, 200000, cb);
+  assert_shared(&shared, base, a, b);
+  pump(a, b);
+  assert_shared(&shared, base, a, b);
+  /* Each session counts every stream it receives on, whoever opened it. */
+  uint32_t xyz[3] = {x, y, z};
+  assert_buffered_exact(a, b, xyz, 3, ca);
+  assert_buffered_exact(b, a, xyz, 3, cb);
+
+  /* Half a frame delivered, then the stream is reset: the rest is dropped
+   * and the counter still exact. */
+  uint8_t buf[HS + 1000];
+  hdr(buf, Y_DATA, 0, z, 1000);
+  fill_pattern(buf + HS, z, b->rx[z], 1000);
+  assert_int_equal(tunnel__ymx_recv(b->s, buf, HS + 400), 0);
+  assert_int_equal(b->rx[z], sent[z] + 400);
+  assert_shared(&shared, base, a, b);
+  assert_int_equal(tunnel__ymx_reset(b->s, z), 1);
+  assert_shared(&shared, base, a, b);
+  assert_int_equal(tunnel__ymx_recv(b->s, buf + HS + 400, 600), 0);
+  assert_shared(&shared, base, a, b);
+  pump(a, b);
+  assert_int_equal(tunnel__ymx_stream_count(a->s), 2);
+  assert_shared(&shared, base, a, b);
+
+  /* y closed both ways with data left unread. */
+  assert_int_equal(tunnel__ymx_shutdown(a->s, y), 0);
+  pump(a, b);
+  assert_shared(&shared, base, a, b);
+  assert_int_equal(tunnel__ymx_shutdown(b->s, y), 1);
+  pump(a, b);
+  assert_int_equal(tunnel__ymx_stream_count(a->s), 1);
+  assert_int_equal(tunnel__ymx_stream_count(b->s), 1);
+  assert_buffered_exact(a, b, &x, 1, ca);
+  assert_buffered_exact(b, a, &x, 1, cb);
+  assert_shared(&shared, base, a, b);
+
+  /* Freed with a stream open and half a frame in flight. */
+  send_some(b, x, &sent[x], LOTS);
+  assert_true(take_out(b, big, sizeof big) > HS + 10);
+  assert_int_equal(tunnel__ymx_recv(a->s, big, HS + 10), 0);
+  assert_shared(&shared, base, a, b);
+  assert_true(tunnel__ymx_buffered(a->s) > 0);
+  peer_free(a);
+  assert_int_equal(shared.used, base + tunnel__ymx_buffered(b->s));
+  peer_free(b);
+  assert_int_equal(shared.used, base);
+}
+
+/* One busy stream: the peer sends what the window allows in uneven frames,
+ * the application reads in uneven pieces, now and then regrant is called.
+ * Returns the session's output (the ACK and every window update). */
+static size_t busy_stream_script(peer *s, uint8_t *rec, size_t cap) {
+  size_t nrec = 0;
+  uint64_t window = W0, held = 0;
+  uint32_t rng = 12345;
+  memset(big, 'b', 300 * KIB);
+  assert_int_equal(feed_frame(s, Y_WU, F_SYN, 1, 0, NULL), 0);
+  for (int step = 0; step < 3000; step++) {
+    rng = rng * 1103515245u + 12345u;
+    uint32_t r = rng >> 8;
+    if (r % 3 && window) {
+      uint32_t n = 1 + r % (300 * KIB);
+      if (n > window)
+        n = (uint32_t)window;
+      assert_int_equal(feed_frame(s, Y_DATA, 0, 1, n, big), 0);
+      s->ndata = 0; /* the bytes do not matter here */
+      window -= n;
+      held += n;
+    } else if (held) {
+      uint32_t n = 1 + r % (200 * KIB);
+      if (n > held)
+        n = (uint32_t)held;
+      assert_int_equal(tunnel__ymx_consumed(s->s, 1, n), 0);
+      held -= n;
+    }
+    if (step % 97 == 0)
+      tunnel__ymx_regrant(s->s);
+    size_t n = tunnel__ymx_out_pending(s->s);
+    assert_true(nrec + n <= cap);
+    assert_int_equal(take_out(s, rec + nrec, n), n);
+    for (size_t off = 0; off < n; off += HS) {
+      assert_int_equal(rec[nrec + off + 1], Y_WU);
+      window += tunnel__be32(rec + nrec + off + 8);
+    }
+    nrec += n;
+    assert_int_equal(tunnel__ymx_buffered(s->s), window + held);
+  }
+  return nrec;
+}
+
+/* Without a budget, or with one that never binds, a busy stream gets
+ * exactly the same window updates. */
+static void budget_zero_or_large_changes_nothing(void **state) {
+  (void)state;
+  static uint8_t rec[4][64 * KIB];
+  size_t n[4];
+  tunnel__ymx_budget shared[4] = {{0, 0}, {0, 0}, {7, GIB}, {7, GIB}};
+  const uint64_t budgets[4] = {0, GIB, 0, 8 * MIB};
+  for (int i = 0; i < 4; i++) {
+    tunnel__ymx_budget *sh = i >= 2 ? &shared[i] : NULL;
+    peer *s = peer_new_budget(0, 6 * MIB, budgets[i], sh);
+    s->auto_consume = 0;
+    n[i] = busy_stream_script(s, rec[i], sizeof rec[i]);
+    peer_free(s);
+  }
+  assert_int_equal(shared[2].used, 7);
+  assert_int_equal(shared[3].used, 7);
+  /* The ACK grants the whole window, then one update per quarter window
+   * or more, as without budgets. */
+  expect_frame(rec[0], Y_WU, F_ACK, 1, 6 * MIB - W0);
+  assert_true(n[0] > 20 * HS);
+  for (size_t off = HS; off < n[0]; off += HS) {
+    assert_int_equal(tunnel__be16(rec[0] + off + 2), 0);
+    assert_true(tunnel__be32(rec[0] + off + 8) >= 6 * MIB / 4);
+  }
+  for (int i = 1; i < 4; i++) {
+    assert_int_equal(n[i], n[0]);
+    assert_memory_equal(rec[i], rec[0], n[0]);
+  }
+
+  /* Without a budget stalled streams hold a whole window each and new ones
+   * are still accepted. */
+  peer *s = peer_new_budget(0, 2 * MIB, 0, NULL);
+  s->auto_consume = 0;
+  s->pattern = 1;
+  uint8_t out[64];
+  for (uint32_t id = 1; id <= 15; id += 2) {
+    fill_pattern(big, id, 0, 2 * MIB);
+    assert_int_equal(feed_frame(s, Y_DATA, F_SYN, id, 2 * MIB, big), 0);
+    assert_int_equal(take_out(s, out, sizeof out), HS);
+    expect_frame(out, Y_WU, F_ACK, id, 2 * MIB - W0);
+  }
+  assert_int_equal(tunnel__ymx_buffered(s->s), 8 * 2 * MIB);
+  tunnel__ymx_regrant(s->s);
+  assert_int_equal(tunnel__ymx_out_pending(s->s), 0);
+  assert_int_equal(tunnel__ymx_stream_count(s->s), 8);
+  peer_free(s);
+}
+
+/* A window update that cannot be queued leaves the totals as they were. */
+static void budget_oom_leaves_totals_unchanged(void **state) {
+  (void)state;
+  oom o = {-1, 0};
+  tunnel__mem m = oom_mem(&o);
+  tunnel__ymx_budget shared = {5, 4 * MIB};
+  peer *s = peer_new_budget_mem(0, MIB, MIB, &shared, &m);
+  s->auto_consume = 0;
+  assert_int_equal(feed_frame(s, Y_WU, F_SYN, 1, 0, NULL), 0);
+  assert_int_equal(feed_frame(s, Y_WU, F_SYN, 3, 0, NULL), 0);
+  /* Two ACKs and a data frame fill the first 64 KiB output chunk: the next
+   * frame needs memory. */
+  size_t w;
+  const size_t fill = 64 * KIB - 3 * HS;
+  memset(big, 'f', fill);
+  assert_int_equal(tunnel__ymx_write(s->s, 1, big, fill, &w), 0);
+  const size_t pending = tunnel__ymx_out_pending(s->s);
+  assert_int_equal(pending, 64 * KIB);
+  memset(big, 'o', MIB);
+  assert_int_equal(feed_frame(s, Y_DATA, 0, 3, W0, big), 0);
+  assert_int_equal(feed_frame(s, Y_DATA, F_FIN, 1, MIB, big), 0);
+  assert_int_equal(shared.used, 5 + MIB + W0);
+  o.budget = 0;
+  assert_int_equal(tunnel__ymx_consumed(s->s, 3, W0), TUNNEL_ENOMEM);
+  assert_int_equal(tunnel__ymx_buffered(s->s), MIB + W0);
+  assert_int_equal(shared.used, 5 + MIB + W0);
+  /* Stream 1 has no window to reopen: its bytes free budget all the same. */
+  assert_int_equal(tunnel__ymx_consumed(s->s, 1, MIB), 0);
+  assert_int_equal(shared.used, 5 + W0);
+  tunnel__ymx_regrant(s->s);
+  assert_int_equal(tunnel__ymx_out_pending(s->s), pending);
+  assert_int_equal(shared.used, 5 + W0);
+  assert_int_equal(tunnel__ymx_error(s->s), 0);
+  /* With memory again, regrant and the retried consumed() go out. */
+  o.budget = -1;
+  tunnel__ymx_regrant(s->s);
+  assert_int_equal(tunnel__ymx_out_pending(s->s), pending + HS);
+  assert_int_equal(tunnel__ymx_consumed(s->s, 3, W0), 0);
+  assert_int_equal(take_out(s, big, 2 * pending), pending + 2 * HS);
+  expect_frame(big + pending, Y_WU, 0, 3, MIB - W0);
+  expect_frame(big + pending + HS, Y_WU, 0, 3, W0);
+  assert_int_equal(shared.used, 5 + MIB);
+  peer_free(s);
+  assert_int_equal(shared.used, 5);
+}
+
 /* -------------------------------------------------------- known defects */
 
 /* BUG (lib/yamux.c incoming()): the ACK for an accepted stream and the
@@ -2206,6 +2751,14 @@ int main(void) {
       cmocka_unit_test(reenter_reset_from_on_window),
       cmocka_unit_test(reenter_shutdown_from_on_window),
       cmocka_unit_test(reenter_from_on_ack_and_on_close),
+      cmocka_unit_test(budget_bounds_stalled_streams),
+      cmocka_unit_test(budget_never_starves_a_stream),
+      cmocka_unit_test(budget_regrant_releases_withheld_credit),
+      cmocka_unit_test(budget_regrant_after_other_session_frees),
+      cmocka_unit_test(budget_refuses_streams_while_over),
+      cmocka_unit_test(budget_shared_counter_exact),
+      cmocka_unit_test(budget_zero_or_large_changes_nothing),
+      cmocka_unit_test(budget_oom_leaves_totals_unchanged),
       cmocka_unit_test(bug_stream_replies_escape_backlog),
       cmocka_unit_test(bug_write_oom_goaway_inside_data_frame),
       cmocka_unit_test(bug_consumed_not_atomic_on_enomem),
