@@ -1,0 +1,240 @@
+/* The inside of tunnel_server, shared by its parts: accepting connections
+ * (srv_accept.c), sessions, logins and work connections (srv_session.c),
+ * proxy registration (srv_proxy.c), and one file per proxy kind
+ * (srv_tcp.c, ...) behind the srv_kind interface. */
+#ifndef TUNNEL_LIB_UV_SRV_H
+#define TUNNEL_LIB_UV_SRV_H
+
+#include "tunnel/uv.h"
+
+#include "../config.h"
+#include "../log.h"
+#include "../msg.h"
+#include "../yamux.h"
+#include "anon.h"
+#include "ctlchan.h"
+#include "mux.h"
+#include "sched.h"
+#include "splice.h"
+
+/* A connection must identify itself, and a session or channel log in or
+ * say what it is, within this time. */
+#define TUNNEL__SRV_SNIFF_TIMEOUT_MS 10000
+#define TUNNEL__SRV_READBUF_SIZE (64u * 1024u)
+/* What an unauthenticated peer costs, for the byte budget: a sniffing
+ * connection its record; a raw channel its read buffer and a first
+ * message; a session its read buffer and its allowed first streams
+ * (srv_accept.c). */
+#define TUNNEL__SRV_ANON_CONN_COST 1024u
+#define TUNNEL__SRV_ANON_RAW_COST (64u * 1024u + TUNNEL__DEFAULT_MAX_MESSAGE)
+
+typedef struct srv_sess srv_sess;
+typedef struct srv_ctl srv_ctl;
+typedef struct srv_proxy srv_proxy;
+typedef struct srv_first srv_first;
+typedef struct srv_conn srv_conn;
+typedef struct srv_drain srv_drain;
+typedef struct srv_work srv_work;
+typedef struct srv_waiter srv_waiter;
+
+struct tunnel_server {
+  uv_loop_t *loop;
+  struct tunnel_config cfg;
+  tunnel__sched sched;
+  uv_tcp_t listener;
+  uv_timer_t sweep; /* drops clients that went silent */
+  int listening;
+  uint8_t *readbuf; /* shared by all splices */
+  srv_sess *sessions;
+  srv_conn *conns; /* connections not yet identified */
+  uint32_t nconns;
+  /* Peers not (yet) authenticated: sniffing connections, raw first-message
+   * channels, refused raw channels draining, and mux sessions without a
+   * login. Bounded by count (max_clients), per address and by bytes. */
+  tunnel__anon_set anon;
+  tunnel__anon_limits anon_limits;
+  /* Bytes the server may be made to hold for all sessions' streams. */
+  tunnel__ymx_budget budget;
+  srv_drain *drains; /* refused channels, until the peer reads the refusal
+                        and closes, or a deadline */
+  srv_first *firsts; /* streams awaiting their first message */
+  srv_ctl *ctls;
+  uint32_t nctl;
+  uint32_t handles;            /* open uv handles owned by server objects */
+  tunnel__splice_set splices;  /* live splices */
+  uint32_t objects;            /* sessions, controls, proxies not yet freed */
+  int closing;
+  tunnel_server_close_cb close_cb;
+  void *close_ud;
+};
+
+/* A multiplexed connection from a client. */
+struct srv_sess {
+  tunnel_server *srv;
+  tunnel__mux *mux;
+  int authed; /* a client logged in over it (it left srv->anon) */
+  tunnel__anon anon;
+  char addr[TUNNEL__ADDR_MAX];
+  uint32_t nfirst; /* streams opened before the login */
+  uint64_t created; /* loop time; a session must log in within a limit */
+  srv_sess *prev, *next;
+  srv_ctl *ctl; /* the client that logged in over this session */
+  int dead;
+  tunnel__task free_task;
+};
+
+/* A stream (mux) or connection (raw) whose first message decides what it
+ * is. */
+struct srv_first {
+  tunnel_server *srv;
+  srv_sess *sess; /* NULL: a whole TCP connection (non-mux) */
+  tunnel_stream *st;
+  tunnel__anon anon; /* raw connections only */
+  char addr[TUNNEL__ADDR_MAX];
+  tunnel__ctlchan ch;
+  srv_first *prev, *next;
+  uint64_t created;
+};
+
+/* A new connection, until its first bytes tell yamux from a raw frp
+ * message. */
+struct srv_conn {
+  tunnel_server *srv;
+  uv_tcp_t *tcp;
+  uv_timer_t timer;
+  srv_conn *prev, *next;
+  tunnel__anon anon;
+  uint8_t buf[256];
+  int done;
+};
+
+/* A refused channel: kept until the peer ends it, so that what was written
+ * to it (a refusal) is delivered before any reset, but no longer than the
+ * identification timeout, and closed with the server. */
+struct srv_drain {
+  tunnel_server *srv;
+  tunnel_stream *st;
+  srv_drain *prev, *next;
+  uint64_t created;
+  tunnel__anon anon; /* raw connections only */
+};
+
+/* A parked work stream. */
+struct srv_work {
+  srv_ctl *ctl;
+  tunnel_stream *st;
+  srv_work *next;
+};
+
+/* Something of a proxy's (a visitor) waiting for a work stream. */
+struct srv_waiter {
+  srv_waiter *next;
+  srv_proxy *proxy;
+  /* A work stream for it; the callee owns `st`. The waiter has left the
+   * queue. */
+  void (*got)(srv_waiter *w, tunnel_stream *st);
+  /* No work stream will come (client or proxy gone); the waiter has left
+   * the queue. */
+  void (*drop)(srv_waiter *w);
+};
+
+/* A logged-in client. */
+struct srv_ctl {
+  tunnel_server *srv;
+  srv_sess *sess; /* NULL in non-mux mode */
+  srv_ctl *prev, *next;
+  tunnel_stream *st;
+  tunnel__ctlchan ch;
+  char run_id[33];
+  char addr[TUNNEL__ADDR_MAX]; /* where the control connection came from */
+  int64_t login_ts;   /* timestamp of the login that made this control */
+  uint32_t requested; /* work connections asked for and not yet arrived */
+  srv_proxy *proxies;
+  uint32_t nproxies;
+  srv_work *pool; /* oldest first */
+  srv_work *pool_tail;
+  uint32_t pooled;
+  uint32_t pool_count;
+  srv_waiter *waiting; /* oldest first */
+  srv_waiter *waiting_tail;
+  uint32_t nwaiting;
+  uint64_t last_msg; /* loop time of the last control message */
+  int dead;
+  tunnel__task free_task;
+};
+
+/* One kind of proxy (frp proxy_type): how it is registered and ended. */
+typedef struct srv_kind {
+  const char *type;
+  /* Registers `p` as `m` asks (p->name and p->ctl are set). 0 and
+   * `remote_addr` filled, or a negative code and `err` filled (the proxy
+   * is then freed by the caller, with nothing of the kind's left). */
+  int (*open)(srv_proxy *p, const tunnel__msg *m, char *remote_addr,
+              size_t ralen, char *err, size_t errlen);
+  /* Unregisters: no new visitor, waiting ones dropped, visitors already
+   * joined continue. Ends with tunnel__srv_proxy_free(p), now or later. */
+  void (*close)(srv_proxy *p);
+} srv_kind;
+
+struct srv_proxy {
+  tunnel_server *srv; /* the ctl may be freed before the proxy */
+  srv_ctl *ctl;
+  srv_proxy *next;
+  const srv_kind *kind;
+  char *name;
+  void *kind_data;
+};
+
+#define TUNNEL__CONTAINER(ptr, type, field)                                    \
+  ((type *)(void *)((char *)(ptr)-offsetof(type, field)))
+
+/* server.c */
+static inline const tunnel__mem *tunnel__srv_mem(tunnel_server *srv) {
+  return &srv->cfg.mem;
+}
+void tunnel__srv_maybe_finish_close(tunnel_server *srv);
+/* Close callback for a uv_tcp_t allocated with the server's allocator
+ * whose data is the server; counts in srv->handles. */
+void tunnel__srv_free_tcp_closed(uv_handle_t *h);
+/* Writes one unencrypted message to a stream. */
+int tunnel__srv_send_plain(tunnel_server *srv, tunnel_stream *st,
+                           const tunnel__msg *m);
+
+/* srv_accept.c */
+void tunnel__srv_on_client(uv_stream_t *l, int status);
+void tunnel__srv_conn_done(srv_conn *c, int keep_tcp);
+
+/* srv_session.c */
+void tunnel__srv_sess_destroy(srv_sess *sess);
+void tunnel__srv_first_start(tunnel_server *srv, srv_sess *sess,
+                             tunnel_stream *st, const char *addr);
+void tunnel__srv_first_end(srv_first *f);
+void tunnel__srv_drain_end(srv_drain *d);
+void tunnel__srv_ctl_destroy(srv_ctl *ctl);
+/* Sends a control message; a client that does not read its replies is
+ * dropped (TUNNEL_ELIMIT). */
+int tunnel__srv_send_ctl(srv_ctl *ctl, const tunnel__msg *m);
+extern const tunnel__mux_callbacks tunnel__srv_mux_cb;
+/* Hands `w` a work stream now (its got() runs before this returns) or
+ * queues it and asks the client for one. TUNNEL_ELIMIT when too many
+ * wait. */
+int tunnel__srv_want_work(srv_ctl *ctl, srv_waiter *w);
+/* Takes `w` out of the queue (no callback). */
+void tunnel__srv_cancel_work(srv_ctl *ctl, srv_waiter *w);
+
+/* srv_proxy.c */
+void tunnel__srv_on_new_proxy(srv_ctl *ctl, const tunnel__msg *m);
+void tunnel__srv_on_close_proxy(srv_ctl *ctl, const tunnel__msg *m);
+/* Closes every proxy of the client. */
+void tunnel__srv_close_proxies(srv_ctl *ctl);
+/* Frees a proxy whose kind has finished with it. */
+void tunnel__srv_proxy_free(srv_proxy *p);
+/* Sends StartWorkConn for `p` on a work stream. */
+int tunnel__srv_start_work(srv_proxy *p, tunnel_stream *st, const char *src,
+                           uint16_t src_port, const char *dst,
+                           uint16_t dst_port);
+
+/* Proxy kinds. */
+extern const srv_kind tunnel__srv_kind_tcp;
+
+#endif

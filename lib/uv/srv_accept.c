@@ -1,0 +1,184 @@
+/* New connections on the control port: bounded while unidentified, then
+ * told apart by their first byte (a yamux session, or a raw frp channel:
+ * non-mux mode). */
+#include <string.h>
+
+#include "dial.h"
+#include "handle.h"
+#include "srv.h"
+#include "stream.h"
+
+#define MEM tunnel__srv_mem
+#define CONTAINER TUNNEL__CONTAINER
+
+static void conn_timer_closed(uv_handle_t *h) {
+  srv_conn *c = h->data;
+  tunnel_server *srv = c->srv;
+  tunnel__free(MEM(srv), c);
+  srv->handles--;
+  tunnel__srv_maybe_finish_close(srv);
+}
+
+/* Ends the sniffing phase; `keep_tcp` when the handle was handed on. */
+void tunnel__srv_conn_done(srv_conn *c, int keep_tcp) {
+  tunnel_server *srv = c->srv;
+  if (c->done)
+    return;
+  c->done = 1;
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    srv->conns = c->next;
+  if (c->next)
+    c->next->prev = c->prev;
+  srv->nconns--;
+  tunnel__anon_remove(&srv->anon, &c->anon);
+  if (!keep_tcp) {
+    uv_read_stop((uv_stream_t *)c->tcp);
+    tunnel__tcp_close_free(MEM(srv), c->tcp);
+  }
+  c->tcp = NULL;
+  uv_close((uv_handle_t *)&c->timer, conn_timer_closed);
+}
+
+static void conn_timeout(uv_timer_t *t) {
+  srv_conn *c = t->data;
+  tunnel__log(&c->srv->cfg.log, TUNNEL_LOG_INFO,
+              "server: connection from %s silent for too long; closed",
+              c->anon.addr);
+  tunnel__srv_conn_done(c, 0);
+}
+
+static void conn_shed(tunnel__anon *a) {
+  srv_conn *c = CONTAINER(a, srv_conn, anon);
+  tunnel__log(&c->srv->cfg.log, TUNNEL_LOG_INFO,
+              "server: unidentified connection from %s shed to make room",
+              a->addr);
+  tunnel__srv_conn_done(c, 0);
+}
+
+static void sess_shed(tunnel__anon *a) {
+  srv_sess *sess = CONTAINER(a, srv_sess, anon);
+  tunnel__log(&sess->srv->cfg.log, TUNNEL_LOG_INFO,
+              "server: session from %s not logged in yet shed to make room",
+              a->addr);
+  tunnel__srv_sess_destroy(sess);
+}
+
+/* Room for one more unauthenticated peer: the oldest make way. */
+static void anon_make_room(tunnel_server *srv, const char *addr,
+                           uint32_t cost) {
+  srv->anon_limits.max = srv->cfg.max_clients;
+  srv->anon_limits.per_addr = srv->cfg.unauth_per_addr;
+  srv->anon_limits.bytes = srv->cfg.unauth_bytes;
+  tunnel__anon_make_room(&srv->anon, &srv->anon_limits, addr, cost);
+}
+
+static uint32_t sess_cost(const tunnel_server *srv) {
+  return 64u * 1024u +
+         srv->cfg.unauth_streams * (srv->cfg.max_message_size + 2048u);
+}
+
+static void conn_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+  srv_conn *c = h->data;
+  (void)hint;
+  *buf = uv_buf_init((char *)c->buf, sizeof c->buf);
+}
+
+static void conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  srv_conn *c = s->data;
+  tunnel_server *srv = c->srv;
+  (void)buf;
+  if (nread == 0)
+    return;
+  if (nread < 0) {
+    tunnel__srv_conn_done(c, 0);
+    return;
+  }
+  uv_read_stop(s);
+  uv_tcp_t *tcp = c->tcp;
+  uint8_t first[sizeof c->buf];
+  size_t n = (size_t)nread;
+  memcpy(first, c->buf, n);
+  char addr[TUNNEL__ADDR_MAX];
+  memcpy(addr, c->anon.addr, sizeof addr);
+  tunnel__srv_conn_done(c, 1);
+  uint32_t cost = first[0] == 0 ? sess_cost(srv) : TUNNEL__SRV_ANON_RAW_COST;
+  anon_make_room(srv, addr, cost);
+  if (first[0] == 0) {
+    /* A yamux header starts with version 0; no frp message type is 0. */
+    srv_sess *sess = tunnel__calloc(MEM(srv), 1, sizeof *sess);
+    if (!sess) {
+      tunnel__tcp_close_free(MEM(srv), tcp);
+      return;
+    }
+    sess->srv = srv;
+    sess->created = uv_now(srv->loop);
+    if (tunnel__mux_new_budgeted(&sess->mux, srv->loop, &srv->sched,
+                                 &srv->cfg, 0, tcp, &srv->budget, &tunnel__srv_mux_cb,
+                                 sess) != 0) {
+      tunnel__free(MEM(srv), sess);
+      return;
+    }
+    srv->objects++;
+    snprintf(sess->addr, sizeof sess->addr, "%s", addr);
+    tunnel__anon_add(&srv->anon, &sess->anon, addr, cost, sess_shed);
+    sess->next = srv->sessions;
+    if (srv->sessions)
+      srv->sessions->prev = sess;
+    srv->sessions = sess;
+    if (tunnel__mux_start(sess->mux, first, n) != 0)
+      tunnel__srv_sess_destroy(sess);
+    return;
+  }
+  /* frp's non-mux mode: the connection itself carries one control or work
+   * channel. */
+  tunnel_stream *st = tunnel__stream_new_tcp(&srv->sched, MEM(srv), tcp,
+                                             first, n);
+  if (st)
+    tunnel__srv_first_start(srv, NULL, st, addr);
+}
+
+void tunnel__srv_on_client(uv_stream_t *l, int status) {
+  tunnel_server *srv = l->data;
+  if (status < 0 || srv->closing)
+    return;
+  uv_tcp_t *tcp = tunnel__malloc(MEM(srv), sizeof *tcp);
+  if (!tcp)
+    return;
+  uv_tcp_init(srv->loop, tcp);
+  if (uv_accept(l, (uv_stream_t *)tcp) != 0) {
+    tunnel__tcp_close_free(MEM(srv), tcp);
+    return;
+  }
+  char addr[TUNNEL__ADDR_MAX] = "?";
+  struct sockaddr_storage peer;
+  int plen = sizeof peer;
+  uint16_t pport = 0;
+  if (uv_tcp_getpeername(tcp, (struct sockaddr *)&peer, &plen) == 0)
+    tunnel__format_addr((struct sockaddr *)&peer, addr, sizeof addr, &pport);
+  /* Unidentified connections are bounded like clients, so a flood cannot
+   * exhaust the server; the oldest make way for newcomers. */
+  anon_make_room(srv, addr, TUNNEL__SRV_ANON_CONN_COST);
+  srv_conn *c = tunnel__calloc(MEM(srv), 1, sizeof *c);
+  if (!c) {
+    tunnel__tcp_close_free(MEM(srv), tcp);
+    return;
+  }
+  c->srv = srv;
+  c->tcp = tcp;
+  tcp->data = c;
+  uv_timer_init(srv->loop, &c->timer);
+  c->timer.data = c;
+  srv->handles++;
+  c->next = srv->conns;
+  if (srv->conns)
+    srv->conns->prev = c;
+  srv->conns = c;
+  srv->nconns++;
+  tunnel__anon_add(&srv->anon, &c->anon, addr, TUNNEL__SRV_ANON_CONN_COST, conn_shed);
+  uv_timer_start(&c->timer, conn_timeout, TUNNEL__SRV_SNIFF_TIMEOUT_MS, 0);
+  if (uv_read_start((uv_stream_t *)tcp, conn_alloc, conn_read) != 0)
+    tunnel__srv_conn_done(c, 0);
+}
+

@@ -1,0 +1,258 @@
+/* TCP proxies: a public port per proxy; each visitor connection waits for
+ * a work stream and is then joined to it. */
+#include <stdio.h>
+#include <string.h>
+
+#include "dial.h"
+#include "srv.h"
+#include "uverr.h"
+
+#define MEM tunnel__srv_mem
+#define CONTAINER TUNNEL__CONTAINER
+
+/* Random probes for a free port when the client asks for none. */
+#define PORT_TRIES 64
+
+typedef struct tcp_visitor tcp_visitor;
+
+typedef struct tcp_proxy {
+  srv_proxy *p;
+  uv_tcp_t *listener;
+  uint16_t port;
+  char bind_host[64];
+  tcp_visitor *waiting; /* visitors of this proxy waiting for work */
+} tcp_proxy;
+
+struct tcp_visitor {
+  srv_waiter w;
+  tcp_proxy *tp;
+  uv_tcp_t *tcp;
+  uv_timer_t timer; /* work_conn_timeout */
+  tcp_visitor *prev, *next;
+};
+
+static void splice_gone(void *ud) { tunnel__srv_maybe_finish_close(ud); }
+
+/* Sends StartWorkConn on the work stream and joins it to the visitor. */
+static void join(tcp_proxy *tp, tunnel_stream *st, uv_tcp_t *vis) {
+  tunnel_server *srv = tp->p->srv;
+  struct sockaddr_storage peer;
+  int len = sizeof peer;
+  char src[64] = "";
+  uint16_t src_port = 0;
+  if (uv_tcp_getpeername(vis, (struct sockaddr *)&peer, &len) == 0)
+    tunnel__format_addr((struct sockaddr *)&peer, src, sizeof src, &src_port);
+  if (tunnel__srv_start_work(tp->p, st, src, src_port, tp->bind_host,
+                             tp->port) == 0) {
+    /* The splice owns both now and tears them down even if it fails. */
+    srv->handles--;
+    tunnel__splice_start(MEM(srv), &srv->cfg.log, vis, st, NULL, 0,
+                         srv->readbuf, TUNNEL__SRV_READBUF_SIZE,
+                         &srv->splices, splice_gone, srv);
+    return;
+  }
+  tunnel_stream_close(st, NULL, NULL);
+  vis->data = srv;
+  uv_close((uv_handle_t *)vis, tunnel__srv_free_tcp_closed);
+}
+
+static void visitor_timer_closed(uv_handle_t *h) {
+  tcp_visitor *v = CONTAINER(h, tcp_visitor, timer);
+  tunnel_server *srv = h->data;
+  tunnel__free(MEM(srv), v);
+  srv->handles--;
+  tunnel__srv_maybe_finish_close(srv);
+}
+
+/* Forgets a visitor record; its connection was handed on or closed. */
+static void visitor_end(tcp_visitor *v) {
+  tcp_proxy *tp = v->tp;
+  tunnel_server *srv = tp->p->srv;
+  if (v->prev)
+    v->prev->next = v->next;
+  else
+    tp->waiting = v->next;
+  if (v->next)
+    v->next->prev = v->prev;
+  uv_timer_stop(&v->timer);
+  v->timer.data = srv;
+  uv_close((uv_handle_t *)&v->timer, visitor_timer_closed);
+}
+
+static void visitor_drop(tcp_visitor *v) {
+  tunnel_server *srv = v->tp->p->srv;
+  v->tcp->data = srv;
+  uv_close((uv_handle_t *)v->tcp, tunnel__srv_free_tcp_closed);
+  visitor_end(v);
+}
+
+static void visitor_got(srv_waiter *w, tunnel_stream *st) {
+  tcp_visitor *v = CONTAINER(w, tcp_visitor, w);
+  tcp_proxy *tp = v->tp;
+  uv_tcp_t *vis = v->tcp;
+  visitor_end(v);
+  join(tp, st, vis);
+}
+
+static void visitor_dropped(srv_waiter *w) {
+  visitor_drop(CONTAINER(w, tcp_visitor, w));
+}
+
+static void visitor_timeout(uv_timer_t *t) {
+  tcp_visitor *v = CONTAINER(t, tcp_visitor, timer);
+  srv_proxy *p = v->tp->p;
+  tunnel__log(&p->srv->cfg.log, TUNNEL_LOG_WARN,
+              "server: [%s] no work connection for proxy %s in time",
+              p->ctl->run_id, p->name);
+  tunnel__srv_cancel_work(p->ctl, &v->w);
+  visitor_drop(v);
+}
+
+static void on_visitor(uv_stream_t *l, int status) {
+  tcp_proxy *tp = l->data;
+  srv_proxy *p = tp->p;
+  srv_ctl *ctl = p->ctl;
+  tunnel_server *srv = p->srv;
+  if (status < 0 || ctl->dead)
+    return;
+  uv_tcp_t *vis = tunnel__malloc(MEM(srv), sizeof *vis);
+  if (!vis)
+    return;
+  if (uv_tcp_init(srv->loop, vis) != 0) {
+    tunnel__free(MEM(srv), vis);
+    return;
+  }
+  srv->handles++;
+  vis->data = srv;
+  if (uv_accept(l, (uv_stream_t *)vis) != 0) {
+    uv_close((uv_handle_t *)vis, tunnel__srv_free_tcp_closed);
+    return;
+  }
+  tcp_visitor *v = tunnel__calloc(MEM(srv), 1, sizeof *v);
+  if (!v || uv_timer_init(srv->loop, &v->timer) != 0) {
+    tunnel__free(MEM(srv), v);
+    uv_close((uv_handle_t *)vis, tunnel__srv_free_tcp_closed);
+    return;
+  }
+  srv->handles++;
+  v->tp = tp;
+  v->tcp = vis;
+  v->w.proxy = p;
+  v->w.got = visitor_got;
+  v->w.drop = visitor_dropped;
+  v->next = tp->waiting;
+  if (tp->waiting)
+    tp->waiting->prev = v;
+  tp->waiting = v;
+  uv_timer_start(&v->timer, visitor_timeout, srv->cfg.work_conn_timeout_ms, 0);
+  if (tunnel__srv_want_work(ctl, &v->w) != 0) {
+    tunnel__log(&srv->cfg.log, TUNNEL_LOG_WARN,
+                "server: [%s] too many visitors waiting; dropping one",
+                ctl->run_id);
+    visitor_drop(v);
+  }
+}
+
+/* Binds and listens; 0 or an error (EADDRINUSE when taken). libuv may
+ * report a bind conflict from either call. */
+static int tcp_listen(tcp_proxy *tp, uint16_t port) {
+  tunnel_server *srv = tp->p->srv;
+  struct sockaddr_storage ss;
+  const char *host = srv->cfg.proxy_bind_addr ? srv->cfg.proxy_bind_addr
+                                              : "0.0.0.0";
+  int rc = tunnel__parse_addr(host, port, &ss);
+  if (rc)
+    return rc;
+  uv_tcp_t *l = tunnel__malloc(MEM(srv), sizeof *l);
+  if (!l)
+    return TUNNEL_ENOMEM;
+  uv_tcp_init(srv->loop, l);
+  srv->handles++;
+  l->data = tp;
+  rc = uv_tcp_bind(l, (struct sockaddr *)&ss, 0);
+  if (rc == 0)
+    rc = uv_listen((uv_stream_t *)l, 511, on_visitor);
+  if (rc) {
+    l->data = srv;
+    uv_close((uv_handle_t *)l, tunnel__srv_free_tcp_closed);
+    return tunnel__uv_err(rc);
+  }
+  tp->listener = l;
+  snprintf(tp->bind_host, sizeof tp->bind_host, "%s", host);
+  tp->port = port;
+  return 0;
+}
+
+static int tcp_open(srv_proxy *p, const tunnel__msg *m, char *remote_addr,
+                    size_t ralen, char *err, size_t errlen) {
+  tunnel_server *srv = p->srv;
+  const struct tunnel_config *cfg = &srv->cfg;
+  if (m->remote_port < 0 || m->remote_port > 65535 ||
+      (m->remote_port &&
+       (m->remote_port < cfg->port_lo || m->remote_port > cfg->port_hi))) {
+    snprintf(err, errlen, "port %lld is not allowed (allowed: %u-%u)",
+             (long long)m->remote_port, cfg->port_lo, cfg->port_hi);
+    return TUNNEL_ERANGE;
+  }
+  tcp_proxy *tp = tunnel__calloc(MEM(srv), 1, sizeof *tp);
+  if (!tp)
+    return TUNNEL_ENOMEM;
+  tp->p = p;
+  int rc;
+  if (m->remote_port) {
+    rc = tcp_listen(tp, (uint16_t)m->remote_port);
+    if (rc == TUNNEL_EADDRINUSE)
+      snprintf(err, errlen, "port %lld is already in use",
+               (long long)m->remote_port);
+  } else {
+    /* Random probes spread clients over the range and stay cheap when most
+     * ports are taken; a failing probe costs one bind. */
+    uint32_t span = (uint32_t)cfg->port_hi - cfg->port_lo + 1;
+    rc = TUNNEL_EADDRINUSE;
+    for (int i = 0; i < PORT_TRIES && rc == TUNNEL_EADDRINUSE; i++) {
+      uint32_t r = 0;
+      uv_random(NULL, NULL, &r, sizeof r, 0, NULL);
+      rc = tcp_listen(tp, (uint16_t)(cfg->port_lo + r % span));
+    }
+    if (rc == TUNNEL_EADDRINUSE)
+      snprintf(err, errlen, "no free port in %u-%u", cfg->port_lo,
+               cfg->port_hi);
+  }
+  if (rc) {
+    if (rc != TUNNEL_EADDRINUSE)
+      snprintf(err, errlen, "cannot listen: %s", tunnel_strerror(rc));
+    tunnel__free(MEM(srv), tp);
+    return rc;
+  }
+  p->kind_data = tp;
+  /* frp answers ":PORT": the client knows the public host itself. */
+  snprintf(remote_addr, ralen, ":%u", tp->port);
+  tunnel__log(&srv->cfg.log, TUNNEL_LOG_INFO,
+              "server: [%s] proxy %s listening on %s:%u", p->ctl->run_id,
+              p->name, tp->bind_host, tp->port);
+  return 0;
+}
+
+static void listener_closed(uv_handle_t *h) {
+  tcp_proxy *tp = h->data;
+  srv_proxy *p = tp->p;
+  tunnel_server *srv = p->srv;
+  tunnel__free(MEM(srv), h);
+  tunnel__free(MEM(srv), tp);
+  srv->handles--;
+  tunnel__srv_proxy_free(p);
+}
+
+static void tcp_close(srv_proxy *p) {
+  tcp_proxy *tp = p->kind_data;
+  /* Waiting visitors go too: their work would never come. */
+  while (tp->waiting) {
+    tcp_visitor *v = tp->waiting;
+    tunnel__srv_cancel_work(p->ctl, &v->w);
+    visitor_drop(v);
+  }
+  tp->listener->data = tp;
+  uv_close((uv_handle_t *)tp->listener, listener_closed);
+}
+
+const srv_kind tunnel__srv_kind_tcp = {"tcp", tcp_open, tcp_close};
