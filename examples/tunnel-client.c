@@ -1,5 +1,6 @@
 /* tunnel-client: the private side. Logs in to a tunnel-server and exposes a
- * local TCP service on a public port. */
+ * local service: on a public port (tcp), or under a public name on the
+ * server's HTTP (http) or HTTPS (https) port. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,11 @@ static const char usage[] =
     "usage: tunnel-client [--server HOST:PORT] [--token TOKEN] [--no-mux]\n"
     "                     [--pool N] [--verbose]\n"
     "                     tcp LOCAL [--remote-port N] [--name NAME]\n"
+    "                   | http LOCAL [--subdomain NAME | --hostname FQDN ...]\n"
+    "                       [--host-rewrite HOST] [--basic-auth USER:PASS]\n"
+    "                       [--name NAME]\n"
+    "                   | https LOCAL [--subdomain NAME | --hostname FQDN ...]\n"
+    "                       [--name NAME]\n"
     "  --server       default 127.0.0.1:7000 or $TUNNEL_SERVER\n"
     "  --token        default $TUNNEL_TOKEN\n"
     "  --no-mux       one TCP connection per visitor instead of one shared\n"
@@ -20,7 +26,13 @@ static const char usage[] =
     "  LOCAL          PORT or HOST:PORT (host defaults to 127.0.0.1)\n"
     "  --remote-port  public port wanted (default 0: the server picks)\n"
     "  --name         proxy name, unique on the server (default: generated)\n"
-    "On success the public address is printed alone on stdout: tcp://HOST:PORT\n"
+    "  --subdomain    public name NAME.DOMAIN (DOMAIN: the server's)\n"
+    "  --hostname     public name (repeatable; \"*.example.com\" wildcards)\n"
+    "                 without either, the server picks an unguessable name\n"
+    "  --host-rewrite Host header the local service sees\n"
+    "  --basic-auth   visitors must log in with these credentials\n"
+    "On success the public address is printed alone on stdout: tcp://HOST:PORT,\n"
+    "or http(s)://NAME[:PORT], one line per name\n"
     "(again after a reconnection). A lost connection is re-established with\n"
     "backoff; a refused login or proxy, or a first connection that fails,\n"
     "ends the program with status 1.\n";
@@ -101,9 +113,19 @@ static void on_state(tunnel_client *c, int status, const char *msg,
 }
 
 static void on_proxy(tunnel_proxy *p, int status, const char *msg, void *ud) {
-  (void)ud;
-  if (status == 0) {
+  const char *scheme = ud;
+  if (status == 0 && !strcmp(scheme, "tcp")) {
     printf("tcp://%s\n", msg);
+    fflush(stdout);
+    return;
+  }
+  if (status == 0) {
+    /* "NAME[:PORT],NAME[:PORT]...": one URL a line. */
+    for (const char *s = msg; *s;) {
+      size_t n = strcspn(s, ",");
+      printf("%s://%.*s\n", scheme, (int)n, s);
+      s += n + (s[n] == ',');
+    }
     fflush(stdout);
     return;
   }
@@ -123,8 +145,12 @@ int main(int argc, char **argv) {
   const char *env_server = getenv("TUNNEL_SERVER");
   const char *token = getenv("TUNNEL_TOKEN");
   const char *name = NULL;
+  const char *kind = NULL, *subdomain = NULL, *host_rewrite = NULL,
+             *basic_auth = NULL;
+  const char *hostnames[16];
+  size_t nhostnames = 0;
   uint32_t pool = 1, v32;
-  int mux = 1, verbose = 0, have_tcp = 0;
+  int mux = 1, verbose = 0;
   if (env_server && *env_server &&
       cli_parse_hostport(env_server, shost, sizeof shost, &sport) != 0) {
     fprintf(stderr, "tunnel-client: bad $TUNNEL_SERVER '%s'\n", env_server);
@@ -159,8 +185,10 @@ int main(int argc, char **argv) {
         return 2;
       }
       i++;
-    } else if (!strcmp(a, "tcp") && v && !have_tcp) {
-      have_tcp = 1;
+    } else if ((!strcmp(a, "tcp") || !strcmp(a, "http") ||
+                !strcmp(a, "https")) &&
+               v && !kind) {
+      kind = a;
       if (cli_parse_hostport(v, lhost, sizeof lhost, &lport) != 0 ||
           lport == 0) {
         fprintf(stderr, "tunnel-client: bad LOCAL '%s' (PORT or HOST:PORT)\n",
@@ -178,22 +206,46 @@ int main(int argc, char **argv) {
     } else if (!strcmp(a, "--name") && v) {
       name = v;
       i++;
+    } else if (!strcmp(a, "--subdomain") && v) {
+      subdomain = v;
+      i++;
+    } else if (!strcmp(a, "--hostname") && v) {
+      if (nhostnames == sizeof hostnames / sizeof hostnames[0]) {
+        fprintf(stderr, "tunnel-client: too many --hostname\n");
+        return 2;
+      }
+      hostnames[nhostnames++] = v;
+      i++;
+    } else if (!strcmp(a, "--host-rewrite") && v) {
+      host_rewrite = v;
+      i++;
+    } else if (!strcmp(a, "--basic-auth") && v && strchr(v, ':')) {
+      basic_auth = v;
+      i++;
     } else {
       fprintf(stderr, "tunnel-client: unknown or incomplete argument '%s'\n%s",
               a, usage);
       return 2;
     }
   }
-  if (!have_tcp) {
+  if (!kind) {
     fprintf(stderr, "tunnel-client: nothing to expose\n%s", usage);
+    return 2;
+  }
+  int is_tcp = !strcmp(kind, "tcp");
+  if ((is_tcp && (subdomain || nhostnames || host_rewrite || basic_auth)) ||
+      (!is_tcp && rport) ||
+      (!strcmp(kind, "https") && (host_rewrite || basic_auth))) {
+    fprintf(stderr, "tunnel-client: option not valid for a %s proxy\n%s",
+            kind, usage);
     return 2;
   }
   char gen_name[64];
   if (!name) {
     uint8_t r[3] = {0};
     uv_random(NULL, NULL, r, sizeof r, 0, NULL);
-    snprintf(gen_name, sizeof gen_name, "tcp-%u-%02x%02x%02x", lport, r[0],
-             r[1], r[2]);
+    snprintf(gen_name, sizeof gen_name, "%s-%u-%02x%02x%02x", kind, lport,
+             r[0], r[1], r[2]);
     name = gen_name;
   }
 
@@ -224,11 +276,33 @@ int main(int argc, char **argv) {
     return fail("client", rc);
   tunnel_client_set_state_cb(client, on_state, NULL);
   tunnel_proxy *p;
-  if ((rc = tunnel_proxy_new(&p, client, name, TUNNEL_PROXY_TCP)) != 0 ||
+  int type = is_tcp                    ? TUNNEL_PROXY_TCP
+             : !strcmp(kind, "http") ? TUNNEL_PROXY_HTTP
+                                     : TUNNEL_PROXY_HTTPS;
+  if ((rc = tunnel_proxy_new(&p, client, name, type)) != 0 ||
       (rc = tunnel_proxy_set_local(p, lhost, lport)) != 0 ||
-      (rc = tunnel_proxy_set_remote_port(p, rport)) != 0 ||
-      (rc = tunnel_proxy_set_status_cb(p, on_proxy, NULL)) != 0 ||
-      (rc = tunnel_proxy_start(p)) != 0)
+      (is_tcp && (rc = tunnel_proxy_set_remote_port(p, rport)) != 0) ||
+      (rc = tunnel_proxy_set_status_cb(p, on_proxy, (void *)kind)) != 0)
+    return fail("proxy", rc);
+  if (subdomain && (rc = tunnel_proxy_set_subdomain(p, subdomain)) != 0)
+    return fail("--subdomain", rc);
+  for (size_t i = 0; i < nhostnames; i++)
+    if ((rc = tunnel_proxy_add_domain(p, hostnames[i])) != 0)
+      return fail("--hostname", rc);
+  if (host_rewrite &&
+      (rc = tunnel_proxy_set_host_rewrite(p, host_rewrite)) != 0)
+    return fail("--host-rewrite", rc);
+  if (basic_auth) {
+    char user[256];
+    size_t ulen = (size_t)(strchr(basic_auth, ':') - basic_auth);
+    if (ulen == 0 || ulen >= sizeof user)
+      return fail("--basic-auth", TUNNEL_EINVAL);
+    memcpy(user, basic_auth, ulen);
+    user[ulen] = '\0';
+    if ((rc = tunnel_proxy_set_basic_auth(p, user, basic_auth + ulen + 1)))
+      return fail("--basic-auth", rc);
+  }
+  if ((rc = tunnel_proxy_start(p)) != 0)
     return fail("proxy", rc);
   uv_signal_init(loop, &sigint_h);
   uv_signal_init(loop, &sigterm_h);

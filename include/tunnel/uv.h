@@ -132,9 +132,19 @@ TUNNEL_EXTERN int tunnel_client_close(tunnel_client *c,
                                       tunnel_client_close_cb cb,
                                       void *user_data);
 
-typedef enum tunnel_proxy_type { TUNNEL_PROXY_TCP = 1 } tunnel_proxy_type;
+/* TCP: a public port. HTTP: requests routed by Host through the server's
+ * HTTP port. HTTPS: TLS connections routed by their server name (SNI)
+ * through the server's HTTPS port, untouched (the local service holds the
+ * certificate). */
+typedef enum tunnel_proxy_type {
+  TUNNEL_PROXY_TCP = 1,
+  TUNNEL_PROXY_HTTP = 2,
+  TUNNEL_PROXY_HTTPS = 3
+} tunnel_proxy_type;
 
-/* status 0: registered; `message` is the public address "HOST:PORT".
+/* status 0: registered; `message` is the public address: "HOST:PORT" for
+ * TCP; for HTTP/HTTPS the names routed to the proxy, "NAME[:PORT]" joined
+ * by commas (the port omitted when it is the scheme's default).
  * Negative: refused (TUNNEL_EREFUSED; `message` is the server's reason). */
 typedef void (*tunnel_proxy_status_cb)(tunnel_proxy *p, int status,
                                        const char *message, void *user_data);
@@ -153,6 +163,28 @@ TUNNEL_EXTERN int tunnel_proxy_set_remote_port(tunnel_proxy *p,
  * visitors go to the accept callback. */
 TUNNEL_EXTERN int tunnel_proxy_set_local(tunnel_proxy *p, const char *host,
                                          uint16_t port);
+/* HTTP/HTTPS routing, before tunnel_proxy_start (TUNNEL_ESTATE after;
+ * TUNNEL_ENOTSUP for a kind they do not apply to). Without a subdomain or
+ * a domain, the server picks an unguessable subdomain. */
+/* NAME.DOMAIN, DOMAIN being the server's (one DNS label). */
+TUNNEL_EXTERN int tunnel_proxy_set_subdomain(tunnel_proxy *p,
+                                             const char *name);
+/* A full host name, or a wildcard "*.example.com"; repeatable. */
+TUNNEL_EXTERN int tunnel_proxy_add_domain(tunnel_proxy *p, const char *fqdn);
+/* HTTP: a path prefix ("/api": "/api" and "/api/..."); repeatable. Without
+ * one, every path. */
+TUNNEL_EXTERN int tunnel_proxy_add_location(tunnel_proxy *p,
+                                            const char *path);
+/* HTTP: the Host header the local service sees. */
+TUNNEL_EXTERN int tunnel_proxy_set_host_rewrite(tunnel_proxy *p,
+                                                const char *host);
+/* HTTP: visitors must send these credentials (HTTP basic auth). */
+TUNNEL_EXTERN int tunnel_proxy_set_basic_auth(tunnel_proxy *p,
+                                              const char *user,
+                                              const char *password);
+/* HTTP: a request header set on every request (replacing the visitor's). */
+TUNNEL_EXTERN int tunnel_proxy_set_header(tunnel_proxy *p, const char *name,
+                                          const char *value);
 TUNNEL_EXTERN int tunnel_proxy_set_status_cb(tunnel_proxy *p,
                                              tunnel_proxy_status_cb cb,
                                              void *user_data);

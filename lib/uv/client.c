@@ -63,6 +63,8 @@ struct tunnel_proxy {
   char *name;
   int type;
   uint16_t remote_port;
+  /* HTTP/HTTPS options, kept as the NewProxy fields they travel in. */
+  tunnel__msg opts;
   char *local_host;
   uint16_t local_port;
   tunnel_proxy_status_cb status_cb;
@@ -122,17 +124,25 @@ static int send_ctl(tunnel_client *c, const tunnel__msg *m) {
   return rc;
 }
 
+static const char *type_name(int type) {
+  switch (type) {
+  case TUNNEL_PROXY_HTTP:
+    return "http";
+  case TUNNEL_PROXY_HTTPS:
+    return "https";
+  default:
+    return "tcp";
+  }
+}
+
 static int send_new_proxy(tunnel_proxy *p) {
   tunnel_client *c = p->c;
-  tunnel__msg m;
-  tunnel__msg_init(&m, TUNNEL__MSG_NEW_PROXY);
-  int rc = tunnel__msg_set_str(MEM(c), &m.proxy_name, p->name);
-  if (rc == 0)
-    rc = tunnel__msg_set_str(MEM(c), &m.proxy_type, "tcp");
-  m.remote_port = p->remote_port;
-  if (rc == 0)
-    rc = send_ctl(c, &m);
-  tunnel__msg_clear(MEM(c), &m);
+  /* The options are borrowed into the message for the encoding only. */
+  tunnel__msg m = p->opts;
+  m.proxy_name = p->name;
+  m.proxy_type = (char *)type_name(p->type);
+  m.remote_port = p->type == TUNNEL_PROXY_TCP ? p->remote_port : 0;
+  int rc = send_ctl(c, &m);
   if (rc == 0)
     p->sent = 1;
   return rc;
@@ -153,9 +163,14 @@ static void on_proxy_resp(tunnel_client *c, const tunnel__msg *m) {
     p->status_cb(p, TUNNEL_EREFUSED, m->error, p->status_ud);
     return;
   }
+  const char *ra = m->remote_addr ? m->remote_addr : "";
+  if (p->type != TUNNEL_PROXY_TCP) {
+    /* Names the server routes to this proxy: "NAME[:PORT][,NAME...]". */
+    p->status_cb(p, 0, ra, p->status_ud);
+    return;
+  }
   /* frp answers ":PORT" (the server's bind address is not meaningful to
    * the client): the public host is the one we reached the server at. */
-  const char *ra = m->remote_addr ? m->remote_addr : "";
   const char *colon = strrchr(ra, ':');
   const char *port = colon ? colon + 1 : ra;
   char addr[300];
@@ -688,6 +703,7 @@ int tunnel_client_connect(tunnel_client *c, const char *host, uint16_t port) {
 
 static void proxy_free(tunnel_proxy *p) {
   tunnel_client *c = p->c;
+  tunnel__msg_clear(MEM(c), &p->opts);
   tunnel__free(MEM(c), p->name);
   tunnel__free(MEM(c), p->local_host);
   tunnel__free(MEM(c), p);
@@ -751,7 +767,8 @@ int tunnel_proxy_new(tunnel_proxy **out, tunnel_client *c, const char *name,
   if (!out || !c || !name || !*name)
     return TUNNEL_EINVAL;
   *out = NULL;
-  if (type != TUNNEL_PROXY_TCP)
+  if (type != TUNNEL_PROXY_TCP && type != TUNNEL_PROXY_HTTP &&
+      type != TUNNEL_PROXY_HTTPS)
     return TUNNEL_ENOTSUP;
   if (c->closing)
     return TUNNEL_ESTATE;
@@ -764,6 +781,7 @@ int tunnel_proxy_new(tunnel_proxy **out, tunnel_client *c, const char *name,
   }
   p->c = c;
   p->type = type;
+  tunnel__msg_init(&p->opts, TUNNEL__MSG_NEW_PROXY);
   p->next = c->proxies;
   c->proxies = p;
   *out = p;
@@ -777,6 +795,84 @@ int tunnel_proxy_set_remote_port(tunnel_proxy *p, uint16_t port) {
     return TUNNEL_ESTATE;
   p->remote_port = port;
   return 0;
+}
+
+/* A host name as routing tables and peers expect it: letters, digits,
+ * hyphens and dots (and a leading "*." where wildcards are allowed). */
+static int valid_name(const char *s, int wildcard) {
+  size_t n = strlen(s);
+  if (n == 0 || n > 253)
+    return 0;
+  if (wildcard && s[0] == '*' && s[1] == '.')
+    s += 2;
+  for (; *s; s++)
+    if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
+          (*s >= '0' && *s <= '9') || *s == '-' || *s == '.' || *s == '_'))
+      return 0;
+  return 1;
+}
+
+static int http_opt_ok(const tunnel_proxy *p) {
+  if (p->type == TUNNEL_PROXY_TCP)
+    return TUNNEL_ENOTSUP;
+  return p->started ? TUNNEL_ESTATE : 0;
+}
+
+int tunnel_proxy_set_subdomain(tunnel_proxy *p, const char *name) {
+  if (!p || !name || !valid_name(name, 0) || strchr(name, '.'))
+    return TUNNEL_EINVAL;
+  int rc = http_opt_ok(p);
+  return rc ? rc : tunnel__msg_set_str(MEM(p->c), &p->opts.subdomain, name);
+}
+
+int tunnel_proxy_add_domain(tunnel_proxy *p, const char *fqdn) {
+  if (!p || !fqdn || !valid_name(fqdn, 1))
+    return TUNNEL_EINVAL;
+  int rc = http_opt_ok(p);
+  return rc ? rc
+            : tunnel__msg_strs_push(MEM(p->c), &p->opts.custom_domains, fqdn);
+}
+
+int tunnel_proxy_add_location(tunnel_proxy *p, const char *path) {
+  if (!p || !path || path[0] != '/')
+    return TUNNEL_EINVAL;
+  int rc = p && p->type != TUNNEL_PROXY_HTTP ? TUNNEL_ENOTSUP : http_opt_ok(p);
+  return rc ? rc : tunnel__msg_strs_push(MEM(p->c), &p->opts.locations, path);
+}
+
+/* Header names and values travel into HTTP heads: no CR, LF or NUL. */
+static int header_safe(const char *s) { return !strpbrk(s, "\r\n"); }
+
+int tunnel_proxy_set_host_rewrite(tunnel_proxy *p, const char *host) {
+  if (!p || !host || !*host || !header_safe(host))
+    return TUNNEL_EINVAL;
+  int rc = p->type != TUNNEL_PROXY_HTTP ? TUNNEL_ENOTSUP : http_opt_ok(p);
+  return rc ? rc
+            : tunnel__msg_set_str(MEM(p->c), &p->opts.host_header_rewrite,
+                                  host);
+}
+
+int tunnel_proxy_set_basic_auth(tunnel_proxy *p, const char *user,
+                                const char *password) {
+  if (!p || !user || !*user || !password || strchr(user, ':') ||
+      !header_safe(user) || !header_safe(password))
+    return TUNNEL_EINVAL;
+  int rc = p->type != TUNNEL_PROXY_HTTP ? TUNNEL_ENOTSUP : http_opt_ok(p);
+  if (rc == 0)
+    rc = tunnel__msg_set_str(MEM(p->c), &p->opts.http_user, user);
+  if (rc == 0)
+    rc = tunnel__msg_set_str(MEM(p->c), &p->opts.http_pwd, password);
+  return rc;
+}
+
+int tunnel_proxy_set_header(tunnel_proxy *p, const char *name,
+                            const char *value) {
+  if (!p || !name || !*name || !value || !header_safe(name) ||
+      !header_safe(value) || strchr(name, ':'))
+    return TUNNEL_EINVAL;
+  int rc = p->type != TUNNEL_PROXY_HTTP ? TUNNEL_ENOTSUP : http_opt_ok(p);
+  return rc ? rc
+            : tunnel__msg_map_add(MEM(p->c), &p->opts.headers, name, value);
 }
 
 int tunnel_proxy_set_local(tunnel_proxy *p, const char *host, uint16_t port) {
