@@ -91,6 +91,14 @@ def report(path):
         ("mux", "tunnel, mux"),
         ("nomux", "tunnel, no-mux"),
     ]
+    # Peer tunnels: rows only when the run measured them (their binaries
+    # were there).
+    peers = []
+    for key, label in (("frp", "frp %s (frps+frpc, mux)" % r.get("meta.frp", "")),
+                       ("bore", "bore %s" % r.get("meta.bore", ""))):
+        if any(k.startswith(("tput.%s." % key, "conn.%s." % key)) for k in r):
+            peers.append((key, " ".join(label.split()), key))
+    rows += [(key, label) for key, label, _ in peers]
 
     def cell(key, fmt="%.2f"):
         v = r.get(key, "n/a")
@@ -104,12 +112,12 @@ def report(path):
           "total, %s concurrent" % (r.get("meta.seconds"), r.get("meta.conns"),
                                    r.get("meta.conc")))
     print()
-    hdr = "%-24s %11s %11s %10s %9s %9s" % (
+    hdr = "%-30s %11s %11s %10s %9s %9s" % (
         "path", "fwd Gbit/s", "rev Gbit/s", "conn/s", "p50 ms", "p99 ms")
     print(hdr)
     print("-" * len(hdr))
     for key, label in rows:
-        print("%-24s %11s %11s %10s %9s %9s" % (
+        print("%-30s %11s %11s %10s %9s %9s" % (
             label, cell("tput.%s.fwd" % key), cell("tput.%s.rev" % key),
             cell("conn.%s.rate" % key, "%.0f"),
             cell("conn.%s.p50" % key), cell("conn.%s.p99" % key)))
@@ -129,9 +137,11 @@ def report(path):
     print(hdr)
     print("-" * (len(hdr) + 20))
     targets = {("mux", "socat"): 1.2, ("nomux", "socat"): 2.5}
+    baselines = [("socat", "socat chain"), ("ssh", "ssh -R"),
+                 ("direct", "direct")]
+    baselines += [(key, short) for key, _, short in peers]
     for t, tl in (("mux", "mux"), ("nomux", "no-mux")):
-        for b, bl in (("socat", "socat chain"), ("ssh", "ssh -R"),
-                      ("direct", "direct")):
+        for b, bl in baselines:
             f = ratio("tput.%s.fwd" % t, "tput.%s.fwd" % b)
             v = ratio("tput.%s.rev" % t, "tput.%s.rev" % b)
             c = ratio("conn.%s.rate" % t, "conn.%s.rate" % b)
@@ -147,6 +157,15 @@ def report(path):
                 tgt = ">= %.1fx: %s" % (want, verdict)
             print("%-26s %7s %7s %8s   %s" % ("%s / %s" % (tl, bl), rcell(f),
                                              rcell(v), rcell(c), tgt))
+    # The peer tunnels against the same direct baseline.
+    if peers:
+        print()
+    for key, _, short in peers:
+        print("%-26s %7s %7s %8s" % (
+            "%s / direct" % short,
+            rcell(ratio("tput.%s.fwd" % key, "tput.direct.fwd")),
+            rcell(ratio("tput.%s.rev" % key, "tput.direct.rev")),
+            rcell(ratio("conn.%s.rate" % key, "conn.direct.rate"))))
 
     print()
     hdr = "%-40s %9s %9s   %s" % ("idle memory (registered + 1 s)",
@@ -173,6 +192,10 @@ def report(path):
         print("%-40s %9s" % ("  tunnel-client (mux) / socat", "%.2fx" % (c / s)))
     rss_row("rss.ssh", "ssh -R client, idle", "informational")
     rss_row("rss.server", "tunnel-server, idle", "informational")
+    for key, label in (("rss.frpc", "frpc, 2 proxies, idle"),
+                       ("rss.bore", "bore local, 1 port, idle")):
+        if key in r:
+            rss_row(key, label, "informational")
     rss_row("hwm.client_mux", "tunnel-client mux, peak after load",
             "informational (VmHWM)")
     rss_row("hwm.client_nomux", "tunnel-client no-mux, peak after load",

@@ -1,7 +1,8 @@
 #!/bin/bash
 # libtunnel benchmark: TCP throughput (iperf3), new-connection rate and idle
 # client RSS of the tunnel (mux and no-mux) against baselines measured in the
-# same run: a direct connection, a chain of two socat relays and ssh -R.
+# same run: a direct connection, a chain of two socat relays, ssh -R, and,
+# when their binaries are there, stock frp (frps + frpc) and bore.
 # Everything runs on 127.0.0.1. See bench/README.md.
 #
 # Environment:
@@ -10,6 +11,8 @@
 #   BENCH_CONC      concurrent connections in conn-rate runs (default 32)
 #   BENCH_BUILD     meson build directory (default build-bench)
 #   BENCH_SSH_CIPHER  force an ssh cipher (default: OpenSSH's choice)
+#   BENCH_PEERS     directory with frps, frpc and bore (default ../shared/peers
+#                   next to the repository); rows of a missing peer are left out
 #   BENCH_KEEP=1    keep the temp dir with all logs
 set -euo pipefail
 set +m # no job control: background jobs must not lead process groups (setsid)
@@ -306,11 +309,13 @@ line=$(wait_line "$work/server.out" "$SERVER_PID" 10) ||
 CONTROL=${line#listening on }
 TUNNEL_PROCS=("server:$SERVER_PID")
 
-# check_tunnel: records (once) any tunnel process that exited during the run.
+# check_tunnel: records (once) any tunnel process (ours, or a peer tunnel's)
+# that exited during the run.
 declare -A GONE=()
+PEER_PROCS=()
 check_tunnel() {
   local e name pid st
-  for e in "${TUNNEL_PROCS[@]}"; do
+  for e in "${TUNNEL_PROCS[@]}" "${PEER_PROCS[@]}"; do
     name=${e%%:*} pid=${e#*:}
     [ -n "${GONE[$pid]:-}" ] && continue
     kill -0 "$pid" 2>/dev/null && continue
@@ -319,8 +324,10 @@ check_tunnel() {
     GONE[$pid]=1
     local why="exit status $st"
     [ "$st" -gt 128 ] && why="killed by signal $((st - 128))$([ $st = 141 ] && echo ' (SIGPIPE)')"
-    say "tunnel process $name (pid $pid) died during '$1': $why"
-    put "note.died-$name" "tunnel-$name (pid $pid) died during $1: $why; last log: $(tail -n 2 "$work/$name.err" | tr '\n' ' ')"
+    local shown=tunnel-$name
+    case " ${PEER_PROCS[*]} " in *" $e "*) shown=$name ;; esac
+    say "tunnel process $shown (pid $pid) died during '$1': $why"
+    put "note.died-$name" "$shown (pid $pid) died during $1: $why; last log: $(tail -n 2 "$work/$name.err" | tr '\n' ' ')"
   done
 }
 
@@ -362,6 +369,108 @@ else
   put note.nomux "tunnel-client: --no-mux is not available in this build"
 fi
 
+# Peer tunnels, when their binaries are there. frp: frps + one frpc with
+# two tcp proxies, its defaults otherwise (tcp_mux on, pool_count 1), token
+# auth, warnings-only logs like tunnel-server's default. bore: one server
+# and one `bore local` per service, with a secret, warnings-only logs.
+PEERS=${BENCH_PEERS:-$ROOT/../shared/peers}
+FRP_HAVE=0 FRP_IPERF="" FRP_ECHO="" FRPC_PID=""
+BORE_HAVE=0 BORE_IPERF="" BORE_ECHO="" BORE_PID=""
+PEER_ERR=""
+setup_frp() {
+  local bp fport_iperf fport_echo
+  bp=$(freeport)
+  fport_iperf=$(freeport)
+  fport_echo=$(freeport)
+  cat >"$work/frps.ini" <<EOF
+[common]
+bind_addr = 127.0.0.1
+bind_port = $bp
+proxy_bind_addr = 127.0.0.1
+token = $token
+log_level = warn
+EOF
+  cat >"$work/frpc.ini" <<EOF
+[common]
+server_addr = 127.0.0.1
+server_port = $bp
+token = $token
+log_level = warn
+
+[iperf]
+type = tcp
+local_ip = 127.0.0.1
+local_port = $IPORT
+remote_port = $fport_iperf
+
+[echo]
+type = tcp
+local_ip = 127.0.0.1
+local_port = $EPORT
+remote_port = $fport_echo
+EOF
+  start frps "$PEERS/frps" -c "$work/frps.ini"
+  PEER_PROCS+=("frps:$LASTPID")
+  waitlisten "$bp" 10 ||
+    { PEER_ERR="frps did not listen: $(tail -q -n 3 "$work/frps.out" "$work/frps.err" | tr '\n' ' ')"; return 1; }
+  start frpc "$PEERS/frpc" -c "$work/frpc.ini"
+  FRPC_PID=$LASTPID
+  PEER_PROCS+=("frpc:$LASTPID")
+  if ! waitlisten "$fport_iperf" 10 || ! waitlisten "$fport_echo" 10; then
+    PEER_ERR="frpc did not register: $(tail -q -n 3 "$work/frpc.out" "$work/frpc.err" | tr '\n' ' ')"
+    return 1
+  fi
+  FRP_IPERF=$fport_iperf FRP_ECHO=$fport_echo
+}
+setup_bore() {
+  local bi be secret=bench-$RANDOM$RANDOM
+  # bore's control port is fixed.
+  if waitlisten 7835 0.01; then
+    PEER_ERR="port 7835 (bore's control port) is already in use"
+    return 1
+  fi
+  start bore-server env -u BORE_MIN_PORT -u BORE_MAX_PORT RUST_LOG=warn \
+    "$PEERS/bore" server --secret "$secret"
+  PEER_PROCS+=("bore-server:$LASTPID")
+  waitlisten 7835 10 ||
+    { PEER_ERR="bore server did not listen: $(tail -n 3 "$work/bore-server.err" | tr '\n' ' ')"; return 1; }
+  bi=$(freeport)
+  be=$(freeport)
+  start bore-iperf env -u BORE_SERVER -u BORE_LOCAL_PORT RUST_LOG=warn \
+    "$PEERS/bore" local "$IPORT" --local-host 127.0.0.1 --to 127.0.0.1 --port "$bi" --secret "$secret"
+  BORE_PID=$LASTPID
+  PEER_PROCS+=("bore-iperf:$LASTPID")
+  start bore-echo env -u BORE_SERVER -u BORE_LOCAL_PORT RUST_LOG=warn \
+    "$PEERS/bore" local "$EPORT" --local-host 127.0.0.1 --to 127.0.0.1 --port "$be" --secret "$secret"
+  PEER_PROCS+=("bore-echo:$LASTPID")
+  if ! waitlisten "$bi" 10 || ! waitlisten "$be" 10; then
+    PEER_ERR="bore local did not register: $(tail -q -n 3 "$work/bore-iperf.err" "$work/bore-echo.err" | tr '\n' ' ')"
+    return 1
+  fi
+  BORE_IPERF=$bi BORE_ECHO=$be
+}
+if [ -x "$PEERS/frps" ] && [ -x "$PEERS/frpc" ]; then
+  FRP_HAVE=1
+  put meta.frp "$("$PEERS/frps" --version 2>/dev/null | head -n 1)"
+  say "starting frps and frpc"
+  setup_frp || { say "frp unavailable, its rows will read n/a: $PEER_ERR"; put note.frp "frp unavailable: $PEER_ERR"; }
+else
+  say "no frps/frpc in $PEERS: frp rows left out"
+  put note.frp "frp rows left out: no frps and frpc in $PEERS"
+fi
+if [ -x "$PEERS/bore" ]; then
+  BORE_HAVE=1
+  put meta.bore "$("$PEERS/bore" --version 2>/dev/null | sed 's/^bore-cli //' | head -n 1)"
+  say "starting bore server and bore local"
+  setup_bore || { say "bore unavailable, its rows will read n/a: $PEER_ERR"; put note.bore "bore unavailable: $PEER_ERR"; }
+else
+  say "no bore in $PEERS: bore rows left out"
+  put note.bore "bore rows left out: no bore in $PEERS"
+fi
+PEER_ROWS=()
+[ $FRP_HAVE = 1 ] && PEER_ROWS+=("frp:$FRP_IPERF:$FRP_ECHO")
+[ $BORE_HAVE = 1 ] && PEER_ROWS+=("bore:$BORE_IPERF:$BORE_ECHO")
+
 # ---------------------------------------------------------------- idle RSS
 sleep 1
 mem() { put "rss.$1" "$(rss "$2")"; put "priv.$1" "$(priv "$2")"; }
@@ -370,6 +479,8 @@ mem client_mux "$MUX_PID"
 mem socat "$SOCAT_RSS_PID"
 mem server "$SERVER_PID"
 [ -n "$SSH_PID" ] && [ -n "$SSH_IPERF" ] && mem ssh "$SSH_PID"
+[ -n "$FRP_IPERF" ] && mem frpc "$FRPC_PID"
+[ -n "$BORE_IPERF" ] && mem bore "$BORE_PID"
 
 # ---------------------------------------------------------------- throughput
 IPERF_PID=""
@@ -396,7 +507,14 @@ iperf_run() { # KEY DIR PORT
   check_tunnel "iperf3 $key $dir"
 }
 say "throughput, ${T}s per direction"
-for row in direct:$IPORT socat:$SOCAT_IPERF ssh:$SSH_IPERF mux:$MUX_IPERF nomux:$NOMUX_IPERF; do
+TPUT_ROWS=(direct:$IPORT socat:$SOCAT_IPERF ssh:$SSH_IPERF mux:$MUX_IPERF nomux:$NOMUX_IPERF)
+CONN_ROWS=(direct:$EPORT socat:$SOCAT_ECHO ssh:$SSH_ECHO mux:$MUX_ECHO nomux:$NOMUX_ECHO)
+for e in "${PEER_ROWS[@]}"; do
+  IFS=: read -r key ip ep <<<"$e"
+  TPUT_ROWS+=("$key:$ip")
+  CONN_ROWS+=("$key:$ep")
+done
+for row in "${TPUT_ROWS[@]}"; do
   for dir in fwd rev; do iperf_run "${row%%:*}" "$dir" "${row#*:}"; done
 done
 
@@ -437,7 +555,7 @@ conn_run() { # KEY PORT
   check_tunnel "conn rate $key"
 }
 say "new-connection rate, $N connections, $C concurrent"
-for row in direct:$EPORT socat:$SOCAT_ECHO ssh:$SSH_ECHO mux:$MUX_ECHO nomux:$NOMUX_ECHO; do
+for row in "${CONN_ROWS[@]}"; do
   conn_run "${row%%:*}" "${row#*:}"
 done
 
