@@ -820,6 +820,10 @@ int tunnel__ymx_goaway(tunnel__ymx *s, uint32_t code) {
   return rc;
 }
 
+void tunnel__ymx_set_max_streams(tunnel__ymx *s, uint32_t n) {
+  s->max_streams = n ? n : 1;
+}
+
 uint32_t tunnel__ymx_stream_count(const tunnel__ymx *s) { return s->nstreams; }
 
 int tunnel__ymx_error(const tunnel__ymx *s) { return s->error; }

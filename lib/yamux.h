@@ -168,6 +168,9 @@ int tunnel__ymx_ping(tunnel__ymx *s, uint32_t opaque);
 int tunnel__ymx_goaway(tunnel__ymx *s, uint32_t code);
 
 uint32_t tunnel__ymx_stream_count(const tunnel__ymx *s);
+/* Changes the cap on live streams (n >= 1). Streams already open stay;
+ * SYNs beyond the new cap are refused. */
+void tunnel__ymx_set_max_streams(tunnel__ymx *s, uint32_t n);
 /* 0, or the sticky error that stopped the session. */
 int tunnel__ymx_error(const tunnel__ymx *s);
 int tunnel__ymx_remote_goaway(const tunnel__ymx *s);

@@ -38,10 +38,12 @@ void tunnel__anon_remove(tunnel__anon_set *set, tunnel__anon *a) {
   set->bytes -= a->cost;
 }
 
-static void shed(tunnel__anon_set *set, tunnel__anon *a) {
+/* Closes the owner, which unlinks (and may free) `a`. 0 if it did not
+ * unlink: the callers stop rather than loop forever. */
+static int shed(tunnel__anon_set *set, tunnel__anon *a) {
+  uint32_t before = set->count;
   a->shed(a);
-  /* An owner that failed to unlink would make the caller loop forever. */
-  tunnel__anon_remove(set, a);
+  return set->count < before;
 }
 
 uint32_t tunnel__anon_make_room(tunnel__anon_set *set,
@@ -57,14 +59,16 @@ uint32_t tunnel__anon_make_room(tunnel__anon_set *set,
        a = next) {
     next = a->next;
     if (strcmp(a->addr, addr) == 0) {
-      shed(set, a);
+      if (!shed(set, a))
+        return n;
       same--;
       n++;
     }
   }
   while (set->head &&
          (set->count >= lim->max || set->bytes + cost > lim->bytes)) {
-    shed(set, set->head);
+    if (!shed(set, set->head))
+      return n;
     n++;
   }
   return n;

@@ -17,7 +17,7 @@ struct tunnel__anon {
   tunnel__anon *prev, *next;
   char addr[TUNNEL__ADDR_MAX];
   uint32_t cost;
-  /* Closes the owner; must remove the entry before it returns. */
+  /* Closes the owner, which removes the entry (and may free it). */
   void (*shed)(tunnel__anon *a);
   int linked;
 };

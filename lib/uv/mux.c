@@ -169,6 +169,10 @@ tunnel__ymx *tunnel__mux_session(tunnel__mux *m) { return m->ymx; }
 
 uint64_t tunnel__mux_last_rx(const tunnel__mux *m) { return m->last_rx; }
 
+void tunnel__mux_set_max_streams(tunnel__mux *m, uint32_t n) {
+  tunnel__ymx_set_max_streams(m->ymx, n);
+}
+
 uint32_t tunnel__mux_stream_count(const tunnel__mux *m) {
   return tunnel__ymx_stream_count(m->ymx);
 }

@@ -49,6 +49,8 @@ void tunnel__mux_regrant(tunnel__mux *m);
 /* Sends GoAway(normal): the peer opens no new streams. */
 int tunnel__mux_goaway(tunnel__mux *m);
 uint32_t tunnel__mux_stream_count(const tunnel__mux *m);
+/* See tunnel__ymx_set_max_streams. */
+void tunnel__mux_set_max_streams(tunnel__mux *m, uint32_t n);
 /* Loop time (ms) at which the transport last delivered bytes. */
 uint64_t tunnel__mux_last_rx(const tunnel__mux *m);
 /* Fails every stream, closes the transport and frees the mux. No mux

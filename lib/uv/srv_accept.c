@@ -75,7 +75,9 @@ static void anon_make_room(tunnel_server *srv, const char *addr,
 }
 
 static uint32_t sess_cost(const tunnel_server *srv) {
-  return 64u * 1024u +
+  /* Read buffer, session state and its output queue's first chunk, and
+   * the first messages of its allowed streams. */
+  return 64u * 1024u + 32u * 1024u +
          srv->cfg.unauth_streams * (srv->cfg.max_message_size + 2048u);
 }
 
@@ -121,6 +123,9 @@ static void conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
       return;
     }
     srv->objects++;
+    /* Until its login a session may hold only a few streams: SYNs beyond
+     * them are refused before anything is allocated. */
+    tunnel__mux_set_max_streams(sess->mux, srv->cfg.unauth_streams);
     snprintf(sess->addr, sizeof sess->addr, "%s", addr);
     tunnel__anon_add(&srv->anon, &sess->anon, addr, cost, sess_shed);
     sess->next = srv->sessions;

@@ -367,6 +367,7 @@ static void on_login(tunnel_server *srv, srv_sess *sess, tunnel_stream *st,
     sess->ctl = ctl;
     sess->authed = 1;
     tunnel__anon_remove(&srv->anon, &sess->anon);
+    tunnel__mux_set_max_streams(sess->mux, srv->cfg.max_streams);
   }
   ctl->next = srv->ctls;
   if (srv->ctls)
@@ -431,6 +432,10 @@ static const char *work_conn_refusal(tunnel_server *srv, srv_sess *sess,
     return "unknown run id";
   if (sess)
     return ctl->sess == sess ? NULL : "stream of another session";
+  /* A multiplexing client opens its work streams in its session: a
+   * connection of its own naming it can only be someone else's. */
+  if (ctl->sess)
+    return "the client's work streams come in its session";
   if (!ctl->requested)
     return "not requested";
   const char *token = tunnel__config_token(&srv->cfg);

@@ -228,9 +228,14 @@ struct it_atk {
   int reset_on_connect; /* connect, then abort with RST at once */
   int close_after_tx;   /* close as soon as tx has been written */
   int no_read;  /* never read: the server's replies pile up */
-  /* flood: keep sending `flood_unit` until the connection fails */
+  /* flood: keep sending `flood_unit` until the connection fails, or, when
+   * `flood_gen` is set, whatever it appends to `flood_chunk` at each call
+   * (content that cannot repeat, such as an encrypted stream) */
   it_buf flood_unit;
+  void (*flood_gen)(it_atk *a, it_buf *chunk);
+  it_buf flood_chunk;
   uint64_t flood_max, flood_sent, flood_inflight;
+  void *ud; /* the test's, for flood_gen */
   int connected, conn_status;
   uint64_t t_start, t_connect, t_sent, t_end; /* loop ms */
   it_buf rx;
@@ -238,8 +243,11 @@ struct it_atk {
   int eof, rerr, werr;
   unsigned writes_pending;
   /* ticks: write tick_unit periodically (keepalives, or probes after EOF);
+   * with tick_bytewise, one byte of it per tick, then stop (a slow sender);
    * dead: a write failed, so the server's socket is gone */
   it_buf tick_unit;
+  int tick_bytewise;
+  size_t tick_pos;
   int ticking;
   uint64_t t_dead;
   int dead;
@@ -285,11 +293,15 @@ static inline void it_atk_mark_end(it_atk *a) {
 
 static inline void it_atk_flood_pump(it_atk *a);
 
+static inline int it_atk_flooding(const it_atk *a) {
+  return a->flood_unit.len || a->flood_gen;
+}
+
 static inline void it_atk_on_write(uv_write_t *req, int status) {
   it_atk_wreq *w = (it_atk_wreq *)req;
   it_atk *a = w->a;
   a->writes_pending--;
-  if (a->flood_unit.len)
+  if (it_atk_flooding(a))
     a->flood_inflight -= w->len;
   free(w);
   if (status < 0) {
@@ -307,7 +319,7 @@ static inline void it_atk_on_write(uv_write_t *req, int status) {
    * the end do not count). */
   if (a->writes_pending == 0 && !a->hold_tx && !a->t_end && !a->ticking)
     a->t_sent = it_now(a->loop);
-  if (a->flood_unit.len && !a->closing)
+  if (it_atk_flooding(a) && !a->closing)
     it_atk_flood_pump(a);
   if (a->close_after_tx && a->writes_pending == 0)
     it_atk_close(a);
@@ -332,15 +344,23 @@ static inline void it_atk_write(it_atk *a, const void *d, size_t n) {
     return;
   }
   a->writes_pending++;
-  if (a->flood_unit.len)
+  if (it_atk_flooding(a))
     a->flood_inflight += n;
 }
 
 static inline void it_atk_flood_pump(it_atk *a) {
   while (!a->werr && !a->closing && a->flood_sent < a->flood_max &&
          a->flood_inflight < (1u << 20)) {
-    it_atk_write(a, a->flood_unit.p, a->flood_unit.len);
-    a->flood_sent += a->flood_unit.len;
+    const it_buf *unit = &a->flood_unit;
+    if (a->flood_gen) {
+      a->flood_chunk.len = 0;
+      a->flood_gen(a, &a->flood_chunk);
+      unit = &a->flood_chunk;
+    }
+    if (!unit->len)
+      return;
+    it_atk_write(a, unit->p, unit->len);
+    a->flood_sent += unit->len;
   }
 }
 
@@ -412,9 +432,9 @@ static inline void it_atk_on_connect(uv_connect_t *req, int status) {
  * caller fills tx (and options) before the loop runs again. `rcvbuf` > 0
  * shrinks the socket's receive buffer before connecting, so that a peer
  * that never reads stops absorbing the server's output early. */
-static inline it_atk *it_atk_new(uv_loop_t *loop, it_atk **list,
-                                 const char *name, uint16_t port,
-                                 int rcvbuf) {
+static inline it_atk *it_atk_new_from(uv_loop_t *loop, it_atk **list,
+                                      const char *name, uint16_t port,
+                                      int rcvbuf, const char *src_ip) {
   it_atk *a = calloc(1, sizeof *a);
   if (!a)
     abort();
@@ -436,6 +456,12 @@ static inline it_atk *it_atk_new(uv_loop_t *loop, it_atk **list,
     if (uv_tcp_open(&a->tcp, fd) != 0)
       abort();
   }
+  if (src_ip) { /* another loopback address: 127.0.0.0/8 is all local */
+    struct sockaddr_in src;
+    if (uv_ip4_addr(src_ip, 0, &src) != 0 ||
+        uv_tcp_bind(&a->tcp, (const struct sockaddr *)&src, 0) != 0)
+      abort();
+  }
   struct sockaddr_in sa;
   uv_ip4_addr("127.0.0.1", port, &sa);
   int rc = uv_tcp_connect(&a->creq, &a->tcp, (const struct sockaddr *)&sa,
@@ -448,15 +474,28 @@ static inline it_atk *it_atk_new(uv_loop_t *loop, it_atk **list,
   return a;
 }
 
+static inline it_atk *it_atk_new(uv_loop_t *loop, it_atk **list,
+                                 const char *name, uint16_t port,
+                                 int rcvbuf) {
+  return it_atk_new_from(loop, list, name, port, rcvbuf, NULL);
+}
+
 static inline void it_atk_tick_cb(uv_timer_t *t) {
   it_atk *a = t->data;
   if (a->dead || a->closing)
     return;
   static const uint8_t x = 'x';
-  if (a->tick_unit.len)
+  if (a->tick_bytewise) {
+    if (a->tick_pos >= a->tick_unit.len) {
+      uv_timer_stop(&a->timer);
+      return;
+    }
+    it_atk_write(a, a->tick_unit.p + a->tick_pos++, 1);
+  } else if (a->tick_unit.len) {
     it_atk_write(a, a->tick_unit.p, a->tick_unit.len);
-  else
+  } else {
     it_atk_write(a, &x, 1);
+  }
   if (a->werr && !a->dead) {
     a->dead = 1;
     a->t_dead = it_now(a->loop);
@@ -505,6 +544,7 @@ static inline void it_atk_free_all(it_atk **list) {
     it_buf_free(&a->tx);
     it_buf_free(&a->rx);
     it_buf_free(&a->flood_unit);
+    it_buf_free(&a->flood_chunk);
     it_buf_free(&a->tick_unit);
     free(a);
   }

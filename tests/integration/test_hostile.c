@@ -10,9 +10,15 @@
  * byte allocated through the configured allocator is returned, and
  * uv_loop_close succeeds.
  *
+ * Tests 9 to 16 attack the server's limits with peers that follow the
+ * protocol: floods of requests, of streams and of connections, slow
+ * senders, old or replayed keys, injected work connections, control bytes
+ * in names. Each states its numbers (memory, time, counts) next to it.
+ *
  * Usage: test-integration-hostile [TEST_NAME]  (default: all tests)
  * Environment: IT_LOG=0..3 prints library log lines up to that level
  * (default: none; the attacks make the server warn a lot) on stderr. */
+#include <errno.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -21,6 +27,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <time.h>
 
 #include <cmocka.h>
@@ -89,14 +97,41 @@ typedef struct conn {
   uint8_t rbuf[CHUNK];
 } conn;
 
-/* A tunnel_client with the wrong token (test_wrong_token_repeated). */
+/* A second tunnel_client: one with the wrong token
+ * (test_wrong_token_repeated), or a late legitimate one with a proxy of its
+ * own (test_slowloris). */
 typedef struct badcl {
   ht *t;
   tunnel_client *c;
   int state_calls, state;
   char msg[256];
   int close_called, closed;
+  tunnel_proxy *px;
+  int px_calls, px_status;
+  uint16_t pub;
 } badcl;
+
+/* Where a log line comes from; the server's may be recorded. */
+typedef struct logsrc {
+  ht *t;
+  const char *who;
+  int capture;
+} logsrc;
+
+/* The server's log lines, as the log callback received them: entries of a
+ * level byte, the line and a NUL. */
+typedef struct logcap {
+  it_buf text;
+  uint64_t lines, dropped;
+  uint64_t ctl_lines;    /* lines holding a raw control character */
+  char first_ctl[256];   /* the first of them, made printable */
+} logcap;
+
+/* What a test changes in the fixture. */
+typedef struct ht_opts {
+  void (*tune)(tunnel_config *cfg); /* server settings beyond the fixture's */
+  int log_capture;                  /* record the server's log, all levels */
+} ht_opts;
 
 #define MAX_BAD 32
 
@@ -124,6 +159,8 @@ struct ht {
   badcl bad[MAX_BAD];
   int nbad;
   it_rng rng;
+  logsrc log_server, log_client, log_other;
+  logcap cap;
   uint64_t hr0; /* uv_hrtime at setup */
   char deferred[1024]; /* failures reported at the end of the test */
 };
@@ -132,16 +169,94 @@ struct ht {
 
 static uint64_t now_ms(ht *t) { return it_now(&t->loop); }
 
+/* A raw control character (C0 or DEL): what must never reach a log line
+ * unescaped, since it can forge lines or drive a terminal. */
+static int is_ctl(unsigned char c) { return c < 0x20 || c == 0x7f; }
+
+static void log_record(logcap *cap, int level, const char *msg) {
+  size_t n = strlen(msg);
+  cap->lines++;
+  int ctl = 0;
+  for (size_t i = 0; i < n; i++)
+    ctl |= is_ctl((unsigned char)msg[i]);
+  if (ctl && cap->ctl_lines++ == 0) {
+    size_t o = 0;
+    for (size_t i = 0; i < n && o + 5 < sizeof cap->first_ctl; i++) {
+      unsigned char c = (unsigned char)msg[i];
+      if (is_ctl(c))
+        o += (size_t)snprintf(cap->first_ctl + o, sizeof cap->first_ctl - o,
+                              "\\x%02x", c);
+      else
+        cap->first_ctl[o++] = (char)c;
+    }
+    cap->first_ctl[o] = '\0';
+  }
+  if (cap->text.len + n + 2 > (8u << 20)) { /* bounded: floods log a lot */
+    cap->dropped++;
+    return;
+  }
+  uint8_t lv = (uint8_t)level;
+  it_buf_put(&cap->text, &lv, 1);
+  it_buf_put(&cap->text, msg, n + 1);
+}
+
+static void log_sink_src(int level, const char *msg, void *ud) {
+  logsrc *src = ud;
+  if (src->capture)
+    log_record(&src->t->cap, level, msg);
+  if (level <= log_level)
+    log_sink(level, msg, (void *)(uintptr_t)src->who);
+}
+
+/* Whether a recorded server line at `max_level` or more severe, recorded
+ * from position `from` on, contains `a` and (when not NULL) `b`. */
+static int log_has(const ht *t, size_t from, int max_level, const char *a,
+                   const char *b) {
+  const it_buf *x = &t->cap.text;
+  size_t off = from;
+  while (off < x->len) {
+    int level = x->p[off];
+    const char *line = (const char *)x->p + off + 1;
+    if (level <= max_level && strstr(line, a) && (!b || strstr(line, b)))
+      return 1;
+    off += 1 + strlen(line) + 1;
+  }
+  return 0;
+}
+
+/* Position for log_has: lines recorded from now on. */
+static size_t log_pos(const ht *t) { return t->cap.text.len; }
+
+/* Prints the recorded lines from `from` on (a failure's context). */
+static void log_dump(const ht *t, size_t from, const char *why) {
+  const it_buf *x = &t->cap.text;
+  fprintf(stderr, "# server log since %s:\n", why);
+  for (size_t off = from; off < x->len;) {
+    const char *line = (const char *)x->p + off + 1;
+    fprintf(stderr, "#   %s: ", tunnel_log_level_name(x->p[off]));
+    for (const char *q = line; *q; q++)
+      fprintf(stderr, is_ctl((unsigned char)*q) ? "\\x%02x" : "%c",
+              (unsigned char)*q);
+    fprintf(stderr, "\n");
+    off += 1 + strlen(line) + 1;
+  }
+}
+
 static tunnel_config *config_new(ht *t, const char *token, const char *who) {
   tunnel_config *cfg;
   assert_int_equal(tunnel_config_new(&cfg), 0);
   assert_int_equal(tunnel_config_set_allocator(cfg, mem_malloc, mem_realloc,
                                                mem_free, &t->mem),
                    0);
-  if (log_level >= 0)
-    assert_int_equal(tunnel_config_set_log(cfg, log_sink, log_level,
-                                           (void *)(uintptr_t)who),
-                     0);
+  logsrc *src = strcmp(who, "server") == 0   ? &t->log_server
+                : strcmp(who, "client") == 0 ? &t->log_client
+                                             : &t->log_other;
+  src->t = t;
+  src->who = who;
+  int level = src->capture ? TUNNEL_LOG_DEBUG : log_level;
+  if (level >= 0)
+    assert_int_equal(
+        tunnel_config_set_log(cfg, log_sink_src, level, src), 0);
   assert_int_equal(tunnel_config_set_token(cfg, token), 0);
   return cfg;
 }
@@ -383,8 +498,9 @@ static void on_px_status(tunnel_proxy *p, int status, const char *msg,
 
 /* Server, echo service and a logged-in client with a registered proxy that
  * has echoed once. */
-static void ht_setup(ht *t, uint64_t seed) {
+static void ht_setup_opts(ht *t, uint64_t seed, const ht_opts *o) {
   memset(t, 0, sizeof *t);
+  t->log_server.capture = o && o->log_capture;
   t->rng.s = seed;
   assert_int_equal(uv_loop_init(&t->loop), 0);
   it_waiter_init(&t->w, &t->loop);
@@ -397,6 +513,8 @@ static void ht_setup(ht *t, uint64_t seed) {
   assert_int_equal(tunnel_config_set_max_message_size(cfg, MAX_MSG), 0);
   assert_int_equal(tunnel_config_set_max_control_backlog(cfg, MAX_BACKLOG),
                    0);
+  if (o && o->tune)
+    o->tune(cfg);
   assert_int_equal(tunnel_server_new(&t->srv, &t->loop, cfg), 0);
   tunnel_config_free(cfg);
   assert_int_equal(tunnel_server_listen(t->srv, "127.0.0.1", 0), 0);
@@ -436,6 +554,8 @@ static void ht_setup(ht *t, uint64_t seed) {
   echo_now(t, 1, "before the attack");
   assert_int_equal(tunnel_server_client_count(t->srv), 1);
 }
+
+static void ht_setup(ht *t, uint64_t seed) { ht_setup_opts(t, seed, NULL); }
 
 /* The legitimate client has not been disturbed: still its first session. */
 static void legit_intact(ht *t) {
@@ -526,6 +646,7 @@ static void ht_teardown(ht *t) {
     free(c);
   }
   it_atk_free_all(&t->atks);
+  it_buf_free(&t->cap.text);
   fprintf(stderr, "# test took %.2f s; library memory peak %zu bytes\n",
           (double)(uv_hrtime() - t->hr0) / 1e9, t->mem.peak);
   if (t->deferred[0])
@@ -1024,7 +1145,7 @@ static const struct {
     {'o', "{\"metas\":[1,2]}", "array for a map"},
     {'o', "{\"metas\":{\"k\":7}}", "number in a string map"},
     {'o', "{\"user\":\"a\\u0000b\"}", "NUL in a string"},
-    {'o', "{\"user\":\"\\ud800\"}", "lone surrogate"},
+    {'o', "{\"user\":\"\\u12\"}", "\\u escape without four hex digits"},
     {'w', "{\"run_id\":42}", "number for run_id"},
     {'w', "{\"privilege_key\":{}}", "object for a string"},
     {'o', "[]", "array body"},
@@ -1713,7 +1834,7 @@ static void test_raw_login_bad_work_conn(void **state) {
       "raw NewWorkConn, unknown run id",
       "raw NewWorkConn, key of another token",
       "raw NewWorkConn, key for another timestamp",
-      "raw NewWorkConn, no key",
+      "raw NewWorkConn, no key, from another address",
       "raw NewWorkConn, no run id",
       "raw NewWorkConn for the legitimate client, no key",
       "yamux NewWorkConn for the legitimate client, no key",
@@ -1745,7 +1866,11 @@ static void test_raw_login_bad_work_conn(void **state) {
       put_signed(&m, 'w', TOKEN, ts, ts, "", a_rid);
       break;
     }
-    if (i < 6) {
+    if (i == 3) { /* unsigned ones from the client's own address pass */
+      w[i] = it_atk_new_from(&t.loop, &t.atks, wname[i], t.srv_port, 0,
+                             "127.0.0.2");
+      it_buf_put(&w[i]->tx, m.p, m.len);
+    } else if (i < 6) {
       w[i] = atk_bytes(&t, wname[i], &m);
     } else {
       it_buf y = {0};
@@ -1886,6 +2011,1440 @@ static void test_raw_login_bad_work_conn(void **state) {
   ht_teardown(&t);
 }
 
+/* ------------------------------------------------------------------------
+ * Defences against abuse by peers that follow the protocol: floods of
+ * requests, streams and connections, slow senders, old or replayed keys,
+ * injected work connections, control bytes in names.
+ * --------------------------------------------------------------------- */
+
+/* Sanitizer builds run the server several times slower: CPU-time and
+ * latency bounds are multiplied by SAN_FACTOR there (memory and count
+ * bounds are not). */
+#if defined(__SANITIZE_ADDRESS__)
+#define SAN_FACTOR 4u
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SAN_FACTOR 4u
+#endif
+#endif
+#ifndef SAN_FACTOR
+#define SAN_FACTOR 1u
+#endif
+
+/* Server memory above `base`, or 0. */
+static size_t mem_above(const ht *t, size_t base) {
+  return t->mem.cur > base ? t->mem.cur - base : 0;
+}
+
+/* Memory the server may still hold, once an attack is over, beyond what
+ * it held before (buffers of the legitimate tunnel in another state). */
+#define MEM_SETTLE_SLACK (256u * 1024u)
+
+/* Waits until the server is back within MEM_SETTLE_SLACK of `base`. */
+static void wait_mem_settled(ht *t, size_t base, const char *what) {
+  it_waiter_arm(&t->w, FAST_MS);
+  while (mem_above(t, base) > MEM_SETTLE_SLACK && !t->w.fired)
+    uv_run(&t->loop, UV_RUN_ONCE);
+  it_waiter_disarm(&t->w);
+  if (mem_above(t, base) > MEM_SETTLE_SLACK)
+    ht_fail_later(t, "%s: the server still holds %zu bytes above the "
+                  "baseline %u ms after the attack ended",
+                  what, mem_above(t, base), FAST_MS);
+}
+
+/* Frees a visitor that has finished (closed), so that long measurement
+ * loops do not accumulate them. */
+static void conn_reap(ht *t, conn *v) {
+  for (conn **pp = &t->conns; *pp; pp = &(*pp)->next) {
+    if (*pp == v) {
+      *pp = v->next;
+      free(v);
+      return;
+    }
+  }
+}
+
+/* A Login signed at `ts` with the right token, carrying `run_id` (NULL:
+ * none) and asking for `pool` work connections. */
+static void put_login_as(it_buf *b, int64_t ts, const char *run_id,
+                         int64_t pool) {
+  const tunnel__mem *mem = libc_mem();
+  tunnel__msg m;
+  tunnel__msg_init(&m, TUNNEL__MSG_LOGIN);
+  char k[33];
+  key_of(TOKEN, ts, k);
+  assert_int_equal(tunnel__msg_set_str(mem, &m.version, "0.61.0"), 0);
+  assert_int_equal(tunnel__msg_set_str(mem, &m.hostname, "attacker"), 0);
+  assert_int_equal(tunnel__msg_set_str(mem, &m.os, "linux"), 0);
+  assert_int_equal(tunnel__msg_set_str(mem, &m.arch, "amd64"), 0);
+  assert_int_equal(tunnel__msg_set_str(mem, &m.privilege_key, k), 0);
+  m.timestamp = ts;
+  if (run_id)
+    assert_int_equal(tunnel__msg_set_str(mem, &m.run_id, run_id), 0);
+  m.pool_count = pool;
+  put_msg(b, &m);
+  tunnel__msg_clear(mem, &m);
+}
+
+/* A client logged in by hand, over raw frp framing (non-mux) or on stream
+ * 1 of a yamux session: its connection, where the server's encrypted
+ * stream starts in what it received (on stream 1), and the client's own
+ * cipher stream. */
+typedef struct rawcl {
+  it_atk *a;
+  int mux;
+  size_t resp_len;
+  char run_id[64];
+  tunnel__cfb enc;
+} rawcl;
+
+/* Connects from `src_ip` (NULL: 127.0.0.1), sends `login` and waits for
+ * its acceptance. `rcvbuf` as for it_atk_new. */
+static void rawcl_open(ht *t, rawcl *r, const char *name,
+                       const it_buf *login, int rcvbuf, const char *src_ip) {
+  memset(r, 0, sizeof *r);
+  r->a = it_atk_new_from(&t->loop, &t->atks, name, t->srv_port, rcvbuf,
+                         src_ip);
+  it_buf_put(&r->a->tx, login->p, login->len);
+  char err[256], rid[64];
+  wait_reply(t, r->a, 0, TUNNEL__MSG_LOGIN_RESP, err, rid, &r->resp_len);
+  if (err[0] || !rid[0])
+    fail_msg("client \"%s\": login refused: \"%s\"", name, err);
+  snprintf(r->run_id, sizeof r->run_id, "%s", rid);
+  uint8_t iv[TUNNEL__CFB_IV_SIZE];
+  it_rng_fill(&t->rng, iv, sizeof iv);
+  assert_int_equal(
+      tunnel__cfb_init_encrypt(&r->enc, TOKEN, strlen(TOKEN), iv), 0);
+}
+
+/* The same over a yamux session: a SYN and the Login on stream 1. It
+ * never grants the stream more window, which is fine for the few replies
+ * these tests provoke. */
+static void rawcl_open_mux(ht *t, rawcl *r, const char *name,
+                           const it_buf *login) {
+  memset(r, 0, sizeof *r);
+  r->mux = 1;
+  r->a = atk_new(t, name);
+  put_syn(&r->a->tx, 1);
+  it_ymx_data(&r->a->tx, 1, 0, login->p, login->len);
+  char err[256], rid[64];
+  wait_reply(t, r->a, 1, TUNNEL__MSG_LOGIN_RESP, err, rid, &r->resp_len);
+  if (err[0] || !rid[0])
+    fail_msg("client \"%s\": login refused: \"%s\"", name, err);
+  snprintf(r->run_id, sizeof r->run_id, "%s", rid);
+  uint8_t iv[TUNNEL__CFB_IV_SIZE];
+  it_rng_fill(&t->rng, iv, sizeof iv);
+  assert_int_equal(
+      tunnel__cfb_init_encrypt(&r->enc, TOKEN, strlen(TOKEN), iv), 0);
+}
+
+static void rawcl_free(rawcl *r) { tunnel__cfb_free(&r->enc); }
+
+static void rawcl_send(rawcl *r, const it_buf *plain) {
+  it_buf c = {0}, f = {0};
+  put_encrypted_more(&c, &r->enc, plain);
+  if (r->mux) {
+    it_ymx_data(&f, 1, 0, c.p, c.len);
+    it_atk_write(r->a, f.p, f.len);
+  } else {
+    it_atk_write(r->a, c.p, c.len);
+  }
+  it_buf_free(&c);
+  it_buf_free(&f);
+}
+
+/* The messages the server sent after LoginResp: up to `max` into `out`
+ * (to be cleared by the caller). */
+static int rawcl_msgs(const rawcl *r, tunnel__msg *out, int max) {
+  if (!r->mux)
+    return encrypted_msgs(r->a->rx.p, r->a->rx.len, r->resp_len, out, max);
+  it_buf d = {0};
+  stream_data(r->a, 1, &d);
+  int k = encrypted_msgs(d.p, d.len, r->resp_len, out, max);
+  it_buf_free(&d);
+  return k;
+}
+
+static int rawcl_count(const rawcl *r, uint8_t type) {
+  enum { MAXM = 1024 };
+  tunnel__msg *m = calloc(MAXM, sizeof *m);
+  assert_non_null(m);
+  int k = rawcl_msgs(r, m, MAXM);
+  int n = 0;
+  for (int i = 0; i < k; i++)
+    n += m[i].type == type;
+  clear_msgs(m, k);
+  free(m);
+  return n;
+}
+
+/* Sends a signed Ping and waits for its Pong: everything sent before it
+ * has been handled. */
+static void rawcl_sync(ht *t, rawcl *r) {
+  int n0 = rawcl_count(r, TUNNEL__MSG_PONG);
+  it_buf p = {0};
+  int64_t ts = unix_now();
+  put_signed(&p, TUNNEL__MSG_PING, TOKEN, ts, ts, NULL, NULL);
+  rawcl_send(r, &p);
+  it_buf_free(&p);
+  it_waiter_arm(&t->w, FAST_MS);
+  while (rawcl_count(r, TUNNEL__MSG_PONG) <= n0 && !it_atk_ended(r->a) &&
+         !t->w.fired)
+    uv_run(&t->loop, UV_RUN_ONCE);
+  it_waiter_disarm(&t->w);
+  if (rawcl_count(r, TUNNEL__MSG_PONG) <= n0)
+    fail_msg("client \"%s\": no Pong within %u ms (%s)", r->a->name, FAST_MS,
+             it_atk_how(r->a));
+}
+
+/* Waits until the server has asked `r` for at least `n` work
+ * connections. */
+static void rawcl_wait_reqs(ht *t, rawcl *r, int n) {
+  it_waiter_arm(&t->w, FAST_MS);
+  while (rawcl_count(r, TUNNEL__MSG_REQ_WORK_CONN) < n &&
+         !it_atk_ended(r->a) && !t->w.fired)
+    uv_run(&t->loop, UV_RUN_ONCE);
+  it_waiter_disarm(&t->w);
+  int got = rawcl_count(r, TUNNEL__MSG_REQ_WORK_CONN);
+  if (got < n)
+    fail_msg("client \"%s\": the server asked for %d work connection(s), "
+             "expected %d",
+             r->a->name, got, n);
+}
+
+/* Registers proxy `name` and returns its public port. */
+static uint16_t rawcl_proxy(ht *t, rawcl *r, const char *name) {
+  it_buf p = {0};
+  put_new_proxy(&p, name, 0);
+  rawcl_send(r, &p);
+  it_buf_free(&p);
+  rawcl_sync(t, r);
+  tunnel__msg m[64];
+  int k = rawcl_msgs(r, m, 64);
+  uint16_t port = 0;
+  char err[256] = "";
+  for (int i = 0; i < k; i++) {
+    if (m[i].type != TUNNEL__MSG_NEW_PROXY_RESP || !m[i].proxy_name ||
+        strcmp(m[i].proxy_name, name) != 0)
+      continue;
+    snprintf(err, sizeof err, "%s", m[i].error ? m[i].error : "");
+    const char *colon = m[i].remote_addr ? strrchr(m[i].remote_addr, ':')
+                                         : NULL;
+    port = colon ? (uint16_t)atoi(colon + 1) : 0;
+  }
+  clear_msgs(m, k);
+  if (err[0] || !port)
+    fail_msg("client \"%s\": proxy %s refused: \"%s\"", r->a->name, name,
+             err);
+  return port;
+}
+
+/* A work connection that must be parked: open and silent a while after its
+ * NewWorkConn. */
+static void expect_parked(ht *t, it_atk *w) {
+  WAIT(t, w->t_sent != 0 || it_atk_ended(w));
+  it_sleep(&t->w, 300);
+  if (it_atk_ended(w) || w->rx.len) {
+    char err[256] = "";
+    if (w->rx.len)
+      first_msg(w->rx.p, w->rx.len, TUNNEL__MSG_START_WORK_CONN, err,
+                sizeof err, NULL, 0, NULL);
+    fail_msg("\"%s\" was not accepted: %s, %zu bytes from the server "
+             "(error \"%s\")",
+             w->name, it_atk_how(w), w->rx.len, err);
+  }
+}
+
+/* A work connection that must be refused: closed within FAST_MS, after at
+ * most a StartWorkConn carrying an error. */
+static void expect_work_refused(ht *t, it_atk *w) {
+  it_atk *one[1] = {w};
+  wait_closed_within(t, one, 1, FAST_MS, w->name);
+  if (w->rx.len) {
+    char err[256] = "";
+    size_t used = 0;
+    if (first_msg(w->rx.p, w->rx.len, TUNNEL__MSG_START_WORK_CONN, err,
+                  sizeof err, NULL, 0, &used) != 1 ||
+        !err[0])
+      fail_msg("\"%s\": closed, but the server sent %zu bytes that are not "
+               "a StartWorkConn with an error",
+               w->name, w->rx.len);
+  }
+}
+
+/* A NewWorkConn for `run_id` on a connection of its own from `src_ip`
+ * (NULL: 127.0.0.1), signed at `ts` or (signed == 0) without key and
+ * timestamp, as a stock frpc sends it. */
+static it_atk *work_conn(ht *t, const char *name, const char *run_id,
+                         int signed_, int64_t ts, const char *src_ip) {
+  it_buf m = {0};
+  if (signed_)
+    put_signed(&m, TUNNEL__MSG_NEW_WORK_CONN, TOKEN, ts, ts, NULL, run_id);
+  else
+    put_signed(&m, TUNNEL__MSG_NEW_WORK_CONN, TOKEN, 0, 0, "", run_id);
+  it_atk *w =
+      it_atk_new_from(&t->loop, &t->atks, name, t->srv_port, 0, src_ip);
+  it_buf_put(&w->tx, m.p, m.len);
+  it_buf_free(&m);
+  return w;
+}
+
+/* 9. A logged-in client that does not read what the server sends floods
+ * its control channel with requests that each provoke an answer: signed
+ * Pings (an 11-byte Pong each, for 72 bytes), or NewProxy messages whose
+ * name is 900 '<' and type 16 '<' (the refusal echoes the name, escaped as
+ * \u003c: 5.4 KiB of answer for 0.95 KiB). Non-mux, the client never reads
+ * its socket; in a yamux session it reads its socket but never grants its
+ * control stream more window, and sends no more than the window the
+ * server granted (6 MiB). Once the answers back up, the server must cut
+ * the client off (its connection ends) within FLOOD_CUT_MS of the flood's
+ * start, holding at most FLOOD_MEM_BOUND above its baseline meanwhile, and
+ * give that memory back afterwards; the legitimate tunnel echoes
+ * throughout. */
+#define FLOOD_MEM_BOUND (8u << 20)
+#define FLOOD_CUT_MS (15000u * SAN_FACTOR)
+/* Beyond this the flood is stopped, so that a server without the defence
+ * fails the test without exhausting the machine. */
+#define FLOOD_MEM_ABORT (64u << 20)
+/* What a yamux client may send on a stream the server acknowledged
+ * (docs/PROTOCOL.md section 2: the default window, granted at once), less
+ * room for the Login. */
+#define FLOOD_MUX_MAX ((6u << 20) - (64u << 10))
+
+typedef struct reqflood {
+  rawcl *r;
+  int mux;     /* wrap each chunk in a data frame of stream 1 */
+  it_buf unit; /* plaintext, encrypted afresh for each chunk */
+  it_buf tmp;
+} reqflood;
+
+static void reqflood_gen(it_atk *a, it_buf *chunk) {
+  reqflood *f = a->ud;
+  if (!f->mux) {
+    put_encrypted_more(chunk, &f->r->enc, &f->unit);
+    return;
+  }
+  f->tmp.len = 0;
+  put_encrypted_more(&f->tmp, &f->r->enc, &f->unit);
+  it_ymx_data(chunk, 1, 0, f->tmp.p, f->tmp.len);
+}
+
+static void flood_requests(ht *t, int amplify, int mux, uint32_t seed) {
+  static const char *const names[2][2] = {
+      {"logged-in non-mux client flooding Pings",
+       "logged-in non-mux client flooding NewProxy with '<' names"},
+      {"logged-in yamux client flooding Pings",
+       "logged-in yamux client flooding NewProxy with '<' names"}};
+  const char *name = names[!!mux][!!amplify]; /* outlives the attacker */
+  size_t mem0 = t->mem.cur;
+  t->mem.peak = mem0;
+  int64_t ts = unix_now();
+  it_buf login = {0};
+  put_login_as(&login, ts, NULL, 0);
+  rawcl r;
+  if (mux) {
+    /* It reads its socket, but never grants its control stream window. */
+    rawcl_open_mux(t, &r, name, &login);
+  } else {
+    rawcl_open(t, &r, name, &login, 4096, NULL);
+    /* From now on its socket is never read: the answers pile up. */
+    r.a->no_read = 1;
+    uv_read_stop((uv_stream_t *)&r.a->tcp);
+  }
+  it_buf_free(&login);
+  WAIT_MS(t, tunnel_server_client_count(t->srv) == 2, FAST_MS);
+  reqflood f = {&r, mux, {0}, {0}};
+  while (f.unit.len < 60000) {
+    if (!amplify) {
+      put_signed(&f.unit, TUNNEL__MSG_PING, TOKEN, ts, ts, NULL, NULL);
+      continue;
+    }
+    /* Raw '<' in the JSON: only the server's answer escapes it. */
+    char lt[901], body[1024];
+    memset(lt, '<', 900);
+    lt[900] = '\0';
+    snprintf(body, sizeof body,
+             "{\"proxy_name\":\"%s\",\"proxy_type\":\"%.16s\"}", lt, lt);
+    it_frp(&f.unit, TUNNEL__MSG_NEW_PROXY, body);
+  }
+  r.a->ud = &f;
+  r.a->flood_gen = reqflood_gen;
+  r.a->flood_max = mux ? FLOOD_MUX_MAX : UINT64_MAX;
+  uint64_t t0 = now_ms(t);
+  it_atk_flood_pump(r.a);
+  conn *during = vis_new(t, ECHO_BYTES, seed);
+  it_waiter_arm(&t->w, FLOOD_CUT_MS);
+  while (!it_atk_ended(r.a) && !t->w.fired &&
+         mem_above(t, mem0) < FLOOD_MEM_ABORT)
+    uv_run(&t->loop, UV_RUN_ONCE);
+  it_waiter_disarm(&t->w);
+  uint64_t ms = now_ms(t) - t0;
+  size_t peak = t->mem.peak - mem0;
+  fprintf(stderr,
+          "# %s: %s after %llu ms and %llu bytes sent; server memory peak "
+          "%zu bytes above the baseline (bound %u)\n",
+          name, it_atk_ended(r.a) ? it_atk_how(r.a) : "still connected",
+          (unsigned long long)ms, (unsigned long long)r.a->flood_sent, peak,
+          FLOOD_MEM_BOUND);
+  if (!it_atk_ended(r.a)) {
+    ht_fail_later(t,
+                  "%s: not cut off after %llu ms and %llu bytes of requests "
+                  "(server memory %zu bytes above the baseline)",
+                  name, (unsigned long long)ms,
+                  (unsigned long long)r.a->flood_sent, mem_above(t, mem0));
+    it_atk_close(r.a);
+  }
+  if (peak >= FLOOD_MEM_BOUND)
+    ht_fail_later(t,
+                  "%s: server memory peaked %zu bytes above the baseline "
+                  "(bound %u)",
+                  name, peak, FLOOD_MEM_BOUND);
+  WAIT_MS(t, tunnel_server_client_count(t->srv) == 1, FAST_MS);
+  WAIT(t, during->closed);
+  vis_check(during, "during the request flood");
+  wait_mem_settled(t, mem0, name);
+  /* The generator's state lives in this frame. */
+  r.a->flood_gen = NULL;
+  r.a->flood_max = 0;
+  it_atk_close(r.a);
+  rawcl_free(&r);
+  it_buf_free(&f.unit);
+  it_buf_free(&f.tmp);
+}
+
+static void test_request_flood(void **state) {
+  (void)state;
+  ht t;
+  ht_setup(&t, 0x0e5eed0009ull);
+  for (int mux = 0; mux < 2; mux++) {
+    for (int amplify = 0; amplify < 2; amplify++) {
+      uint32_t seed = 2u + 2u * (uint32_t)(2 * mux + amplify);
+      flood_requests(&t, amplify, mux, seed);
+      echo_now(&t, seed + 1, "after a request flood");
+    }
+  }
+  assert_int_equal(tunnel_server_client_count(t.srv), 1);
+  legit_intact(&t);
+  ht_teardown(&t);
+}
+
+/* The library's defaults where the fixture is stricter (message size and
+ * control backlog), for attacks whose point needs them. */
+static void tune_defaults(tunnel_config *cfg) {
+  assert_int_equal(tunnel_config_set_max_message_size(cfg, 10240), 0);
+  assert_int_equal(tunnel_config_set_max_control_backlog(cfg, 1u << 20), 0);
+}
+
+/* 10. Sessions that never log in open streams: UNAUTH_SESSIONS yamux
+ * sessions from 127.0.0.1 connect (the server keeps the newest
+ * unauth_per_addr, 128 by default, and sheds the others), then each one
+ * kept sends UNAUTH_SYNS SYNs, every other one followed by a frp header
+ * announcing a 10240-byte message that never comes, in UNAUTH_ROUNDS
+ * bursts (one write each). Each session keeps at most UNAUTH_STREAMS
+ * streams (the default): every further SYN is answered with RST, and the
+ * session itself goes on (it answers a ping). The server holds at most
+ * UNAUTH_MEM_BOUND above its baseline, even while it refuses a burst, and
+ * the legitimate tunnel echoes meanwhile. The server runs with the default
+ * limits. */
+#define UNAUTH_SESSIONS 200
+#define UNAUTH_SYNS 1024
+#define UNAUTH_STREAMS 4
+#define UNAUTH_MEM_BOUND (32u << 20)
+#define UNAUTH_MEM_ABORT (128u << 20)
+#define UNAUTH_ROUNDS 2
+/* Well below the identification timeout, which would end the sessions. */
+#define UNAUTH_WAIT_MS 7000u
+
+/* What the server answered to each stream id of a session. */
+typedef struct sstate {
+  uint8_t ack[2 * UNAUTH_SYNS + 2], rst[2 * UNAUTH_SYNS + 2];
+  int rsts, live, goaway, bad, ping_acks;
+} sstate;
+
+static void stream_states(const it_atk *a, sstate *s) {
+  memset(s, 0, sizeof *s);
+  const uint8_t *p = a->rx.p;
+  size_t n = a->rx.len, off = 0;
+  while (n - off >= 12) {
+    const uint8_t *h = p + off;
+    uint8_t type = h[1];
+    uint16_t flags = (uint16_t)it_get_be(h + 2, 2);
+    uint32_t id = (uint32_t)it_get_be(h + 4, 4);
+    uint32_t len = (uint32_t)it_get_be(h + 8, 4);
+    off += 12;
+    if (h[0] != 0 || type > IT_YG) {
+      s->bad++;
+      break;
+    }
+    if (type == IT_YD) {
+      if (n - off < len)
+        break;
+      off += len;
+    }
+    if (type == IT_YG)
+      s->goaway++;
+    if (type == IT_YP && (flags & IT_ACK))
+      s->ping_acks++;
+    if ((type == IT_YD || type == IT_YW) && id < sizeof s->ack) {
+      if (flags & IT_ACK)
+        s->ack[id] = 1;
+      if (flags & IT_RST)
+        s->rst[id] = 1;
+    }
+  }
+  for (size_t id = 0; id < sizeof s->ack; id++) {
+    s->rsts += s->rst[id];
+    s->live += s->ack[id] && !s->rst[id];
+  }
+}
+
+/* The byte budget for unauthenticated peers sheds whole sessions; here
+ * it is raised so that every session the per-address cap keeps stays, and
+ * what is measured is what each one can make the server hold. */
+static void tune_unauth_flood(tunnel_config *cfg) {
+  tune_defaults(cfg);
+  assert_int_equal(tunnel_config_set_unauth_limits(cfg, 4, 128, 64u << 20),
+                   0);
+}
+
+static void test_unauth_stream_flood(void **state) {
+  (void)state;
+  enum { NS = UNAUTH_SESSIONS };
+  ht t;
+  ht_opts o = {tune_unauth_flood, 0};
+  ht_setup_opts(&t, 0x0e5eed000aull, &o);
+  /* Each burst is answered before the next, so that a server without the
+   * defence is caught, and the attack stopped, before it takes all of the
+   * machine's memory. */
+  it_buf round[UNAUTH_ROUNDS];
+  memset(round, 0, sizeof round);
+  uint8_t hdr[9];
+  hdr[0] = TUNNEL__MSG_LOGIN;
+  it_put_be(hdr + 1, 10240, 8);
+  for (uint32_t i = 0; i < UNAUTH_SYNS; i++) {
+    it_buf *b = &round[i / (UNAUTH_SYNS / UNAUTH_ROUNDS)];
+    put_syn(b, 2 * i + 1);
+    if (i & 1)
+      it_ymx_data(b, 2 * i + 1, 0, hdr, sizeof hdr);
+  }
+  it_atk **all = calloc(NS, sizeof *all), **a = calloc(NS, sizeof *a);
+  assert_non_null(all);
+  assert_non_null(a);
+  for (int s = 0; s < NS; s++)
+    all[s] = atk_new(&t, "unauthenticated session opening streams");
+  WAIT(&t, all_connected(all, NS));
+  it_sleep(&t.w, 300); /* the sessions shed to make room have seen it */
+  int n = 0;
+  for (int s = 0; s < NS; s++)
+    if (!it_atk_ended(all[s]))
+      a[n++] = all[s];
+  fprintf(stderr, "# %d of %d sessions kept by the server\n", n, NS);
+  if (n < NS / 4)
+    fail_msg("the server kept only %d of %d sessions that had sent nothing "
+             "yet",
+             n, NS);
+  size_t mem0 = t.mem.cur;
+  t.mem.peak = mem0;
+  uint64_t t0 = now_ms(&t);
+  conn *during = vis_new(&t, ECHO_BYTES, 2);
+  sstate *st = malloc(sizeof *st);
+  assert_non_null(st);
+  int aborted = 0;
+  for (int r = 0; r < UNAUTH_ROUNDS && !aborted; r++) {
+    uint32_t last = 2 * (uint32_t)((r + 1) * (UNAUTH_SYNS / UNAUTH_ROUNDS)) -
+                    1;
+    for (int s = 0; s < n; s++)
+      it_atk_write(a[s], round[r].p, round[r].len);
+    for (;;) {
+      it_sleep(&t.w, 20);
+      if (mem_above(&t, mem0) >= UNAUTH_MEM_ABORT) {
+        aborted = 1;
+        break;
+      }
+      int answered = 0;
+      for (int s = 0; s < n; s++) {
+        stream_states(a[s], st);
+        answered += it_atk_ended(a[s]) || st->ack[last] || st->rst[last];
+      }
+      if (answered == n || now_ms(&t) - t0 > UNAUTH_WAIT_MS)
+        break;
+    }
+  }
+  for (int r = 0; r < UNAUTH_ROUNDS; r++)
+    it_buf_free(&round[r]);
+  uint64_t ms = now_ms(&t) - t0;
+  size_t peak = t.mem.peak - mem0;
+  int ended = 0, over = 0, unrefused = 0, broken = 0;
+  int max_live = 0, min_rsts = UNAUTH_SYNS;
+  for (int s = 0; s < n; s++) {
+    stream_states(a[s], st);
+    ended += it_atk_ended(a[s]);
+    over += st->live > UNAUTH_STREAMS;
+    unrefused += st->rsts < UNAUTH_SYNS - UNAUTH_STREAMS;
+    broken += st->goaway || st->bad;
+    if (st->live > max_live)
+      max_live = st->live;
+    if (st->rsts < min_rsts)
+      min_rsts = st->rsts;
+  }
+  fprintf(stderr,
+          "# %d sessions x %d SYNs: after %llu ms, at most %d live "
+          "stream(s) per session, at least %d RST(s); %d session(s) "
+          "closed; server memory peak %zu bytes above the baseline "
+          "(bound %u), %zu at the end\n",
+          n, UNAUTH_SYNS, (unsigned long long)ms, max_live, min_rsts, ended,
+          peak, UNAUTH_MEM_BOUND, mem_above(&t, mem0));
+  /* At once: tearing down that much can take longer than the test. */
+  if (aborted)
+    fail_msg("the server held %zu bytes above the baseline for "
+             "unauthenticated sessions' streams; attack stopped",
+             mem_above(&t, mem0));
+  if (peak >= UNAUTH_MEM_BOUND)
+    ht_fail_later(&t,
+                  "server memory peaked %zu bytes above the baseline "
+                  "(bound %u)",
+                  peak, UNAUTH_MEM_BOUND);
+  if (over || unrefused || ended || broken)
+    ht_fail_later(&t,
+                  "of %d sessions that never logged in: %d kept more than "
+                  "%d streams (at most %d), %d had fewer than %d SYNs reset "
+                  "(at least %d reset), %d were closed, %d got a GoAway or "
+                  "a malformed frame",
+                  n, over, UNAUTH_STREAMS, max_live, unrefused,
+                  UNAUTH_SYNS - UNAUTH_STREAMS, min_rsts, ended, broken);
+  /* The sessions are alive: each answers a ping. */
+  if (!ended && !broken) {
+    for (int s = 0; s < n; s++) {
+      it_buf p = {0};
+      it_ymx(&p, 0, IT_YP, IT_SYN, 0, (uint32_t)s);
+      it_atk_write(a[s], p.p, p.len);
+      it_buf_free(&p);
+    }
+    int answered = 0;
+    it_waiter_arm(&t.w, FAST_MS);
+    while (!t.w.fired) {
+      answered = 0;
+      for (int s = 0; s < n; s++)
+        answered += ping_acks(a[s]) > 0;
+      if (answered == n)
+        break;
+      uv_run(&t.loop, UV_RUN_ONCE);
+    }
+    it_waiter_disarm(&t.w);
+    if (answered != n)
+      ht_fail_later(&t, "%d of %d sessions did not answer a ping",
+                    n - answered, n);
+  }
+  for (int s = 0; s < NS; s++)
+    it_atk_close(all[s]);
+  WAIT(&t, during->closed);
+  vis_check(during, "during the stream flood");
+  wait_mem_settled(&t, mem0, "unauthenticated stream flood");
+  free(st);
+  free(a);
+  free(all);
+  echo_now(&t, 3, "after the stream flood");
+  assert_int_equal(tunnel_server_client_count(t.srv), 1);
+  legit_intact(&t);
+  ht_teardown(&t);
+}
+
+/* 11. A storm of sessions that never log in: STORM_SESSIONS connections
+ * each send STORM_SYNS bare SYNs, wait for the server's answer to the last
+ * one (so that the server has handled them all), and close. The attack
+ * runs in a child process, so that this process's CPU time (getrusage) is
+ * the server's and the legitimate tunnel's alone: from the storm's start
+ * until the server has let go of every session it may cost at most
+ * STORM_CPU_MS, and echoes through the tunnel, back to back meanwhile,
+ * each take at most STORM_ECHO_MS (both times SAN_FACTOR under
+ * sanitizers). The server runs with the default limits. */
+#define STORM_SESSIONS 200
+#define STORM_SYNS 1024
+#define STORM_CPU_MS (3000u * SAN_FACTOR)
+#define STORM_ECHO_MS (2000u * SAN_FACTOR)
+#define STORM_ECHO_BYTES 4096u
+#define STORM_MAX_MS 30000u
+
+/* Reads the server's frames on `fd` until one answers stream `last` (ACK
+ * or RST) or the connection ends: 0, or -1 when the wait timed out. */
+static int storm_wait_answer(int fd, uint32_t last) {
+  uint8_t buf[16384];
+  uint8_t hdr[12];
+  size_t have = 0;    /* header bytes gathered */
+  uint64_t skip = 0;  /* data payload left to skip */
+  for (;;) {
+    ssize_t n = read(fd, buf, sizeof buf);
+    if (n == 0)
+      return 0;
+    if (n < 0)
+      return errno == EAGAIN || errno == EWOULDBLOCK ? -1 : 0;
+    for (size_t i = 0; i < (size_t)n;) {
+      if (skip) {
+        size_t k = (size_t)n - i < skip ? (size_t)n - i : (size_t)skip;
+        skip -= k;
+        i += k;
+        continue;
+      }
+      hdr[have++] = buf[i++];
+      if (have < sizeof hdr)
+        continue;
+      have = 0;
+      uint16_t flags = (uint16_t)it_get_be(hdr + 2, 2);
+      uint32_t id = (uint32_t)it_get_be(hdr + 4, 4);
+      if (hdr[1] == IT_YD)
+        skip = it_get_be(hdr + 8, 4);
+      if (hdr[1] == IT_YG)
+        return 0;
+      if (id == last && (flags & (IT_ACK | IT_RST)))
+        return 0;
+    }
+  }
+}
+
+/* The child: only system calls (it was forked from a threaded process).
+ * Its exit status counts connections that could not be made or whose
+ * answer never came. */
+static int storm_child(const struct sockaddr_in *sa, const uint8_t *tx,
+                       size_t n, uint32_t last) {
+  int fd[STORM_SESSIONS];
+  int failed = 0;
+  struct timeval rcvtimeo = {20, 0};
+  for (int i = 0; i < STORM_SESSIONS; i++) {
+    fd[i] = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd[i] >= 0 &&
+        (setsockopt(fd[i], SOL_SOCKET, SO_RCVTIMEO, &rcvtimeo,
+                    sizeof rcvtimeo) != 0 ||
+         connect(fd[i], (const struct sockaddr *)sa, sizeof *sa) != 0)) {
+      close(fd[i]);
+      fd[i] = -1;
+    }
+    failed += fd[i] < 0;
+  }
+  for (int i = 0; i < STORM_SESSIONS; i++) {
+    size_t off = 0;
+    while (fd[i] >= 0 && off < n) {
+      ssize_t w = write(fd[i], tx + off, n - off);
+      if (w <= 0)
+        break; /* the server may shed the session: not the child's error */
+      off += (size_t)w;
+    }
+  }
+  for (int i = 0; i < STORM_SESSIONS; i++)
+    if (fd[i] >= 0 && storm_wait_answer(fd[i], last) != 0)
+      failed++;
+  for (int i = 0; i < STORM_SESSIONS; i++)
+    if (fd[i] >= 0)
+      close(fd[i]);
+  return failed > 255 ? 255 : failed;
+}
+
+/* The storm may keep the server's loop from ever returning to the test's
+ * bounded waits: then this ends the test with a diagnosis (and the child)
+ * instead of meson's timeout. */
+static volatile pid_t storm_pid;
+
+static void storm_watchdog(int sig) {
+  static const char msg[] =
+      "FAILURE: the server's event loop was still blocked by the SYN storm "
+      "after the watchdog's bound\n";
+  (void)sig;
+  if (storm_pid > 0)
+    kill(storm_pid, SIGKILL);
+  (void)!write(2, msg, sizeof msg - 1);
+  _exit(1);
+}
+
+static uint64_t cpu_ms(const struct rusage *a, const struct rusage *b) {
+  int64_t us = (int64_t)(b->ru_utime.tv_sec - a->ru_utime.tv_sec) * 1000000 +
+               (b->ru_utime.tv_usec - a->ru_utime.tv_usec) +
+               (int64_t)(b->ru_stime.tv_sec - a->ru_stime.tv_sec) * 1000000 +
+               (b->ru_stime.tv_usec - a->ru_stime.tv_usec);
+  return us > 0 ? (uint64_t)us / 1000u : 0;
+}
+
+static void test_syn_close_storm(void **state) {
+  (void)state;
+  ht t;
+  ht_opts o = {tune_defaults, 0};
+  ht_setup_opts(&t, 0x0e5eed000bull, &o);
+  it_buf tx = {0};
+  for (uint32_t i = 0; i < STORM_SYNS; i++)
+    put_syn(&tx, 2 * i + 1);
+  struct sockaddr_in sa;
+  assert_int_equal(uv_ip4_addr("127.0.0.1", t.srv_port, &sa), 0);
+  it_sleep(&t.w, 200); /* the setup's echo has settled */
+  size_t mem0 = t.mem.cur;
+  struct rusage ru0, ru1;
+  assert_int_equal(getrusage(RUSAGE_SELF, &ru0), 0);
+  uint64_t t0 = now_ms(&t);
+  fflush(stderr);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0)
+    _exit(storm_child(&sa, tx.p, tx.len, 2 * STORM_SYNS - 1));
+  storm_pid = pid;
+  signal(SIGALRM, storm_watchdog);
+  alarm(STORM_MAX_MS / 1000u + 15u);
+  int status = 0, exited = 0, echoes = 0;
+  uint64_t worst = 0, busy_ms = 0;
+  for (;;) {
+    if (!exited && waitpid(pid, &status, WNOHANG) == pid)
+      exited = 1;
+    if (exited && mem_above(&t, mem0) <= MEM_SETTLE_SLACK)
+      break;
+    if (now_ms(&t) - t0 > STORM_MAX_MS)
+      break;
+    uint64_t e0 = now_ms(&t);
+    conn *v = vis_new(&t, STORM_ECHO_BYTES, 100u + (uint32_t)echoes);
+    WAIT(&t, v->closed);
+    vis_check(v, "during the SYN storm");
+    conn_reap(&t, v);
+    uint64_t rtt = now_ms(&t) - e0;
+    if (rtt > worst)
+      worst = rtt;
+    echoes++;
+  }
+  busy_ms = now_ms(&t) - t0;
+  assert_int_equal(getrusage(RUSAGE_SELF, &ru1), 0);
+  alarm(0);
+  storm_pid = 0;
+  if (!exited) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    fail_msg("the storm did not end within %u ms", STORM_MAX_MS);
+  }
+  it_buf_free(&tx);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    fail_msg("the storm's child failed: %d connection(s) not made or not "
+             "answered within 20 s",
+             WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+  uint64_t cpu = cpu_ms(&ru0, &ru1);
+  fprintf(stderr,
+          "# %d sessions x %d SYNs then close: server busy %llu ms, CPU "
+          "%llu ms (bound %u); %d echoes meanwhile, slowest %llu ms (bound "
+          "%u); memory peak %zu bytes above the baseline\n",
+          STORM_SESSIONS, STORM_SYNS, (unsigned long long)busy_ms,
+          (unsigned long long)cpu, STORM_CPU_MS, echoes,
+          (unsigned long long)worst, STORM_ECHO_MS, t.mem.peak - mem0);
+  if (mem_above(&t, mem0) > MEM_SETTLE_SLACK)
+    ht_fail_later(&t,
+                  "the server still held %zu bytes above the baseline %u ms "
+                  "after the storm began",
+                  mem_above(&t, mem0), STORM_MAX_MS);
+  if (cpu > STORM_CPU_MS)
+    ht_fail_later(&t, "the storm cost the server %llu ms of CPU (bound %u)",
+                  (unsigned long long)cpu, STORM_CPU_MS);
+  if (worst > STORM_ECHO_MS)
+    ht_fail_later(&t,
+                  "an echo through the tunnel took %llu ms during the storm "
+                  "(bound %u)",
+                  (unsigned long long)worst, STORM_ECHO_MS);
+  echo_now(&t, 3, "after the SYN storm");
+  assert_int_equal(tunnel_server_client_count(t.srv), 1);
+  legit_intact(&t);
+  ht_teardown(&t);
+}
+
+/* 12. A client asks for more proxies than max_proxies (PROXY_CAP): the
+ * first PROXY_CAP are granted, every further one is refused with a reason
+ * naming the limit, and only PROXY_CAP of its public ports listen. Once it
+ * closes one, it may open another. */
+#define PROXY_CAP 5
+
+static void tune_proxy_cap(tunnel_config *cfg) {
+  assert_int_equal(tunnel_config_set_max_proxies(cfg, PROXY_CAP), 0);
+}
+
+/* A refusal that says it is about a limit. */
+static int names_limit(const char *err) {
+  char low[256];
+  size_t i;
+  for (i = 0; err[i] && i + 1 < sizeof low; i++)
+    low[i] = (char)(err[i] >= 'A' && err[i] <= 'Z' ? err[i] - 'A' + 'a'
+                                                    : err[i]);
+  low[i] = '\0';
+  return strstr(low, "limit") || strstr(low, "too many") ||
+         strstr(low, "max") || strstr(low, "at most");
+}
+
+/* The NewProxyResp `r` received for `name`: 1 with its error and port. */
+static int proxy_resp(const rawcl *r, const char *name, char err[256],
+                      uint16_t *port) {
+  tunnel__msg m[64];
+  int k = rawcl_msgs(r, m, 64), found = 0;
+  for (int i = 0; i < k; i++) {
+    if (m[i].type != TUNNEL__MSG_NEW_PROXY_RESP || !m[i].proxy_name ||
+        strcmp(m[i].proxy_name, name) != 0)
+      continue;
+    found = 1;
+    snprintf(err, 256, "%s", m[i].error ? m[i].error : "");
+    const char *colon = m[i].remote_addr ? strrchr(m[i].remote_addr, ':')
+                                         : NULL;
+    *port = colon ? (uint16_t)atoi(colon + 1) : 0;
+  }
+  clear_msgs(m, k);
+  return found;
+}
+
+static void test_proxy_cap(void **state) {
+  (void)state;
+  enum { NP = PROXY_CAP + 3 };
+  ht t;
+  ht_opts o = {tune_proxy_cap, 0};
+  ht_setup_opts(&t, 0x0e5eed000cull, &o);
+  it_buf b = {0};
+  put_login_as(&b, unix_now(), NULL, 0);
+  rawcl r;
+  rawcl_open(&t, &r, "client asking for 8 proxies", &b, 0, NULL);
+  it_buf_free(&b);
+  uint16_t port[NP + 1];
+  char name[NP + 1][16];
+  for (int i = 0; i <= NP; i++) {
+    snprintf(name[i], sizeof name[i], "cap-%d", i);
+    int dup;
+    do {
+      port[i] = it_free_port_in(t.lo, t.hi);
+      assert_true(port[i] != 0);
+      dup = port[i] == t.pub;
+      for (int j = 0; j < i; j++)
+        dup |= port[j] == port[i];
+    } while (dup);
+  }
+  for (int i = 0; i < NP; i++)
+    put_new_proxy(&b, name[i], port[i]);
+  rawcl_send(&r, &b);
+  it_buf_free(&b);
+  rawcl_sync(&t, &r);
+  for (int i = 0; i < NP; i++) {
+    char err[256] = "";
+    uint16_t got = 0;
+    if (!proxy_resp(&r, name[i], err, &got))
+      fail_msg("no NewProxyResp for %s", name[i]);
+    if (i < PROXY_CAP) {
+      if (err[0] || got != port[i])
+        fail_msg("proxy %d of %d (%s, port %u) refused: \"%s\"", i + 1,
+                 PROXY_CAP, name[i], port[i], err);
+    } else {
+      if (!err[0])
+        fail_msg("proxy %d granted (port %u) beyond max_proxies = %d", i + 1,
+                 got, PROXY_CAP);
+      if (!names_limit(err))
+        fail_msg("proxy %d refused with a reason that does not name the "
+                 "limit: \"%s\"",
+                 i + 1, err);
+      if (i == PROXY_CAP)
+        fprintf(stderr, "# proxy %d refused: %s\n", i + 1, err);
+    }
+  }
+  for (int i = 0; i < NP; i++) {
+    int listening = !it_port_free(port[i]);
+    if (listening != (i < PROXY_CAP))
+      fail_msg("port %u of proxy %d: %s", port[i], i + 1,
+               listening ? "listening beyond the cap" : "not listening");
+  }
+  echo_now(&t, 2, "with a client at its proxy cap");
+
+  /* One closed, one more granted. */
+  it_frp(&b, TUNNEL__MSG_CLOSE_PROXY, "{\"proxy_name\":\"cap-0\"}");
+  rawcl_send(&r, &b);
+  it_buf_free(&b);
+  rawcl_sync(&t, &r);
+  WAIT_MS(&t, it_port_free(port[0]), FAST_MS);
+  put_new_proxy(&b, name[NP], port[NP]);
+  rawcl_send(&r, &b);
+  it_buf_free(&b);
+  rawcl_sync(&t, &r);
+  char err[256] = "";
+  uint16_t got = 0;
+  if (!proxy_resp(&r, name[NP], err, &got) || err[0] || got != port[NP])
+    fail_msg("after closing one, a new proxy was not granted: \"%s\"", err);
+  rawcl_free(&r);
+  it_atk_close(r.a);
+  WAIT_MS(&t, tunnel_server_client_count(t.srv) == 1, FAST_MS);
+  echo_now(&t, 3, "after the proxy cap");
+  legit_intact(&t);
+  ht_teardown(&t);
+}
+
+/* 13. Key age. A Login and a non-mux NewWorkConn signed with the right
+ * token at timestamp OLD_TS (in 1970) are refused: a LoginResp with an
+ * error, and the work connection closed; for each the server logs a line
+ * naming the peer address. So is a Login signed AUTH_SKEW + 300 s ago,
+ * while one signed AUTH_SKEW - 300 s ago, or as far in the future, is
+ * accepted (AUTH_SKEW is the default, 900 s). A replayed Login (the same
+ * run id, timestamp and key) while the session it came from is live is
+ * refused and leaves that session alone, while a login with that run id
+ * and a newer timestamp replaces it (a client reconnecting). With
+ * tunnel_config_set_auth_max_skew(cfg, 0), a Login and a NewWorkConn
+ * signed at OLD_TS are accepted. */
+#define OLD_TS 1000
+#define AUTH_SKEW 900
+
+/* A Login that must be refused. With `addr_log`, the server must also log
+ * a line naming the peer (127.0.0.1). */
+static void expect_login_refused(ht *t, const char *name,
+                                 const it_buf *login, int addr_log) {
+  size_t lp = log_pos(t);
+  it_atk *a = atk_bytes(t, name, login);
+  char err[256], rid[64];
+  size_t used = 0;
+  wait_reply(t, a, 0, TUNNEL__MSG_LOGIN_RESP, err, rid, &used);
+  if (!err[0] || rid[0])
+    fail_msg("%s: accepted (run id \"%s\")", name, rid);
+  it_atk *one[1] = {a};
+  wait_closed_within(t, one, 1, FAST_MS, name);
+  fprintf(stderr, "# %s: refused: %s\n", name, err);
+  if (addr_log && !log_has(t, lp, TUNNEL_LOG_INFO, "127.0.0.1", NULL)) {
+    log_dump(t, lp, name);
+    fail_msg("%s: refused, but no log line names the peer 127.0.0.1", name);
+  }
+}
+
+/* A Login that must be accepted; the client then leaves. */
+static void expect_login_accepted(ht *t, const char *name,
+                                  const it_buf *login) {
+  uint32_t n0 = tunnel_server_client_count(t->srv);
+  rawcl r;
+  rawcl_open(t, &r, name, login, 0, NULL);
+  WAIT_MS(t, tunnel_server_client_count(t->srv) == n0 + 1, FAST_MS);
+  rawcl_free(&r);
+  it_atk_close(r.a);
+  WAIT_MS(t, tunnel_server_client_count(t->srv) == n0, FAST_MS);
+}
+
+static void tune_no_skew(tunnel_config *cfg) {
+  assert_int_equal(tunnel_config_set_auth_max_skew(cfg, 0), 0);
+}
+
+static void test_old_key(void **state) {
+  (void)state;
+  ht t;
+  ht_opts o = {NULL, 1};
+  ht_setup_opts(&t, 0x0e5eed000dull, &o);
+  int64_t now = unix_now();
+  it_buf b = {0};
+  put_login_as(&b, OLD_TS, NULL, 0);
+  expect_login_refused(&t, "Login signed in 1970", &b, 1);
+  b.len = 0;
+  put_login_as(&b, now - AUTH_SKEW - 300, NULL, 0);
+  expect_login_refused(&t, "Login signed 1200 s ago", &b, 0);
+  b.len = 0;
+  put_login_as(&b, now - AUTH_SKEW + 300, NULL, 0);
+  expect_login_accepted(&t, "Login signed 600 s ago", &b);
+  b.len = 0;
+  put_login_as(&b, now + AUTH_SKEW - 300, NULL, 0);
+  expect_login_accepted(&t, "Login signed 600 s ahead", &b);
+
+  /* A non-mux client with two work connections requested. */
+  b.len = 0;
+  put_login_as(&b, now, NULL, 2);
+  rawcl v;
+  rawcl_open(&t, &v, "non-mux client", &b, 0, NULL);
+  rawcl_wait_reqs(&t, &v, 2);
+  size_t lp = log_pos(&t);
+  it_atk *w = work_conn(&t, "NewWorkConn signed in 1970", v.run_id, 1,
+                        OLD_TS, NULL);
+  expect_work_refused(&t, w);
+  if (!log_has(&t, lp, TUNNEL_LOG_INFO, "127.0.0.1", NULL)) {
+    log_dump(&t, lp, w->name);
+    fail_msg("%s: refused, but no log line names the peer 127.0.0.1",
+             w->name);
+  }
+  expect_parked(&t, work_conn(&t, "NewWorkConn signed now", v.run_id, 1,
+                              unix_now(), NULL));
+  echo_now(&t, 2, "after the old keys");
+
+  /* A replay of a live session's Login. */
+  static const char rid[] = "5eed0000feedface";
+  int64_t ts = unix_now();
+  b.len = 0;
+  put_login_as(&b, ts, rid, 0);
+  rawcl live;
+  rawcl_open(&t, &live, "client with its own run id", &b, 0, NULL);
+  if (strcmp(live.run_id, rid) != 0)
+    fail_msg("the server gave run id %s to a client that asked for %s",
+             live.run_id, rid);
+  uint32_t n0 = tunnel_server_client_count(t.srv);
+  expect_login_refused(&t, "replayed Login of a live session", &b, 0);
+  rawcl_sync(&t, &live);
+  if (it_atk_ended(live.a) || tunnel_server_client_count(t.srv) != n0)
+    fail_msg("the replayed Login ended the live session (%s)",
+             it_atk_how(live.a));
+  echo_now(&t, 3, "after the replayed Login");
+  b.len = 0;
+  put_login_as(&b, ts + 1, rid, 0);
+  rawcl again;
+  rawcl_open(&t, &again, "the same client, reconnecting", &b, 0, NULL);
+  if (strcmp(again.run_id, rid) != 0)
+    fail_msg("the reconnecting client got run id %s, not %s", again.run_id,
+             rid);
+  WAIT_MS(&t, it_atk_ended(live.a), FAST_MS);
+  WAIT_MS(&t, tunnel_server_client_count(t.srv) == n0, FAST_MS);
+  rawcl_free(&live);
+  rawcl_free(&again);
+  rawcl_free(&v);
+  it_buf_free(&b);
+  legit_intact(&t);
+  ht_teardown(&t);
+
+  /* No limit on the age. */
+  o.tune = tune_no_skew;
+  ht_setup_opts(&t, 0x0e5eed000eull, &o);
+  put_login_as(&b, OLD_TS, NULL, 1);
+  rawcl x;
+  rawcl_open(&t, &x, "Login signed in 1970, any age allowed", &b, 0, NULL);
+  it_buf_free(&b);
+  rawcl_wait_reqs(&t, &x, 1);
+  expect_parked(&t, work_conn(&t, "NewWorkConn signed in 1970, any age "
+                                  "allowed",
+                              x.run_id, 1, OLD_TS, NULL));
+  rawcl_free(&x);
+  echo_now(&t, 4, "with any key age allowed");
+  legit_intact(&t);
+  ht_teardown(&t);
+}
+
+/* 14. Work connections on TCP connections of their own (non-mux). By
+ * default an unsigned NewWorkConn with the right run id from the address
+ * the client's control connection came from (127.0.0.1) is accepted, as a
+ * stock frpc sends it; from another address (127.0.0.2) it is refused. A
+ * NewWorkConn beyond the requests outstanding (the pool the server asked
+ * for) is refused, signed or not. The pool hands out its oldest work
+ * connection first, so one injected late does not get the next visitor.
+ * For a client logged in over yamux, whose work streams come in its
+ * session, an unsigned one is refused even while a visitor waits.
+ * With tunnel_config_set_require_signed_work_conns(cfg, 1) an unsigned one
+ * is refused and the server logs why; a signed one is still accepted. */
+static void tune_require_signed(tunnel_config *cfg) {
+  assert_int_equal(tunnel_config_set_require_signed_work_conns(cfg, 1), 0);
+}
+
+static void test_work_conn_rules(void **state) {
+  (void)state;
+  ht t;
+  ht_opts o = {NULL, 1};
+  ht_setup_opts(&t, 0x0e5eed000full, &o);
+  it_buf b = {0};
+  put_login_as(&b, unix_now(), NULL, 2);
+  rawcl v;
+  rawcl_open(&t, &v, "non-mux client, pool 2", &b, 0, NULL);
+  it_buf_free(&b);
+  uint16_t vport = rawcl_proxy(&t, &v, "wc");
+  rawcl_wait_reqs(&t, &v, 2);
+  expect_work_refused(&t, work_conn(&t, "unsigned NewWorkConn from "
+                                        "127.0.0.2",
+                                    v.run_id, 0, 0, "127.0.0.2"));
+  it_atk *w1 = work_conn(&t, "signed NewWorkConn, first", v.run_id, 1,
+                         unix_now(), NULL);
+  expect_parked(&t, w1);
+  it_atk *w2 = work_conn(&t, "unsigned NewWorkConn from 127.0.0.1, second",
+                         v.run_id, 0, 0, NULL);
+  expect_parked(&t, w2);
+  expect_work_refused(&t, work_conn(&t, "signed NewWorkConn beyond the "
+                                        "requests",
+                                    v.run_id, 1, unix_now(), NULL));
+  expect_work_refused(&t, work_conn(&t, "unsigned NewWorkConn beyond the "
+                                        "requests",
+                                    v.run_id, 0, 0, NULL));
+  /* A visitor: the first parked connection serves it. */
+  it_atk *vis = it_atk_new(&t.loop, &t.atks, "visitor", vport, 0);
+  WAIT_MS(&t, w1->rx.len || w2->rx.len || it_atk_ended(w1), FAST_MS);
+  it_sleep(&t.w, 200);
+  char err[256] = "";
+  if (w2->rx.len || !w1->rx.len)
+    fail_msg("the visitor went to the work connection parked last (the "
+             "first got %zu bytes, the last %zu)",
+             w1->rx.len, w2->rx.len);
+  if (first_msg(w1->rx.p, w1->rx.len, TUNNEL__MSG_START_WORK_CONN, err,
+                sizeof err, NULL, 0, NULL) != 1 ||
+      err[0])
+    fail_msg("the first work connection got no StartWorkConn (error "
+             "\"%s\")",
+             err);
+  it_atk_close(vis);
+  rawcl_free(&v);
+
+  /* A yamux client's visitor waits for a work stream: a work connection
+   * of its own for that client, unsigned, from the same address, is
+   * refused all the same (such a client never sends one), and the visitor
+   * does not get it. */
+  b.len = 0;
+  put_login_as(&b, unix_now(), NULL, 0);
+  rawcl mx;
+  rawcl_open_mux(&t, &mx, "yamux client that opens no work streams", &b);
+  it_buf_free(&b);
+  uint16_t mport = rawcl_proxy(&t, &mx, "wc-mux");
+  it_atk *mvis = it_atk_new(&t.loop, &t.atks, "visitor of the yamux client",
+                            mport, 0);
+  rawcl_wait_reqs(&t, &mx, 1);
+  expect_work_refused(&t, work_conn(&t, "unsigned NewWorkConn from "
+                                        "127.0.0.1 for a yamux client",
+                                    mx.run_id, 0, 0, NULL));
+  if (it_atk_ended(mvis) || mvis->rx.len)
+    fail_msg("the yamux client's visitor was served (%s, %zu bytes)",
+             it_atk_how(mvis), mvis->rx.len);
+  it_atk_close(mvis);
+  rawcl_free(&mx);
+  echo_now(&t, 2, "after the work connections");
+  legit_intact(&t);
+  ht_teardown(&t);
+
+  /* Signatures required. */
+  o.tune = tune_require_signed;
+  ht_setup_opts(&t, 0x0e5eed0010ull, &o);
+  put_login_as(&b, unix_now(), NULL, 1);
+  rawcl_open(&t, &v, "non-mux client, pool 1", &b, 0, NULL);
+  it_buf_free(&b);
+  rawcl_wait_reqs(&t, &v, 1);
+  size_t lp = log_pos(&t);
+  it_atk *u = work_conn(&t, "unsigned NewWorkConn, signatures required",
+                        v.run_id, 0, 0, NULL);
+  expect_work_refused(&t, u);
+  if (!log_has(&t, lp, TUNNEL_LOG_WARN, "key", NULL) &&
+      !log_has(&t, lp, TUNNEL_LOG_WARN, "sign", NULL)) {
+    log_dump(&t, lp, u->name);
+    fail_msg("%s: refused without a warning that says why (no key)",
+             u->name);
+  }
+  expect_parked(&t, work_conn(&t, "signed NewWorkConn, signatures required",
+                              v.run_id, 1, unix_now(), NULL));
+  rawcl_free(&v);
+  echo_now(&t, 3, "with signed work connections required");
+  legit_intact(&t);
+  ht_teardown(&t);
+}
+
+/* 15. Slowloris: SLOW_CONNS connections from 127.0.0.1, more than
+ * max_clients (the default 1024), each sending a Login (raw, or in a yamux
+ * stream) one byte per second, so that none ever finishes. During the
+ * trickle, a new tunnel_client logs in within SLOW_LOGIN_MS and its tunnel
+ * echoes; so does the legitimate one. */
+#define SLOW_CONNS 1100
+#define SLOW_BATCH 100
+#define SLOW_LOGIN_MS 5000u
+
+static void on_late_px(tunnel_proxy *p, int status, const char *msg,
+                       void *ud) {
+  badcl *b = ud;
+  (void)p;
+  b->px_calls++;
+  b->px_status = status;
+  const char *colon = msg ? strrchr(msg, ':') : NULL;
+  b->pub = status == 0 && colon ? (uint16_t)atoi(colon + 1) : 0;
+}
+
+static void test_slowloris(void **state) {
+  (void)state;
+  ht t;
+  ht_setup(&t, 0x0e5eed0011ull);
+  it_buf raw = {0}, mux = {0};
+  put_login_as(&raw, unix_now(), NULL, 1);
+  put_syn(&mux, 1);
+  it_ymx_data(&mux, 1, 0, raw.p, raw.len);
+  it_atk **a = calloc(SLOW_CONNS, sizeof *a);
+  assert_non_null(a);
+  uint64_t t0 = now_ms(&t);
+  for (int i = 0; i < SLOW_CONNS; i += SLOW_BATCH) {
+    int n = SLOW_CONNS - i < SLOW_BATCH ? SLOW_CONNS - i : SLOW_BATCH;
+    for (int j = i; j < i + n; j++) {
+      a[j] = atk_new(&t, j % 2 ? "slow Login in a yamux stream"
+                               : "slow raw Login");
+      a[j]->tick_bytewise = 1;
+      const it_buf *u = j % 2 ? &mux : &raw;
+      it_buf_put(&a[j]->tick_unit, u->p, u->len);
+    }
+    it_waiter_arm(&t.w, IT_WAIT_MS);
+    for (;;) {
+      int pending = 0;
+      for (int j = i; j < i + n; j++)
+        pending += !a[j]->connected && !it_atk_ended(a[j]);
+      if (!pending || t.w.fired)
+        break;
+      uv_run(&t.loop, UV_RUN_ONCE);
+    }
+    it_waiter_disarm(&t.w);
+    for (int j = i; j < i + n; j++)
+      if (a[j]->connected && !it_atk_ended(a[j]))
+        it_atk_tick(a[j], 1000);
+  }
+  int open = 0, refused = 0;
+  for (int i = 0; i < SLOW_CONNS; i++) {
+    open += a[i]->connected && !it_atk_ended(a[i]);
+    refused += !a[i]->connected;
+  }
+  fprintf(stderr,
+          "# %d slow connections made in %llu ms: %d still open, %d not "
+          "connected\n",
+          SLOW_CONNS, (unsigned long long)(now_ms(&t) - t0), open, refused);
+  it_sleep(&t.w, 1000); /* a first byte from each */
+
+  conn *during = vis_new(&t, ECHO_BYTES, 2);
+  badcl *late = &t.bad[t.nbad++];
+  late->t = &t;
+  tunnel_config *cfg = config_new(&t, TOKEN, "late client");
+  assert_int_equal(tunnel_client_new(&late->c, &t.loop, cfg), 0);
+  tunnel_config_free(cfg);
+  assert_int_equal(tunnel_client_set_state_cb(late->c, on_bad_state, late),
+                   0);
+  assert_int_equal(
+      tunnel_proxy_new(&late->px, late->c, "late", TUNNEL_PROXY_TCP), 0);
+  assert_int_equal(
+      tunnel_proxy_set_local(late->px, "127.0.0.1", t.svc_port), 0);
+  assert_int_equal(tunnel_proxy_set_status_cb(late->px, on_late_px, late),
+                   0);
+  assert_int_equal(tunnel_proxy_start(late->px), 0);
+  uint64_t l0 = now_ms(&t);
+  assert_int_equal(tunnel_client_connect(late->c, "127.0.0.1", t.srv_port),
+                   0);
+  it_waiter_arm(&t.w, SLOW_LOGIN_MS);
+  while (!late->state_calls && !t.w.fired)
+    uv_run(&t.loop, UV_RUN_ONCE);
+  it_waiter_disarm(&t.w);
+  uint64_t login_ms = now_ms(&t) - l0;
+  if (!late->state_calls)
+    fail_msg("a new client did not log in within %u ms during the "
+             "trickle",
+             SLOW_LOGIN_MS);
+  if (late->state != 0)
+    fail_msg("a new client's login failed during the trickle after %llu "
+             "ms: %s (%s)",
+             (unsigned long long)login_ms, tunnel_err_name(late->state),
+             late->msg);
+  WAIT_MS(&t, late->px_calls > 0, FAST_MS);
+  if (late->px_status != 0 || !late->pub)
+    fail_msg("the new client's proxy was refused: %s",
+             tunnel_err_name(late->px_status));
+  fprintf(stderr, "# a new client logged in after %llu ms during the "
+          "trickle\n",
+          (unsigned long long)login_ms);
+  uint16_t pub = t.pub;
+  t.pub = late->pub;
+  echo_now(&t, 3, "through the new client, during the trickle");
+  t.pub = pub;
+  WAIT(&t, during->closed);
+  vis_check(during, "during the trickle");
+  echo_now(&t, 4, "during the trickle");
+  assert_int_equal(tunnel_server_client_count(t.srv), 2);
+  legit_intact(&t);
+  it_buf_free(&raw);
+  it_buf_free(&mux);
+  free(a);
+  ht_teardown(&t);
+}
+
+/* 16. Control bytes in names: run ids, proxy names, a proxy type, a
+ * version, a hostname and a user holding '\n', '\r', ESC, BEL, BS, TAB,
+ * DEL..., from raw clients logged in or not, raw or in a yamux stream. No
+ * line the log callback receives (at any level) holds a raw control
+ * character, and the run ids and the proxy name do appear, escaped: both
+ * halves of the name on one line. */
+static void test_log_injection(void **state) {
+  (void)state;
+  ht t;
+  ht_opts o = {NULL, 1};
+  ht_setup_opts(&t, 0x0e5eed0012ull, &o);
+  size_t lp = log_pos(&t);
+  int64_t ts = unix_now();
+  const tunnel__mem *mem = libc_mem();
+
+  /* A Login full of control bytes. */
+  tunnel__msg m;
+  tunnel__msg_init(&m, TUNNEL__MSG_LOGIN);
+  char k[33];
+  key_of(TOKEN, ts, k);
+  assert_int_equal(tunnel__msg_set_str(mem, &m.version,
+                                       "0.61.0\nFAKE5\x1b]0;t\x07"),
+                   0);
+  assert_int_equal(tunnel__msg_set_str(mem, &m.hostname, "h\bFAKE7\t"), 0);
+  assert_int_equal(tunnel__msg_set_str(mem, &m.user, "u\nFAKE8\r"), 0);
+  assert_int_equal(tunnel__msg_set_str(mem, &m.privilege_key, k), 0);
+  assert_int_equal(
+      tunnel__msg_set_str(mem, &m.run_id, "inj\nFAKE1\r\x1b[2J\x07"), 0);
+  m.timestamp = ts;
+  it_buf b = {0};
+  put_msg(&b, &m);
+  tunnel__msg_clear(mem, &m);
+  it_atk *l1 = atk_bytes(&t, "Login with control bytes", &b);
+  char err[256], rid[64];
+  wait_reply(&t, l1, 0, TUNNEL__MSG_LOGIN_RESP, err, rid, NULL);
+
+  /* The same run id in a yamux stream's Login. */
+  tunnel__msg_init(&m, TUNNEL__MSG_LOGIN);
+  assert_int_equal(tunnel__msg_set_str(mem, &m.privilege_key, k), 0);
+  assert_int_equal(
+      tunnel__msg_set_str(mem, &m.run_id, "mx\nFAKE6\b\x7f"), 0);
+  m.timestamp = ts;
+  it_buf lm = {0};
+  put_msg(&lm, &m);
+  tunnel__msg_clear(mem, &m);
+  b.len = 0;
+  put_syn(&b, 1);
+  it_ymx_data(&b, 1, 0, lm.p, lm.len);
+  it_buf_free(&lm);
+  it_atk *l2 = atk_bytes(&t, "yamux Login with control bytes", &b);
+  wait_reply(&t, l2, 1, TUNNEL__MSG_LOGIN_RESP, err, rid, NULL);
+
+  /* A work connection for a run id with control bytes. */
+  b.len = 0;
+  put_signed(&b, TUNNEL__MSG_NEW_WORK_CONN, TOKEN, ts, ts, NULL,
+             "wc\nFAKE4\x1b[0m");
+  it_atk *w = atk_bytes(&t, "NewWorkConn with control bytes", &b);
+  WAIT_MS(&t, it_atk_ended(w) || w->rx.len, FAST_MS);
+
+  /* Proxy names and a type with control bytes, from a logged-in client. */
+  b.len = 0;
+  put_login_as(&b, ts, NULL, 0);
+  rawcl r;
+  rawcl_open(&t, &r, "client naming proxies with control bytes", &b, 0,
+             NULL);
+  b.len = 0;
+  static const char px[] = "px\nFAKE2\x1b[31m\x7f";
+  put_new_proxy(&b, px, 0);
+  put_new_proxy(&b, px, 0); /* a duplicate: refused, naming it */
+  tunnel__msg_init(&m, TUNNEL__MSG_NEW_PROXY);
+  assert_int_equal(tunnel__msg_set_str(mem, &m.proxy_name, "q1"), 0);
+  assert_int_equal(
+      tunnel__msg_set_str(mem, &m.proxy_type, "tc\np\x01" "FAKE3"), 0);
+  put_msg(&b, &m);
+  tunnel__msg_clear(mem, &m);
+  tunnel__msg_init(&m, TUNNEL__MSG_CLOSE_PROXY);
+  assert_int_equal(tunnel__msg_set_str(mem, &m.proxy_name, "cl\nFAKE9\r"),
+                   0);
+  put_msg(&b, &m);
+  tunnel__msg_clear(mem, &m);
+  it_frp(&b, TUNNEL__MSG_CLOSE_PROXY,
+         "{\"proxy_name\":\"px\\nFAKE2\\u001b[31m\\u007f\"}");
+  rawcl_send(&r, &b);
+  it_buf_free(&b);
+  rawcl_sync(&t, &r);
+  echo_now(&t, 2, "after the control bytes");
+
+  fprintf(stderr, "# %llu server log lines, %llu with a raw control "
+          "character\n",
+          (unsigned long long)t.cap.lines,
+          (unsigned long long)t.cap.ctl_lines);
+  if (t.cap.ctl_lines) {
+    log_dump(&t, lp, "the control bytes");
+    fail_msg("%llu log line(s) held a raw control character; the first: "
+             "%s",
+             (unsigned long long)t.cap.ctl_lines, t.cap.first_ctl);
+  }
+  if (!log_has(&t, lp, TUNNEL_LOG_DEBUG, "inj", "FAKE1") &&
+      !log_has(&t, lp, TUNNEL_LOG_DEBUG, "mx", "FAKE6") &&
+      !log_has(&t, lp, TUNNEL_LOG_DEBUG, "wc", "FAKE4")) {
+    log_dump(&t, lp, "the control bytes");
+    fail_msg("no log line shows a run id with control bytes, escaped");
+  }
+  if (!log_has(&t, lp, TUNNEL_LOG_DEBUG, "px", "FAKE2")) {
+    log_dump(&t, lp, "the control bytes");
+    fail_msg("no log line shows the proxy name with control bytes, "
+             "escaped");
+  }
+  rawcl_free(&r);
+  legit_intact(&t);
+  ht_teardown(&t);
+}
+
 int main(int argc, char **argv) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_garbage),
@@ -1896,6 +3455,14 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_flood_during_transfer),
       cmocka_unit_test(test_wrong_token_repeated),
       cmocka_unit_test(test_raw_login_bad_work_conn),
+      cmocka_unit_test(test_request_flood),
+      cmocka_unit_test(test_unauth_stream_flood),
+      cmocka_unit_test(test_syn_close_storm),
+      cmocka_unit_test(test_proxy_cap),
+      cmocka_unit_test(test_old_key),
+      cmocka_unit_test(test_work_conn_rules),
+      cmocka_unit_test(test_slowloris),
+      cmocka_unit_test(test_log_injection),
   };
   /* Attackers write to connections the server closes: EPIPE, not death. */
   signal(SIGPIPE, SIG_IGN);
