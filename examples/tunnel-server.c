@@ -13,7 +13,8 @@ static const char usage[] =
     "usage: tunnel-server [--control HOST:PORT] [--bind HOST] [--ports LO-HI]\n"
     "                     [--token TOKEN] [--max-clients N] [--max-proxies N]\n"
     "                     [--heartbeat-timeout S] [--auth-max-skew S]\n"
-    "                     [--require-signed-work-conns] [--verbose]\n"
+    "                     [--require-signed-work-conns] [--http HOST:PORT]\n"
+    "                     [--https HOST:PORT] [--domain DOMAIN] [--verbose]\n"
     "  --control  where clients connect (default 0.0.0.0:7000)\n"
     "  --bind     address of the public listeners (default 0.0.0.0)\n"
     "  --ports    public ports clients may use or be given (default 1024-65535)\n"
@@ -26,6 +27,9 @@ static const char usage[] =
     "                         this clock (default 900; 0: any age)\n"
     "  --require-signed-work-conns  refuse unsigned non-mux work connections\n"
     "                         (a stock frpc needs authenticate_new_work_conns)\n"
+    "  --http HOST:PORT  public HTTP port: requests routed by Host\n"
+    "  --https HOST:PORT public HTTPS port: TLS routed by server name (SNI)\n"
+    "  --domain   names NAME.DOMAIN go to subdomain NAME (default localhost)\n"
     "  --verbose  log connections and proxies (twice: debug)\n";
 
 static tunnel_server *server;
@@ -53,6 +57,9 @@ int main(int argc, char **argv) {
   uint32_t max_clients = 1024, max_proxies = 128, hb_timeout = 90,
            skew = 900;
   int require_signed = 0;
+  char http_host[256] = "", https_host[256] = "";
+  uint16_t http_port = 0, https_port = 0;
+  const char *domain = NULL;
   int verbose = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -87,6 +94,18 @@ int main(int argc, char **argv) {
       i++;
     } else if (!strcmp(a, "--token") && v) {
       token = v;
+      i++;
+    } else if ((!strcmp(a, "--http") || !strcmp(a, "--https")) && v) {
+      int tls = !strcmp(a, "--https");
+      if (cli_parse_hostport(v, tls ? https_host : http_host,
+                             sizeof http_host,
+                             tls ? &https_port : &http_port) != 0) {
+        fprintf(stderr, "tunnel-server: bad %s '%s'\n", a, v);
+        return 2;
+      }
+      i++;
+    } else if (!strcmp(a, "--domain") && v) {
+      domain = v;
       i++;
     } else if (!strcmp(a, "--require-signed-work-conns")) {
       require_signed = 1;
@@ -132,7 +151,8 @@ int main(int argc, char **argv) {
       (rc = tunnel_config_set_max_proxies(cfg, max_proxies)) != 0 ||
       (rc = tunnel_config_set_heartbeat(cfg, 0, hb_timeout)) != 0 ||
       (rc = tunnel_config_set_auth_max_skew(cfg, skew)) != 0 ||
-      (rc = tunnel_config_set_require_signed_work_conns(cfg, require_signed)))
+      (rc = tunnel_config_set_require_signed_work_conns(cfg, require_signed)) ||
+      (domain && (rc = tunnel_config_set_subdomain_host(cfg, domain)) != 0))
     return fail("config", rc);
   rc = tunnel_server_new(&server, loop, cfg);
   tunnel_config_free(cfg);
@@ -149,6 +169,26 @@ int main(int argc, char **argv) {
   tunnel_server_port(server, &port);
   printf(strchr(host, ':') ? "listening on [%s]:%u\n" : "listening on %s:%u\n",
          host, port);
+  for (int tls = 0; tls < 2; tls++) {
+    const char *h = tls ? https_host : http_host;
+    if (!*h)
+      continue;
+    uint16_t vp = 0;
+    rc = tls ? tunnel_server_listen_https(server, h, https_port)
+             : tunnel_server_listen_http(server, h, http_port);
+    if (rc == 0)
+      rc = tls ? tunnel_server_https_port(server, &vp)
+               : tunnel_server_http_port(server, &vp);
+    if (rc) {
+      fprintf(stderr, "tunnel-server: cannot listen for %s on %s: %s\n",
+              tls ? "HTTPS" : "HTTP", h, tunnel_strerror(rc));
+      tunnel_server_close(server, NULL, NULL);
+      uv_run(loop, UV_RUN_DEFAULT);
+      return 1;
+    }
+    printf(strchr(h, ':') ? "%s on [%s]:%u\n" : "%s on %s:%u\n",
+           tls ? "https" : "http", h, vp);
+  }
   fflush(stdout);
 
   uv_signal_init(loop, &sigint_h);

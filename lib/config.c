@@ -32,6 +32,11 @@ void tunnel__config_defaults(struct tunnel_config *cfg) {
   cfg->total_buffer = 512u * 1024u * 1024u;
   cfg->auth_max_skew_s = 900;
   cfg->require_signed_work = 0;
+  cfg->subdomain_host = NULL;
+  cfg->http_max_head = 16384;
+  cfg->http_head_timeout_ms = 10000;
+  cfg->http_response_timeout_ms = 60000;
+  cfg->http_max_visitors = 10000;
 }
 
 int tunnel__config_copy(struct tunnel_config *dst,
@@ -39,10 +44,14 @@ int tunnel__config_copy(struct tunnel_config *dst,
   *dst = *src;
   dst->token = NULL;
   dst->proxy_bind_addr = NULL;
-  if (src->token && !(dst->token = tunnel__strdup(&src->mem, src->token)))
-    return TUNNEL_ENOMEM;
-  if (src->proxy_bind_addr &&
-      !(dst->proxy_bind_addr = tunnel__strdup(&src->mem, src->proxy_bind_addr))) {
+  dst->subdomain_host = NULL;
+  if ((src->token && !(dst->token = tunnel__strdup(&src->mem, src->token))) ||
+      (src->proxy_bind_addr &&
+       !(dst->proxy_bind_addr =
+             tunnel__strdup(&src->mem, src->proxy_bind_addr))) ||
+      (src->subdomain_host &&
+       !(dst->subdomain_host =
+             tunnel__strdup(&src->mem, src->subdomain_host)))) {
     tunnel__config_release(dst);
     return TUNNEL_ENOMEM;
   }
@@ -52,7 +61,8 @@ int tunnel__config_copy(struct tunnel_config *dst,
 void tunnel__config_release(struct tunnel_config *cfg) {
   tunnel__free(&cfg->mem, cfg->token);
   tunnel__free(&cfg->mem, cfg->proxy_bind_addr);
-  cfg->token = cfg->proxy_bind_addr = NULL;
+  tunnel__free(&cfg->mem, cfg->subdomain_host);
+  cfg->token = cfg->proxy_bind_addr = cfg->subdomain_host = NULL;
 }
 
 const char *tunnel__config_token(const struct tunnel_config *cfg) {
@@ -91,6 +101,7 @@ void tunnel_config_free(tunnel_config *cfg) {
     return;
   free(cfg->token);
   free(cfg->proxy_bind_addr);
+  free(cfg->subdomain_host);
   free(cfg);
 }
 
@@ -249,5 +260,40 @@ int tunnel_config_set_require_signed_work_conns(tunnel_config *cfg,
   if (!cfg)
     return TUNNEL_EINVAL;
   cfg->require_signed_work = required ? 1 : 0;
+  return 0;
+}
+
+int tunnel_config_set_subdomain_host(tunnel_config *cfg, const char *domain) {
+  if (!cfg)
+    return TUNNEL_EINVAL;
+  if (domain) {
+    size_t n = strlen(domain);
+    if (n > 200)
+      return TUNNEL_ERANGE;
+    for (size_t i = 0; i < n; i++) {
+      char ch = domain[i];
+      if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+            (ch >= '0' && ch <= '9') || ch == '-' || ch == '.'))
+        return TUNNEL_EINVAL;
+    }
+  }
+  return set_string(&cfg->subdomain_host, domain);
+}
+
+int tunnel_config_set_http_limits(tunnel_config *cfg, uint32_t max_head,
+                                  uint32_t head_timeout_ms,
+                                  uint32_t response_timeout_ms,
+                                  uint32_t max_visitors) {
+  if (!cfg)
+    return TUNNEL_EINVAL;
+  if (max_head < 1024 || max_head > (1u << 20) || head_timeout_ms < 100 ||
+      head_timeout_ms > 600000 || response_timeout_ms < 100 ||
+      response_timeout_ms > 3600000 || max_visitors < 1 ||
+      max_visitors > (1u << 20))
+    return TUNNEL_ERANGE;
+  cfg->http_max_head = max_head;
+  cfg->http_head_timeout_ms = head_timeout_ms;
+  cfg->http_response_timeout_ms = response_timeout_ms;
+  cfg->http_max_visitors = max_visitors;
   return 0;
 }

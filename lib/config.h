@@ -36,6 +36,11 @@ struct tunnel_config {
   uint32_t total_buffer;
   uint32_t auth_max_skew_s;
   int require_signed_work;
+  char *subdomain_host;
+  uint32_t http_max_head;
+  uint32_t http_head_timeout_ms;
+  uint32_t http_response_timeout_ms;
+  uint32_t http_max_visitors;
 };
 
 void tunnel__config_defaults(struct tunnel_config *cfg);

@@ -236,6 +236,25 @@ TUNNEL_EXTERN int tunnel_config_set_auth_max_skew(tunnel_config *cfg,
 TUNNEL_EXTERN int tunnel_config_set_require_signed_work_conns(
     tunnel_config *cfg, int required);
 
+/* Server: the domain under which HTTP/HTTPS proxies get subdomains
+ * (NAME.DOMAIN; default "localhost", so NAME.localhost works on one
+ * machine). Also the domain of the names picked for proxies that ask for
+ * none. */
+TUNNEL_EXTERN int tunnel_config_set_subdomain_host(tunnel_config *cfg,
+                                                   const char *domain);
+/* Server, public HTTP/HTTPS ports: the largest request head (or TLS
+ * ClientHello) accepted, bytes (default 16384, 1024..1048576; larger heads
+ * get 431); milliseconds a visitor may take to send it (default 10000,
+ * 100..600000; a slow client cannot hold a slot); milliseconds a local
+ * service may take to start answering a request (default 60000,
+ * 100..3600000; then 504); and visitor connections open at once on those
+ * ports (default 10000, 1..1048576). */
+TUNNEL_EXTERN int tunnel_config_set_http_limits(tunnel_config *cfg,
+                                                uint32_t max_head,
+                                                uint32_t head_timeout_ms,
+                                                uint32_t response_timeout_ms,
+                                                uint32_t max_visitors);
+
 #ifdef __cplusplus
 }
 #endif

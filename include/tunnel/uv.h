@@ -94,6 +94,20 @@ TUNNEL_EXTERN int tunnel_server_listen(tunnel_server *srv, const char *host,
                                        uint16_t port);
 TUNNEL_EXTERN int tunnel_server_port(const tunnel_server *srv,
                                      uint16_t *port);
+/* The public HTTP port: requests are routed by their Host to HTTP proxies
+ * (each request of a kept-alive connection on its own). Port 0: an
+ * ephemeral port. */
+TUNNEL_EXTERN int tunnel_server_listen_http(tunnel_server *srv,
+                                            const char *host, uint16_t port);
+/* The public HTTPS port: TLS connections are routed by the server name of
+ * their ClientHello (SNI) to HTTPS proxies, bytes untouched. */
+TUNNEL_EXTERN int tunnel_server_listen_https(tunnel_server *srv,
+                                             const char *host, uint16_t port);
+/* Ports bound by the calls above (TUNNEL_ESTATE when not listening). */
+TUNNEL_EXTERN int tunnel_server_http_port(const tunnel_server *srv,
+                                          uint16_t *port);
+TUNNEL_EXTERN int tunnel_server_https_port(const tunnel_server *srv,
+                                           uint16_t *port);
 /* Clients logged in now. */
 TUNNEL_EXTERN uint32_t tunnel_server_client_count(const tunnel_server *srv);
 /* Stops listening, disconnects every client and frees the server after

@@ -122,6 +122,8 @@ int tunnel_server_new(tunnel_server **out, uv_loop_t *loop,
   uv_timer_init(loop, &srv->sweep);
   srv->loop = loop;
   srv->budget.limit = srv->cfg.total_buffer;
+  tunnel__srv_vhost_init(srv, &srv->http, 0);
+  tunnel__srv_vhost_init(srv, &srv->https, 1);
   srv->listener.data = srv;
   srv->sweep.data = srv;
   srv->handles = 2;
@@ -163,6 +165,37 @@ int tunnel_server_port(const tunnel_server *srv, uint16_t *port) {
   char host[64];
   tunnel__format_addr((struct sockaddr *)&ss, host, sizeof host, port);
   return 0;
+}
+
+int tunnel_server_listen_http(tunnel_server *srv, const char *host,
+                              uint16_t port) {
+  if (!srv || !host)
+    return TUNNEL_EINVAL;
+  return tunnel__srv_vhost_listen(&srv->http, host, port);
+}
+
+int tunnel_server_listen_https(tunnel_server *srv, const char *host,
+                               uint16_t port) {
+  if (!srv || !host)
+    return TUNNEL_EINVAL;
+  return tunnel__srv_vhost_listen(&srv->https, host, port);
+}
+
+static int vhost_port(const srv_vhost *vh, uint16_t *port) {
+  if (!port)
+    return TUNNEL_EINVAL;
+  if (!vh->listening)
+    return TUNNEL_ESTATE;
+  *port = vh->port;
+  return 0;
+}
+
+int tunnel_server_http_port(const tunnel_server *srv, uint16_t *port) {
+  return srv ? vhost_port(&srv->http, port) : TUNNEL_EINVAL;
+}
+
+int tunnel_server_https_port(const tunnel_server *srv, uint16_t *port) {
+  return srv ? vhost_port(&srv->https, port) : TUNNEL_EINVAL;
 }
 
 uint32_t tunnel_server_client_count(const tunnel_server *srv) {
@@ -210,6 +243,8 @@ int tunnel_server_close(tunnel_server *srv, tunnel_server_close_cb cb,
     tunnel__srv_sess_destroy(srv->sessions);
   while (srv->ctls) /* clients without a session: non-mux */
     tunnel__srv_ctl_destroy(srv->ctls);
+  tunnel__srv_vhost_close(&srv->http);
+  tunnel__srv_vhost_close(&srv->https);
   /* Non-mux joins are connections of their own: no session end reaches
    * them. */
   tunnel__splice_abort_all(&srv->splices);

@@ -36,6 +36,31 @@ typedef struct srv_conn srv_conn;
 typedef struct srv_drain srv_drain;
 typedef struct srv_work srv_work;
 typedef struct srv_waiter srv_waiter;
+typedef struct srv_vhost srv_vhost;
+typedef struct srv_vconn srv_vconn;
+
+/* A visitor connection on a public HTTP/HTTPS port. */
+struct srv_vconn {
+  srv_vhost *vh;
+  srv_vconn *prev, *next;
+  /* Closes the connection now (server closing). */
+  void (*close)(srv_vconn *c);
+  /* `p` is going away: forget it, and close if waiting on it. */
+  void (*proxy_gone)(srv_vconn *c, srv_proxy *p);
+};
+
+/* A public HTTP or HTTPS port shared by every client's proxies of that
+ * kind, and the names routed through it (srv_vhost.c). */
+struct srv_vhost {
+  tunnel_server *srv;
+  int https;
+  uv_tcp_t listener;
+  int listening;
+  uint16_t port;
+  struct tunnel__router *router;
+  srv_vconn *conns; /* visitor connections */
+  uint32_t nconns;
+};
 
 struct tunnel_server {
   uv_loop_t *loop;
@@ -55,6 +80,7 @@ struct tunnel_server {
   tunnel__anon_limits anon_limits;
   /* Bytes the server may be made to hold for all sessions' streams. */
   tunnel__ymx_budget budget;
+  srv_vhost http, https;
   srv_drain *drains; /* refused channels, until the peer reads the refusal
                         and closes, or a deadline */
   srv_first *firsts; /* streams awaiting their first message */
@@ -234,7 +260,33 @@ int tunnel__srv_start_work(srv_proxy *p, tunnel_stream *st, const char *src,
                            uint16_t src_port, const char *dst,
                            uint16_t dst_port);
 
+/* srv_vhost.c */
+void tunnel__srv_vhost_init(tunnel_server *srv, srv_vhost *vh, int https);
+int tunnel__srv_vhost_listen(srv_vhost *vh, const char *host, uint16_t port);
+/* Closes the listener and every visitor connection. */
+void tunnel__srv_vhost_close(srv_vhost *vh);
+/* Registers the names `m` asks for (subdomain, custom domains, HTTP
+ * locations; an unguessable subdomain when it asks for none) to `p`. Fills
+ * `remote_addr` with "NAME[:PORT],..." or `err`. All or nothing. */
+int tunnel__srv_vhost_register(srv_vhost *vh, srv_proxy *p,
+                               const tunnel__msg *m, char *remote_addr,
+                               size_t ralen, char *err, size_t errlen);
+/* Forgets `p`'s names and drops its visitors still waiting for work. */
+void tunnel__srv_vhost_unregister(srv_vhost *vh, srv_proxy *p);
+/* Counts a visitor connection in (0) or refuses it (TUNNEL_ELIMIT). */
+int tunnel__srv_vconn_add(srv_vhost *vh, srv_vconn *c);
+void tunnel__srv_vconn_remove(srv_vconn *c);
+/* Looks a name up; NULL when nothing is routed there. */
+srv_proxy *tunnel__srv_vhost_route(srv_vhost *vh, const char *host,
+                                   size_t host_len, const char *path,
+                                   size_t path_len);
+
 /* Proxy kinds. */
 extern const srv_kind tunnel__srv_kind_tcp;
+extern const srv_kind tunnel__srv_kind_http;
+extern const srv_kind tunnel__srv_kind_https;
+/* srv_http.c / srv_https.c: a visitor arrived on the public port. */
+void tunnel__srv_http_accept(srv_vhost *vh, uv_tcp_t *tcp);
+void tunnel__srv_https_accept(srv_vhost *vh, uv_tcp_t *tcp);
 
 #endif

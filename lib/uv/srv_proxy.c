@@ -11,7 +11,8 @@
 /* Longest proxy name accepted: names are echoed in replies and logs. */
 #define MAX_PROXY_NAME 255
 
-static const srv_kind *const kinds[] = {&tunnel__srv_kind_tcp};
+static const srv_kind *const kinds[] = {
+    &tunnel__srv_kind_tcp, &tunnel__srv_kind_http, &tunnel__srv_kind_https};
 
 static const srv_kind *find_kind(const char *type) {
   for (size_t i = 0; type && i < sizeof kinds / sizeof kinds[0]; i++)
