@@ -226,8 +226,10 @@ static int vis_send(http_conn *c, const uint8_t *data, size_t len) {
   return 0;
 }
 
-/* Answers by itself with `status` and closes once it is out. */
-static void answer(http_conn *c, int status, const char *why) {
+/* Answers by itself with `status` (a 401 challenges for `realm`) and
+ * closes once it is out. */
+static void answer_realm(http_conn *c, int status, const char *realm,
+                         const char *why) {
   tunnel_server *srv = c->srv;
   tunnel__log(&srv->cfg.log, TUNNEL_LOG_INFO,
               "server: HTTP visitor %s:%u: %d %s", c->peer, c->peer_port,
@@ -236,7 +238,7 @@ static void answer(http_conn *c, int status, const char *why) {
   uv_timer_stop(&c->timer);
   tunnel__bufq q;
   tunnel__bufq_init(&q, MEM(srv), 1024);
-  int rc = tunnel__http_error_page(status, NULL, &q);
+  int rc = tunnel__http_error_page(status, realm, &q);
   while (rc == 0 && q.size) {
     tunnel__iov iov;
     tunnel__bufq_iov(&q, &iov, 1);
@@ -251,6 +253,10 @@ static void answer(http_conn *c, int status, const char *why) {
   c->state = S_FINISH;
   read_sync(c);
   finish_if_done(c);
+}
+
+static void answer(http_conn *c, int status, const char *why) {
+  answer_realm(c, status, NULL, why);
 }
 
 static void alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
@@ -672,27 +678,9 @@ static void on_head(http_conn *c) {
   if (o->user) {
     int a = tunnel__httpreq_basic_auth(h, o->user, o->pwd ? o->pwd : "");
     if (a != TUNNEL__HTTP_AUTH_MATCH) {
-      tunnel__log(&srv->cfg.log, TUNNEL_LOG_INFO,
-                  "server: HTTP visitor %s:%u: 401 for proxy %s", c->peer,
-                  c->peer_port, p->name);
-      drop_upstream(c);
-      tunnel__bufq q;
-      tunnel__bufq_init(&q, MEM(srv), 1024);
-      int rc = tunnel__http_error_page(401, p->name, &q);
-      while (rc == 0 && q.size) {
-        tunnel__iov iov;
-        tunnel__bufq_iov(&q, &iov, 1);
-        rc = vis_send(c, iov.base, iov.len);
-        tunnel__bufq_consume(&q, iov.len);
-      }
-      tunnel__bufq_free(&q);
-      if (rc) {
-        conn_close(c);
-        return;
-      }
-      c->state = S_FINISH;
-      read_sync(c);
-      finish_if_done(c);
+      answer_realm(c, 401, NULL,
+                   a == TUNNEL__HTTP_AUTH_NONE ? "credentials required"
+                                               : "wrong credentials");
       return;
     }
   }
