@@ -44,6 +44,9 @@ struct tunnel_client {
   char run_id[64];
   tunnel_proxy *proxies;
   cl_work *works; /* waiting for StartWorkConn or a local connection */
+  /* Non-mux streams handed to the program: they fail with the session,
+   * as multiplexed ones do. */
+  tunnel__stream_list handed;
   uint32_t nworks;
   uint8_t *readbuf;
   tunnel_client_state_cb state_cb;
@@ -264,6 +267,8 @@ static int on_start_work(tunnel__ctlchan *ch, int err, const tunnel__msg *m,
     tunnel_stream *st = w->st;
     w->st = NULL;
     work_unlink(w);
+    if (st->tcp)
+      tunnel__stream_list_add(&c->handed, st);
     if (p->accept_cb)
       p->accept_cb(p, st, p->accept_ud);
     else
@@ -591,6 +596,9 @@ static void session_down(tunnel_client *c, int err, const char *why) {
     tunnel__mux_close(c->mux);
     c->mux = NULL;
   }
+  /* A session's visitors end with it, whatever carries them. */
+  tunnel__splice_abort_all(&c->splices);
+  tunnel__stream_list_fail_all(&c->handed, TUNNEL_ECLOSED);
   for (tunnel_proxy *p = c->proxies; p; p = p->next)
     p->sent = 0;
   /* The state callback is how the program hears of this; the log only

@@ -185,7 +185,12 @@ struct srv_ctl {
   srv_waiter *waiting_tail;
   uint32_t nwaiting;
   uint64_t last_msg; /* loop time of the last control message */
+  /* Visitors joined to this client's work streams or connections: they end
+   * with the client, in non-mux mode too. The record is freed once the
+   * last one is gone. */
+  tunnel__splice_set splices;
   int dead;
+  int free_due; /* destroyed; waiting for its splices */
   tunnel__task free_task;
 };
 
@@ -247,6 +252,12 @@ extern const tunnel__mux_callbacks tunnel__srv_mux_cb;
 int tunnel__srv_want_work(srv_ctl *ctl, srv_waiter *w);
 /* Takes `w` out of the queue (no callback). */
 void tunnel__srv_cancel_work(srv_ctl *ctl, srv_waiter *w);
+/* Joins a visitor's connection to a work stream of `ctl`'s (both owned by
+ * the join from now on): see tunnel__splice_start. `ctl` NULL: a join
+ * tied to no client (it ends with the server). */
+void tunnel__srv_join(tunnel_server *srv, srv_ctl *ctl, uv_tcp_t *tcp,
+                      tunnel_stream *st, const uint8_t *prefix,
+                      size_t prefix_len);
 
 /* srv_proxy.c */
 void tunnel__srv_on_new_proxy(srv_ctl *ctl, const tunnel__msg *m);

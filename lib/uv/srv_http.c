@@ -504,8 +504,6 @@ static void st_read_cb(tunnel_stream *st, int status, const uint8_t *data,
 
 /* --------------------------------------------------------- upgrades */
 
-static void splice_gone(void *ud) { tunnel__srv_maybe_finish_close(ud); }
-
 /* After a 101: once our own writes to the visitor are out, the visitor
  * and the stream are joined as a plain byte pipe. */
 static void maybe_handover(http_conn *c) {
@@ -524,17 +522,15 @@ static void maybe_handover(http_conn *c) {
   uv_read_stop((uv_stream_t *)tcp);
   c->reading = 0;
   tunnel_stream_set_user_data(st, NULL);
+  srv_ctl *ctl = c->p ? c->p->ctl : NULL;
   c->st = NULL;
   c->tcp = NULL;
-  srv->handles--; /* the splice owns the visitor's handle now */
   uint8_t *prefix = c->handover;
   size_t prefix_len = c->handover_len;
   c->handover = NULL;
   c->handover_len = 0;
   conn_close(c); /* the record only: tcp and stream are handed on */
-  tunnel__splice_start(MEM(srv), &srv->cfg.log, tcp, st, prefix, prefix_len,
-                       srv->readbuf, TUNNEL__SRV_READBUF_SIZE, &srv->splices,
-                       splice_gone, srv);
+  tunnel__srv_join(srv, ctl, tcp, st, prefix, prefix_len);
   tunnel__free(MEM(srv), prefix);
 }
 

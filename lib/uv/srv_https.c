@@ -65,8 +65,6 @@ static void vc_proxy_gone(srv_vconn *vc, srv_proxy *p) {
     conn_end(c, 0);
 }
 
-static void splice_gone(void *ud) { tunnel__srv_maybe_finish_close(ud); }
-
 static void got_work(srv_waiter *w, tunnel_stream *st) {
   https_conn *c = CONTAINER(w, https_conn, w);
   tunnel_server *srv = c->srv;
@@ -83,10 +81,7 @@ static void got_work(srv_waiter *w, tunnel_stream *st) {
     return;
   }
   conn_end(c, 1);
-  srv->handles--; /* the splice owns the handle now */
-  tunnel__splice_start(MEM(srv), &srv->cfg.log, tcp, st, NULL, 0,
-                       srv->readbuf, TUNNEL__SRV_READBUF_SIZE, &srv->splices,
-                       splice_gone, srv);
+  tunnel__srv_join(srv, p->ctl, tcp, st, NULL, 0);
 }
 
 static void work_dropped(srv_waiter *w) {

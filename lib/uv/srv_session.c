@@ -205,10 +205,35 @@ static int on_ctl_msg(tunnel__ctlchan *ch, int err, const tunnel__msg *m,
 static void ctl_free_task(tunnel__task *t) {
   srv_ctl *ctl = CONTAINER(t, srv_ctl, free_task);
   tunnel_server *srv = ctl->srv;
+  if (ctl->splices.count) {
+    ctl->free_due = 1; /* the last join to end frees it */
+    return;
+  }
   tunnel__ctlchan_free(&ctl->ch);
   tunnel__free(MEM(srv), ctl);
   srv->objects--;
   tunnel__srv_maybe_finish_close(srv);
+}
+
+static void ctl_splice_gone(void *ud) {
+  srv_ctl *ctl = ud;
+  if (ctl->free_due && ctl->splices.count == 0)
+    ctl_free_task(&ctl->free_task);
+}
+
+static void srv_splice_gone(void *ud) { tunnel__srv_maybe_finish_close(ud); }
+
+void tunnel__srv_join(tunnel_server *srv, srv_ctl *ctl, uv_tcp_t *tcp,
+                      tunnel_stream *st, const uint8_t *prefix,
+                      size_t prefix_len) {
+  if (ctl && ctl->dead)
+    ctl = NULL;
+  srv->handles--; /* the join owns the visitor's handle now */
+  tunnel__splice_start(MEM(srv), &srv->cfg.log, tcp, st, prefix, prefix_len,
+                       srv->readbuf, TUNNEL__SRV_READBUF_SIZE,
+                       ctl ? &ctl->splices : &srv->splices,
+                       ctl ? ctl_splice_gone : srv_splice_gone,
+                       ctl ? (void *)ctl : (void *)srv);
 }
 
 /* The client is gone: its proxies, pool, waiting visitors and session. */
@@ -220,6 +245,8 @@ void tunnel__srv_ctl_destroy(srv_ctl *ctl) {
   tunnel__log(&srv->cfg.log, TUNNEL_LOG_INFO, "server: [%s] client gone",
               ctl->run_id);
   tunnel__srv_close_proxies(ctl);
+  /* Its visitors go with it, whatever carries them. */
+  tunnel__splice_abort_all(&ctl->splices);
   while (ctl->waiting) {
     srv_waiter *w = ctl->waiting;
     tunnel__srv_cancel_work(ctl, w);

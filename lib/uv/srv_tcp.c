@@ -31,8 +31,6 @@ struct tcp_visitor {
   tcp_visitor *prev, *next;
 };
 
-static void splice_gone(void *ud) { tunnel__srv_maybe_finish_close(ud); }
-
 /* Sends StartWorkConn on the work stream and joins it to the visitor. */
 static void join(tcp_proxy *tp, tunnel_stream *st, uv_tcp_t *vis) {
   tunnel_server *srv = tp->p->srv;
@@ -44,11 +42,8 @@ static void join(tcp_proxy *tp, tunnel_stream *st, uv_tcp_t *vis) {
     tunnel__format_addr((struct sockaddr *)&peer, src, sizeof src, &src_port);
   if (tunnel__srv_start_work(tp->p, st, src, src_port, tp->bind_host,
                              tp->port) == 0) {
-    /* The splice owns both now and tears them down even if it fails. */
-    srv->handles--;
-    tunnel__splice_start(MEM(srv), &srv->cfg.log, vis, st, NULL, 0,
-                         srv->readbuf, TUNNEL__SRV_READBUF_SIZE,
-                         &srv->splices, splice_gone, srv);
+    /* The join owns both now and tears them down even if it fails. */
+    tunnel__srv_join(srv, tp->p->ctl, vis, st, NULL, 0);
     return;
   }
   tunnel_stream_close(st, NULL, NULL);

@@ -1,6 +1,7 @@
 #include "stream.h"
 
 #include <string.h>
+#include <sys/socket.h>
 
 #include "../yamux.h"
 #include "handle.h"
@@ -32,6 +33,23 @@ static void tcp_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   *buf = uv_buf_init((char *)st->tcp_rbuf, TCP_READ_BUF);
 }
 
+/* Interval of the reset check on a paused TCP stream. */
+#define TCP_WATCH_MS 1000
+
+/* The socket's pending error (a reset that arrived while nobody read). */
+static void tcp_watch_cb(uv_timer_t *t) {
+  tunnel_stream *st = t->data;
+  uv_os_fd_t fd;
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (!st->tcp || !st->tcp_open || st->error || st->closing ||
+      uv_fileno((uv_handle_t *)st->tcp, &fd) != 0 ||
+      getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err == 0)
+    return;
+  uv_timer_stop(t);
+  tunnel__stream_on_fail(st, tunnel__uv_err(uv_translate_sys_error(err)));
+}
+
 /* A TCP stream reads from the socket only while a reader wants data and
  * nothing is queued: stopping is the backpressure. */
 static void tcp_sync_reading(tunnel_stream *st) {
@@ -39,6 +57,14 @@ static void tcp_sync_reading(tunnel_stream *st) {
     return;
   int want = st->reading && !st->rx.size && !st->eof_received &&
              !st->error && !st->closing;
+  int watch = !want && !st->eof_received && !st->error && !st->closing;
+  if (st->tcp_watch_open && watch != uv_is_active((uv_handle_t *)&st->tcp_watch)) {
+    if (watch)
+      uv_timer_start(&st->tcp_watch, tcp_watch_cb, TCP_WATCH_MS,
+                     TCP_WATCH_MS);
+    else
+      uv_timer_stop(&st->tcp_watch);
+  }
   if (want == st->tcp_reading)
     return;
   st->tcp_reading = want;
@@ -63,8 +89,42 @@ tunnel_stream *tunnel__stream_new(tunnel__mux *m, tunnel__sched *sched,
   return st;
 }
 
+static void list_remove(tunnel_stream *st) {
+  tunnel__stream_list *l = st->list;
+  if (!l)
+    return;
+  if (st->list_prev)
+    st->list_prev->list_next = st->list_next;
+  else
+    l->head = st->list_next;
+  if (st->list_next)
+    st->list_next->list_prev = st->list_prev;
+  st->list = NULL;
+  st->list_prev = st->list_next = NULL;
+}
+
+void tunnel__stream_list_add(tunnel__stream_list *l, tunnel_stream *st) {
+  list_remove(st);
+  st->list = l;
+  st->list_prev = NULL;
+  st->list_next = l->head;
+  if (l->head)
+    l->head->list_prev = st;
+  l->head = st;
+}
+
+void tunnel__stream_list_fail_all(tunnel__stream_list *l, int err) {
+  while (l->head) {
+    tunnel_stream *st = l->head;
+    list_remove(st);
+    if (!st->closing)
+      tunnel__stream_on_fail(st, err);
+  }
+}
+
 static void stream_free(tunnel_stream *st) {
   tunnel__sched *sched = st->sched;
+  list_remove(st);
   tunnel__bufq_free(&st->rx);
   tunnel__bufq_free(&st->tx);
   tunnel__free(st->mem, st->tcp_rbuf);
@@ -88,6 +148,10 @@ tunnel_stream *tunnel__stream_new_tcp(tunnel__sched *sched,
   st->tcp = tcp;
   st->tcp_open = 1;
   tcp->data = st;
+  uv_timer_init(tcp->loop, &st->tcp_watch);
+  st->tcp_watch.data = st;
+  st->tcp_watch_open = 1;
+  tcp_sync_reading(st);
   uv_tcp_nodelay(tcp, 1);
   return st;
 }
@@ -317,7 +381,7 @@ static void task(tunnel__task *t) {
     st->watch_cb(st, st->error, st->watch_ud);
   }
   /* A TCP stream is freed only once libuv is done with its handle. */
-  if (st->closing && !st->tcp_open)
+  if (st->closing && !st->tcp_open && !st->tcp_watch_open)
     finish_close(st);
 }
 
@@ -397,6 +461,12 @@ static void tcp_shut_cb(uv_shutdown_t *req, int status) {
     tunnel__stream_on_fail(st, tunnel__uv_err(status));
   st->shut_sent = 1;
   st->shut_cb_pending = 1;
+  post(st);
+}
+
+static void tcp_watch_closed_cb(uv_handle_t *h) {
+  tunnel_stream *st = h->data;
+  st->tcp_watch_open = 0;
   post(st);
 }
 
@@ -566,6 +636,8 @@ int tunnel_stream_close(tunnel_stream *st, tunnel_stream_close_cb cb,
     if (clean || uv_tcp_close_reset(st->tcp, tcp_closed_cb) != 0)
       uv_close((uv_handle_t *)st->tcp, tcp_closed_cb);
   }
+  if (st->tcp_watch_open && !uv_is_closing((uv_handle_t *)&st->tcp_watch))
+    uv_close((uv_handle_t *)&st->tcp_watch, tcp_watch_closed_cb);
   if (st->mux) {
     if (!st->forgotten) {
       tunnel__ymx_reset(tunnel__mux_session(st->mux), st->id);

@@ -11,6 +11,12 @@
 typedef struct tunnel__mux tunnel__mux;
 typedef struct tunnel__wreq tunnel__wreq;
 
+/* Streams an owner handed out and must be able to fail all at once
+ * (streams over whole TCP connections, which no session end reaches). */
+typedef struct tunnel__stream_list {
+  tunnel_stream *head;
+} tunnel__stream_list;
+
 /* Internal reader: takes what it can use and returns how many bytes that
  * was; the rest stays queued for the next reader. status as in
  * tunnel_stream_read_cb (data NULL when status != 0; return value ignored). */
@@ -27,6 +33,10 @@ struct tunnel_stream {
   int tcp_reading;     /* uv_read_start in effect */
   int tcp_open;        /* handle not yet closed */
   uv_shutdown_t tcp_shut;
+  /* While reading is paused nothing watches the socket, and a reset from
+   * the peer would go unseen: a slow timer checks for one. */
+  uv_timer_t tcp_watch;
+  int tcp_watch_open;
   tunnel__sched *sched;
   const tunnel__mem *mem;
   uint32_t id;
@@ -63,6 +73,8 @@ struct tunnel_stream {
   void *close_ud;
   tunnel__task task;
   void *user_data;
+  tunnel__stream_list *list; /* and its links there */
+  tunnel_stream *list_prev, *list_next;
   /* Internal owner told of a failure even while nobody reads or writes. */
   void (*watch_cb)(tunnel_stream *st, int err, void *ud);
   void *watch_ud;
@@ -88,6 +100,11 @@ int tunnel__stream_take_start(tunnel_stream *st, tunnel__stream_take_fn cb,
 void tunnel__stream_watch(tunnel_stream *st,
                           void (*cb)(tunnel_stream *st, int err, void *ud),
                           void *ud);
+
+/* Adds `st` to `l`; it leaves when freed or failed through the list. */
+void tunnel__stream_list_add(tunnel__stream_list *l, tunnel_stream *st);
+/* Fails every stream of `l` with `err` and empties it. */
+void tunnel__stream_list_fail_all(tunnel__stream_list *l, int err);
 
 /* Called by the mux. */
 void tunnel__stream_on_data(tunnel_stream *st, const uint8_t *data, size_t n);
