@@ -141,7 +141,9 @@ TUNNEL_EXTERN int tunnel_client_set_state_cb(tunnel_client *c,
 TUNNEL_EXTERN int tunnel_client_connect(tunnel_client *c, const char *host,
                                         uint16_t port);
 /* Disconnects, frees every proxy, and frees the client after `cb`. Streams
- * handed to the program stay valid until it closes them. */
+ * handed to the program stay valid until it closes them, but fail
+ * (TUNNEL_ECLOSED on reading or writing); `cb` fires once the program has
+ * closed them all. The same failure ends them when the session is lost. */
 TUNNEL_EXTERN int tunnel_client_close(tunnel_client *c,
                                       tunnel_client_close_cb cb,
                                       void *user_data);
