@@ -1,6 +1,7 @@
 #include "splice.h"
 
 #include <string.h>
+#include <sys/socket.h>
 
 #include "handle.h"
 #include "stream.h"
@@ -9,6 +10,8 @@
 /* Per-direction queue marks. */
 #define HIGH (256u * 1024u)
 #define LOW (64u * 1024u)
+/* Interval of the reset check while the TCP side is not being read. */
+#define WATCH_MS 1000
 
 struct tunnel__splice {
   const tunnel__mem *mem;
@@ -22,6 +25,9 @@ struct tunnel__splice {
   void (*gone)(void *ud);
   void *gone_ud;
   uv_shutdown_t shut_req;
+  /* While the TCP side is not read nothing would see its peer reset it:
+   * a slow timer checks the socket's pending error. */
+  uv_timer_t watch;
   size_t tcp_pending;   /* bytes queued on the TCP side */
   int tcp_reading;      /* reading from TCP (towards the stream) */
   int st_reading;       /* reading from the stream (towards TCP) */
@@ -65,6 +71,12 @@ static void tcp_closed(uv_handle_t *h) {
   maybe_free(sp);
 }
 
+static void watch_closed(uv_handle_t *h) {
+  tunnel__splice *sp = h->data;
+  sp->handles--;
+  maybe_free(sp);
+}
+
 static void st_closed(tunnel_stream *st, void *ud) {
   tunnel__splice *sp = ud;
   (void)st;
@@ -82,9 +94,29 @@ static void finish(tunnel__splice *sp, int err) {
     tunnel__log(sp->log, TUNNEL_LOG_DEBUG, "splice: ended: %s",
                 tunnel_strerror(err));
   uv_read_stop((uv_stream_t *)sp->tcp);
-  sp->handles = 2;
+  sp->handles = 3;
+  uv_close((uv_handle_t *)&sp->watch, watch_closed);
   uv_close((uv_handle_t *)sp->tcp, tcp_closed);
   tunnel_stream_close(sp->st, st_closed, sp);
+}
+
+static void watch_cb(uv_timer_t *t) {
+  tunnel__splice *sp = t->data;
+  uv_os_fd_t fd;
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (sp->closing || uv_fileno((uv_handle_t *)sp->tcp, &fd) != 0 ||
+      getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err == 0)
+    return;
+  finish(sp, tunnel__uv_err(uv_translate_sys_error(err)));
+}
+
+/* Reading from TCP stops (backpressure, or its peer finished sending). */
+static void tcp_pause(tunnel__splice *sp) {
+  uv_read_stop((uv_stream_t *)sp->tcp);
+  sp->tcp_reading = 0;
+  if (!sp->closing)
+    uv_timer_start(&sp->watch, watch_cb, WATCH_MS, WATCH_MS);
 }
 
 static void check_done(tunnel__splice *sp) {
@@ -122,6 +154,7 @@ static void st_write_cb(tunnel_stream *st, int status, void *ud) {
   if (!sp->tcp_reading && !sp->tcp_eof && !sp->closing &&
       tunnel_stream_write_queue_size(st) <= LOW) {
     sp->tcp_reading = 1;
+    uv_timer_stop(&sp->watch);
     uv_read_start((uv_stream_t *)sp->tcp, alloc_cb, tcp_read_cb);
   }
 }
@@ -132,8 +165,7 @@ static void tcp_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   if (nread == 0)
     return;
   if (nread < 0) {
-    uv_read_stop(s);
-    sp->tcp_reading = 0;
+    tcp_pause(sp);
     if (nread != UV_EOF) {
       finish(sp, tunnel__uv_err((int)nread));
       return;
@@ -150,10 +182,8 @@ static void tcp_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     finish(sp, rc);
     return;
   }
-  if (tunnel_stream_write_queue_size(sp->st) > HIGH) {
-    uv_read_stop(s);
-    sp->tcp_reading = 0;
-  }
+  if (tunnel_stream_write_queue_size(sp->st) > HIGH)
+    tcp_pause(sp);
 }
 
 /* ------------------------------------------------------ stream -> TCP */
@@ -275,6 +305,8 @@ int tunnel__splice_start(const tunnel__mem *mem, const tunnel__logger *log,
   sp->readbuf_size = readbuf_size;
   sp->gone = gone;
   sp->gone_ud = gone_ud;
+  uv_timer_init(tcp->loop, &sp->watch);
+  sp->watch.data = sp;
   sp->set = set;
   sp->next = set->head;
   if (set->head)

@@ -1192,6 +1192,49 @@ static void test_stalled_reader(void **state) {
   it_teardown(&t);
 }
 
+/* A visitor resets its connection while its join is stalled both ways
+ * (the service reads nothing, so nothing moves towards it, and the visitor
+ * has stopped sending): nothing reads or writes the visitor's socket, yet
+ * the server must notice the reset, end the join, and let the client free
+ * what it held for it, without waiting for the service to read again. */
+static void test_visitor_reset_while_stalled(void **state) {
+  (void)state;
+  it t;
+  it_init(&t);
+  server_start(&t, "it-token", 0);
+  int rc;
+  cl *k = client_start_rc(&t, "it-token", 1, 0, &rc);
+  assert_int_equal(rc, 0);
+  wait_login(&t, k);
+  peer_cfg stall = {.stall = 1};
+  service *svc = service_new(&t, &stall);
+  px *x = proxy_add(&t, k, "stalled", svc->port, 0, NULL, NULL);
+  uint16_t port = wait_registered(&t, x);
+  size_t base = t.mem.cur;
+  peer_cfg vc = {.tx_total = UINT64_MAX, .tx_seed = 5};
+  peer *v = visitor_new(&t, port, &vc);
+  WAIT(&t, svc->nconns == 1 && svc->conns[0]->stalled);
+  wait_blocked(&t, v, 300, (size_t)1 << 30);
+  size_t held = t.mem.cur;
+  fprintf(stderr, "# stalled: library holds %zu bytes (%zu before)\n", held,
+          base);
+  assert_true(held > base + (1u << 20));
+  /* The visitor is reset while nothing reads or writes its socket. */
+  v->closing = 1;
+  assert_int_equal(uv_tcp_close_reset(&v->tcp, peer_handle_closed), 0);
+  uv_close((uv_handle_t *)&v->timer, peer_handle_closed);
+  it_waiter_arm(&t.w, 5000);
+  while (!t.w.fired && t.mem.cur > base + (256u << 10))
+    uv_run(&t.loop, UV_RUN_ONCE);
+  it_waiter_disarm(&t.w);
+  fprintf(stderr, "# after the reset: library holds %zu bytes\n", t.mem.cur);
+  if (t.mem.cur > base + (256u << 10))
+    fail_msg("5 s after the visitor's reset the tunnel still holds %zu "
+             "bytes for it (%zu before it came)",
+             t.mem.cur, base);
+  it_teardown(&t);
+}
+
 /* Many visitors that never read, each fed endlessly by its service: the
  * memory the tunnel holds for them is bounded by the receive budget and
  * the fixed per-stream window, not by the number of visitors times the
@@ -1402,6 +1445,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_local_service_down),
       cmocka_unit_test(test_stalled_reader),
       cmocka_unit_test(test_many_stalled_visitors),
+      cmocka_unit_test(test_visitor_reset_while_stalled),
       cmocka_unit_test(test_accept_cb),
       cmocka_unit_test(test_nonmux_echo),
       cmocka_unit_test(test_nonmux_transfer),
