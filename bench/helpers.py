@@ -4,9 +4,15 @@
   helpers.py freeport                 print a free TCP port on 127.0.0.1
   helpers.py waitlisten PORT SECONDS  wait until something listens on PORT
   helpers.py iperf JSONFILE           print Gbit/s received, or "err: ..."
+  helpers.py waithttp PORT HOST SECONDS
+                                      wait until GET / with Host HOST on
+                                      127.0.0.1:PORT answers 200
+  helpers.py wrk OUTFILE              print "req/s p50_ms p99_ms errors"
+                                      from wrk --latency output, or "err: ..."
   helpers.py report RESULTSFILE       print the result tables
 """
 import json
+import re
 import socket
 import sys
 import time
@@ -42,6 +48,67 @@ def waitlisten(port, seconds):
             return 0
         time.sleep(0.02)
     return 1
+
+
+def http_ok(port, host):
+    """True if GET / with Host `host` on 127.0.0.1:port answers 200."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.sendall(("GET / HTTP/1.1\r\nHost: %s\r\nConnection: close"
+                       "\r\n\r\n" % host).encode())
+            data = b""
+            while b"\r\n" not in data and len(data) < 4096:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        return False
+    return data.split(b" ", 2)[1:2] == [b"200"]
+
+
+def waithttp(port, host, seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if http_ok(port, host):
+            return 0
+        time.sleep(0.05)
+    return 1
+
+
+WRK_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+
+
+def wrk(path):
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as e:
+        print("err: no wrk output (%s)" % e)
+        return 1
+    m = re.search(r"^Requests/sec:\s*([\d.]+)", text, re.M)
+    if not m:
+        last = text.strip().splitlines()[-1:] or ["empty output"]
+        print("err: no Requests/sec in wrk output: %s" % last[0])
+        return 1
+    rps = float(m.group(1))
+    lat = {}
+    for pct, v, unit in re.findall(
+            r"^\s*(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s|m|h)\s*$", text, re.M):
+        lat[pct] = float(v) * WRK_UNITS[unit]
+    if "50" not in lat or "99" not in lat:
+        print("err: no latency distribution in wrk output (--latency)")
+        return 1
+    errs = 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), "
+                  r"timeout (\d+)", text)
+    if m:
+        errs += sum(int(x) for x in m.groups())
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    if m:
+        errs += int(m.group(1))
+    print("%.0f %.3f %.3f %d" % (rps, lat["50"], lat["99"], errs))
+    return 0
 
 
 def iperf(path):
@@ -80,6 +147,66 @@ def num(v):
         return float(v)
     except (TypeError, ValueError):
         return None
+
+
+def http_report(r, ratio, rcell):
+    """The HTTP table: req/s and latency per path, then same-run ratios."""
+    if not any(k.startswith("http.") for k in r):
+        return
+    rows = [
+        ("direct", "direct (no relay)"),
+        ("socat", "socat chain (2 relays)"),
+        ("ssh", "ssh -R"),
+        ("mux", "tunnel http vhost, mux"),
+        ("nomux", "tunnel http vhost, no-mux"),
+        ("tcpmux", "tunnel tcp proxy, mux"),
+    ]
+    if any(k.startswith("http.frp.") for k in r):
+        rows.append(("frp", " ".join(("frp %s http vhost (mux)" % r.get(
+            "meta.frp", "")).split())))
+
+    def cell(key, fmt):
+        v = r.get(key, "n/a")
+        n = num(v)
+        return fmt % n if n is not None else v
+
+    d50 = num(r.get("http.direct.p50"))
+    print()
+    print("HTTP: wrk -t2 -c%s -d%ss, keep-alive, GET / of a 13-byte body "
+          "(bench/httpd.c)" % (r.get("meta.http_conns"), r.get("meta.seconds")))
+    print()
+    hdr = "%-34s %9s %8s %8s %12s %7s" % ("path", "req/s", "p50 ms", "p99 ms",
+                                          "p50 added ms", "errors")
+    print(hdr)
+    print("-" * len(hdr))
+    for key, label in rows:
+        p50 = num(r.get("http.%s.p50" % key))
+        added = "" if key == "direct" else (
+            "n/a" if p50 is None or d50 is None else "%+.3f" % (p50 - d50))
+        print("%-34s %9s %8s %8s %12s %7s" % (
+            label, cell("http.%s.rps" % key, "%.0f"),
+            cell("http.%s.p50" % key, "%.3f"), cell("http.%s.p99" % key, "%.3f"),
+            added, r.get("http.%s.errs" % key, "")))
+    print()
+    hdr = "%-40s %8s %9s %9s" % ("ratio (req/s; latency: tunnel / other)",
+                                 "req/s", "p50", "p99")
+    print(hdr)
+    print("-" * len(hdr))
+    pairs = [("mux", "socat"), ("mux", "frp"), ("mux", "ssh"),
+             ("mux", "direct"), ("mux", "tcpmux"), ("nomux", "socat"),
+             ("nomux", "frp"), ("frp", "direct")]
+    names = dict(rows)
+    short = {"mux": "tunnel mux", "nomux": "tunnel no-mux", "socat": "socat",
+             "frp": "frp", "ssh": "ssh -R", "direct": "direct",
+             "tcpmux": "tunnel tcp proxy"}
+    for a, b in pairs:
+        if a not in names or b not in names:
+            continue
+        print("%-40s %8s %9s %9s" % (
+            "%s / %s" % (short[a], short[b]),
+            rcell(ratio("http.%s.rps" % a, "http.%s.rps" % b)),
+            rcell(ratio("http.%s.p50" % a, "http.%s.p50" % b)),
+            rcell(ratio("http.%s.p99" % a, "http.%s.p99" % b))))
 
 
 def report(path):
@@ -167,6 +294,8 @@ def report(path):
             rcell(ratio("tput.%s.rev" % key, "tput.direct.rev")),
             rcell(ratio("conn.%s.rate" % key, "conn.direct.rate"))))
 
+    http_report(r, ratio, rcell)
+
     print()
     hdr = "%-40s %9s %9s   %s" % ("idle memory (registered + 1 s)",
                                    "RSS KiB", "priv KiB", "note")
@@ -217,6 +346,10 @@ def main(argv):
         return waitlisten(int(argv[2]), float(argv[3]))
     if len(argv) == 3 and argv[1] == "iperf":
         return iperf(argv[2])
+    if len(argv) == 5 and argv[1] == "waithttp":
+        return waithttp(int(argv[2]), argv[3], float(argv[4]))
+    if len(argv) == 3 and argv[1] == "wrk":
+        return wrk(argv[2])
     if len(argv) == 3 and argv[1] == "report":
         return report(argv[2])
     sys.stderr.write(__doc__)

@@ -1,14 +1,17 @@
 #!/bin/bash
-# libtunnel benchmark: TCP throughput (iperf3), new-connection rate and idle
-# client RSS of the tunnel (mux and no-mux) against baselines measured in the
-# same run: a direct connection, a chain of two socat relays, ssh -R, and,
-# when their binaries are there, stock frp (frps + frpc) and bore.
-# Everything runs on 127.0.0.1. See bench/README.md.
+# libtunnel benchmark: TCP throughput (iperf3), new-connection rate, HTTP
+# request rate and latency (wrk, keep-alive) and idle client RSS of the
+# tunnel (mux and no-mux) against baselines measured in the same run: a
+# direct connection, a chain of two socat relays, ssh -R, and, when their
+# binaries are there, stock frp (frps + frpc, its HTTP vhost for HTTP) and
+# bore. Everything runs on 127.0.0.1. See bench/README.md.
 #
 # Environment:
-#   BENCH_SECONDS   iperf3 duration per direction (default 5)
+#   BENCH_SECONDS   iperf3 duration per direction, and wrk duration per path
+#                   (default 5)
 #   BENCH_CONNS     connections per conn-rate run (default 2000)
 #   BENCH_CONC      concurrent connections in conn-rate runs (default 32)
+#   BENCH_HTTP_CONNS  wrk keep-alive connections (default 32, 2 threads)
 #   BENCH_BUILD     meson build directory (default build-bench)
 #   BENCH_SSH_CIPHER  force an ssh cipher (default: OpenSSH's choice)
 #   BENCH_PEERS     directory with frps, frpc and bore (default ../shared/peers
@@ -20,6 +23,7 @@ set +m # no job control: background jobs must not lead process groups (setsid)
 T=${BENCH_SECONDS:-5}
 N=${BENCH_CONNS:-2000}
 C=${BENCH_CONC:-32}
+HC=${BENCH_HTTP_CONNS:-32}
 WARM=200
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -34,9 +38,11 @@ die() {
 }
 say() { echo "bench: $*" >&2; }
 
-for v in "$T" "$N" "$C"; do
-  case "$v" in '' | *[!0-9]* | 0) die "BENCH_SECONDS, BENCH_CONNS and BENCH_CONC must be positive integers" ;; esac
+for v in "$T" "$N" "$C" "$HC"; do
+  case "$v" in '' | *[!0-9]* | 0) die "BENCH_SECONDS, BENCH_CONNS, BENCH_CONC and BENCH_HTTP_CONNS must be positive integers" ;; esac
 done
+[ "$HC" -ge 2 ] || die "BENCH_HTTP_CONNS must be at least 2 (wrk runs 2 threads)"
+
 
 # ---------------------------------------------------------------- processes
 work=""
@@ -122,6 +128,7 @@ hwm() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo n/a; }
 need_pkgs=""
 need() { command -v "$1" >/dev/null 2>&1 || need_pkgs="$need_pkgs $2"; }
 need iperf3 iperf3
+need wrk wrk
 need socat socat
 need ssh openssh-client
 need ssh-keygen openssh-client
@@ -183,6 +190,9 @@ cc -O2 -std=c11 -D_GNU_SOURCE -Wall -o "$work/connrate" "$ROOT/bench/connrate.c"
   "${uvflags[@]}" >"$work/cc.log" 2>&1 ||
   { cat "$work/cc.log" >&2; die "cannot compile bench/connrate.c against libuv"; }
 CR=$work/connrate
+cc -O2 -std=c11 -D_GNU_SOURCE -Wall -o "$work/httpd" "$ROOT/bench/httpd.c" \
+  "${uvflags[@]}" >"$work/cc-httpd.log" 2>&1 ||
+  { cat "$work/cc-httpd.log" >&2; die "cannot compile bench/httpd.c against libuv"; }
 
 commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 git -C "$ROOT" diff --quiet HEAD 2>/dev/null || commit="$commit+dirty"
@@ -190,6 +200,7 @@ put meta.desc "$(nproc) CPUs, $(uname -r), libtunnel $commit, $bt build"
 put meta.seconds "$T"
 put meta.conns "$N"
 put meta.conc "$C"
+put meta.http_conns "$HC"
 
 freeport() { $H freeport; }
 waitlisten() { $H waitlisten "$1" "${2:-5}"; }
@@ -200,6 +211,10 @@ start echo "$CR" serve
 ECHO_PID=$LASTPID
 echo_addr=$(wait_line "$work/echo.out" "$ECHO_PID" 5) || die "echo service did not start: $(cat "$work/echo.err")"
 EPORT=${echo_addr##*:}
+start httpd "$work/httpd"
+HTTPD_PID=$LASTPID
+httpd_addr=$(wait_line "$work/httpd.out" "$HTTPD_PID" 5) || die "HTTP service did not start: $(cat "$work/httpd.err")"
+HPORT=${httpd_addr##*:}
 
 # socat chains: client -> A -> B -> service, one chain per service.
 socat_chain() { # NAME TARGETPORT -> prints the entry port
@@ -218,9 +233,11 @@ SOCAT_IPERF=$SOCAT_PORT
 SOCAT_RSS_PID=$SOCAT_PID
 socat_chain socat-echo "$EPORT"
 SOCAT_ECHO=$SOCAT_PORT
+socat_chain socat-http "$HPORT"
+SOCAT_HTTP=$SOCAT_PORT
 
 # ssh -R through a private sshd.
-SSH_IPERF="" SSH_ECHO="" SSH_PID=""
+SSH_IPERF="" SSH_ECHO="" SSH_HTTP="" SSH_PID=""
 setup_ssh() {
   local d=$work/ssh sshd=/usr/sbin/sshd port me
   mkdir -p "$d"
@@ -263,19 +280,20 @@ EOF
     -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
     -o BatchMode=yes -o IdentitiesOnly=yes -o ExitOnForwardFailure=yes \
     -o ServerAliveInterval=0 -o LogLevel=INFO \
-    -N -R "0:127.0.0.1:$IPORT" -R "0:127.0.0.1:$EPORT" 127.0.0.1
+    -N -R "0:127.0.0.1:$IPORT" -R "0:127.0.0.1:$EPORT" -R "0:127.0.0.1:$HPORT" 127.0.0.1
   SSH_PID=$LASTPID
   local i
   for ((i = 0; i < 200; i++)); do
     SSH_IPERF=$(sed -n "s/^Allocated port \([0-9]*\) for remote forward to 127.0.0.1:$IPORT.*/\1/p" "$work/ssh.err")
     SSH_ECHO=$(sed -n "s/^Allocated port \([0-9]*\) for remote forward to 127.0.0.1:$EPORT.*/\1/p" "$work/ssh.err")
-    [ -n "$SSH_IPERF" ] && [ -n "$SSH_ECHO" ] && break
+    SSH_HTTP=$(sed -n "s/^Allocated port \([0-9]*\) for remote forward to 127.0.0.1:$HPORT.*/\1/p" "$work/ssh.err")
+    [ -n "$SSH_IPERF" ] && [ -n "$SSH_ECHO" ] && [ -n "$SSH_HTTP" ] && break
     kill -0 "$SSH_PID" 2>/dev/null || break
     sleep 0.05
   done
-  if [ -z "$SSH_IPERF" ] || [ -z "$SSH_ECHO" ]; then
+  if [ -z "$SSH_IPERF" ] || [ -z "$SSH_ECHO" ] || [ -z "$SSH_HTTP" ]; then
     SSH_ERR="ssh -R did not come up: $(grep -v '^Warning: Permanently' "$work/ssh.err" | tail -n 3 | tr '\n' ' ') $(tail -n 3 "$work/sshd.err" | tr '\n' ' ')"
-    SSH_IPERF="" SSH_ECHO=""
+    SSH_IPERF="" SSH_ECHO="" SSH_HTTP=""
     return 1
   fi
   local cipher
@@ -295,18 +313,26 @@ SSH_ERR=""
 if ! setup_ssh; then
   say "ssh -R unavailable, its rows will read n/a: $SSH_ERR"
   put note.ssh "ssh -R unavailable: $SSH_ERR"
-  SSH_IPERF="" SSH_ECHO=""
+  SSH_IPERF="" SSH_ECHO="" SSH_HTTP=""
 fi
 
 # The tunnel: one server, one client per (mode, service).
 say "starting tunnel-server and tunnel-clients"
 token=bench-$RANDOM$RANDOM
 start server "$BIN/tunnel-server" --control 127.0.0.1:0 --bind 127.0.0.1 \
-  --ports 20000-29999 --token "$token"
+  --ports 20000-29999 --token "$token" --http 127.0.0.1:0 --domain localhost
 SERVER_PID=$LASTPID
 line=$(wait_line "$work/server.out" "$SERVER_PID" 10) ||
   die "tunnel-server did not start: $(tail -n 5 "$work/server.err")"
 CONTROL=${line#listening on }
+# Its HTTP port, printed on the next line ("http on 127.0.0.1:PORT").
+THTTP=""
+for _ in $(seq 1 100); do
+  THTTP=$(sed -n 's/^http on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$work/server.out")
+  [ -n "$THTTP" ] && break
+  sleep 0.05
+done
+[ -n "$THTTP" ] || die "tunnel-server did not print its HTTP port: $(tail -n 5 "$work/server.err")"
 TUNNEL_PROCS=("server:$SERVER_PID")
 
 # check_tunnel: records (once) any tunnel process (ours, or a peer tunnel's)
@@ -369,24 +395,57 @@ else
   put note.nomux "tunnel-client: --no-mux is not available in this build"
 fi
 
+# tunnel_http_client NAME SUBDOMAIN [--no-mux]: an http proxy for the HTTP
+# service, reached on the server's HTTP port as SUBDOMAIN.localhost; waits
+# until a request goes through, then sets TH_HOST (the Host to send).
+tunnel_http_client() {
+  local name=$1 sub=$2 out
+  shift 2
+  TH_HOST=""
+  start "$name" "$BIN/tunnel-client" --server "$CONTROL" --token "$token" "$@" \
+    http "127.0.0.1:$HPORT" --subdomain "$sub" --name "$name"
+  local pid=$LASTPID
+  out=$(wait_line "$work/$name.out" "$pid" 10) ||
+    die "tunnel-client $name ($*) did not register: $(tail -n 5 "$work/$name.err")"
+  [ "$out" = "http://$sub.localhost:$THTTP" ] ||
+    die "tunnel-client $name printed '$out', expected http://$sub.localhost:$THTTP"
+  TUNNEL_PROCS+=("$name:$pid")
+  $H waithttp "$THTTP" "$sub.localhost:$THTTP" 10 ||
+    die "no answer through the HTTP tunnel $name: $(tail -n 5 "$work/$name.err")"
+  TH_HOST="$sub.localhost:$THTTP"
+}
+tunnel_http_client mux-http bench-mux
+MUX_HTTP_HOST=$TH_HOST
+NOMUX_HTTP_HOST=""
+if [ -n "$NOMUX_PID" ]; then
+  tunnel_http_client nomux-http bench-nomux --no-mux
+  NOMUX_HTTP_HOST=$TH_HOST
+fi
+# The same HTTP service through a plain tcp proxy: what HTTP routing costs.
+tunnel_client mux-httptcp "$HPORT"
+MUX_HTTPTCP=$TC_PORT
+
 # Peer tunnels, when their binaries are there. frp: frps + one frpc with
 # two tcp proxies, its defaults otherwise (tcp_mux on, pool_count 1), token
 # auth, warnings-only logs like tunnel-server's default. bore: one server
 # and one `bore local` per service, with a secret, warnings-only logs.
 PEERS=${BENCH_PEERS:-$ROOT/../shared/peers}
-FRP_HAVE=0 FRP_IPERF="" FRP_ECHO="" FRPC_PID=""
+FRP_HAVE=0 FRP_IPERF="" FRP_ECHO="" FRP_HTTP="" FRPC_PID=""
 BORE_HAVE=0 BORE_IPERF="" BORE_ECHO="" BORE_PID=""
 PEER_ERR=""
 setup_frp() {
-  local bp fport_iperf fport_echo
+  local bp fport_iperf fport_echo fhttp
   bp=$(freeport)
   fport_iperf=$(freeport)
   fport_echo=$(freeport)
+  fhttp=$(freeport)
   cat >"$work/frps.ini" <<EOF
 [common]
 bind_addr = 127.0.0.1
 bind_port = $bp
 proxy_bind_addr = 127.0.0.1
+vhost_http_port = $fhttp
+subdomain_host = localhost
 token = $token
 log_level = warn
 EOF
@@ -408,6 +467,12 @@ type = tcp
 local_ip = 127.0.0.1
 local_port = $EPORT
 remote_port = $fport_echo
+
+[http]
+type = http
+local_ip = 127.0.0.1
+local_port = $HPORT
+subdomain = bench
 EOF
   start frps "$PEERS/frps" -c "$work/frps.ini"
   PEER_PROCS+=("frps:$LASTPID")
@@ -421,6 +486,11 @@ EOF
     return 1
   fi
   FRP_IPERF=$fport_iperf FRP_ECHO=$fport_echo
+  if $H waithttp "$fhttp" "bench.localhost:$fhttp" 10; then
+    FRP_HTTP="$fhttp:bench.localhost:$fhttp"
+  else
+    put note.frp-http "frp HTTP vhost did not answer: $(tail -q -n 3 "$work/frps.out" "$work/frpc.out" | tr '\n' ' ')"
+  fi
 }
 setup_bore() {
   local bi be secret=bench-$RANDOM$RANDOM
@@ -507,8 +577,8 @@ iperf_run() { # KEY DIR PORT
   check_tunnel "iperf3 $key $dir"
 }
 say "throughput, ${T}s per direction"
-TPUT_ROWS=(direct:$IPORT socat:$SOCAT_IPERF ssh:$SSH_IPERF mux:$MUX_IPERF nomux:$NOMUX_IPERF)
-CONN_ROWS=(direct:$EPORT socat:$SOCAT_ECHO ssh:$SSH_ECHO mux:$MUX_ECHO nomux:$NOMUX_ECHO)
+TPUT_ROWS=("direct:$IPORT" "socat:$SOCAT_IPERF" "ssh:$SSH_IPERF" "mux:$MUX_IPERF" "nomux:$NOMUX_IPERF")
+CONN_ROWS=("direct:$EPORT" "socat:$SOCAT_ECHO" "ssh:$SSH_ECHO" "mux:$MUX_ECHO" "nomux:$NOMUX_ECHO")
 for e in "${PEER_ROWS[@]}"; do
   IFS=: read -r key ip ep <<<"$e"
   TPUT_ROWS+=("$key:$ip")
@@ -557,6 +627,52 @@ conn_run() { # KEY PORT
 say "new-connection rate, $N connections, $C concurrent"
 for row in "${CONN_ROWS[@]}"; do
   conn_run "${row%%:*}" "${row#*:}"
+done
+
+# ---------------------------------------------------------------- HTTP
+# wrk, keep-alive, HC connections over 2 threads, GET / of the same HTTP
+# service on every path; 1 s warm-up first (not measured).
+http_run() { # KEY PORT HOST
+  local key=$1 port=$2 host=$3 rc=0 v
+  if [ -z "$port" ]; then
+    put "http.$key.rps" n/a
+    return
+  fi
+  timeout 30 wrk -t2 -c"$HC" -d1s -H "Host: $host" "http://127.0.0.1:$port/" \
+    >"$work/wrk-$key-warm.out" 2>&1 || true
+  timeout $((T + 60)) wrk -t2 -c"$HC" -d"${T}s" --latency -H "Host: $host" \
+    "http://127.0.0.1:$port/" >"$work/wrk-$key.out" 2>&1 || rc=$?
+  if ! v=$($H wrk "$work/wrk-$key.out"); then
+    say "wrk $key failed (status $rc): ${v#err: }"
+    put "note.http-$key" "wrk $key failed (status $rc): ${v#err: } $(tail -n 2 "$work/wrk-$key.out" | tr '\n' ' ')"
+    put "http.$key.rps" err
+    check_tunnel "wrk $key"
+    return
+  fi
+  local rps p50 p99 errs
+  read -r rps p50 p99 errs <<<"$v"
+  put "http.$key.rps" "$rps"
+  put "http.$key.p50" "$p50"
+  put "http.$key.p99" "$p99"
+  put "http.$key.errs" "$errs"
+  [ "$errs" != 0 ] && put "note.http-$key" "wrk $key: $errs failed requests ($(grep -E 'Socket errors|Non-2xx' "$work/wrk-$key.out" | tr -s ' ' | tr '\n' ';'))"
+  say "  $key: $rps req/s, p50 $p50 ms, p99 $p99 ms, $errs errors"
+  check_tunnel "wrk $key"
+}
+say "HTTP, wrk -t2 -c$HC -d${T}s keep-alive"
+HTTP_ROWS=("direct:$HPORT:127.0.0.1:$HPORT" "socat:$SOCAT_HTTP:127.0.0.1:$SOCAT_HTTP")
+HTTP_ROWS+=("ssh:$SSH_HTTP:127.0.0.1:$SSH_HTTP")
+HTTP_ROWS+=("mux:$THTTP:$MUX_HTTP_HOST")
+if [ -n "$NOMUX_HTTP_HOST" ]; then HTTP_ROWS+=("nomux:$THTTP:$NOMUX_HTTP_HOST"); else HTTP_ROWS+=("nomux::"); fi
+HTTP_ROWS+=("tcpmux:$MUX_HTTPTCP:127.0.0.1:$MUX_HTTPTCP")
+if [ $FRP_HAVE = 1 ]; then
+  if [ -n "$FRP_HTTP" ]; then HTTP_ROWS+=("frp:$FRP_HTTP"); else HTTP_ROWS+=("frp::"); fi
+fi
+for row in "${HTTP_ROWS[@]}"; do
+  IFS=: read -r key port host <<<"$row"
+  # A row whose port is missing (its path did not come up) reads n/a.
+  [ -z "$port" ] && host=""
+  http_run "$key" "$port" "$host"
 done
 
 put hwm.client_mux "$(hwm "$MUX_PID")"

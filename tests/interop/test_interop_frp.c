@@ -4,11 +4,18 @@
  *     a work-connection pool, refusals, a restarted frps);
  *   - a stock frpc against tunnel-server (mux and non-mux, signed and
  *     unsigned work connections, pools of 0 and 5, several proxies in one
- *     frpc, heartbeats, a restarted frpc, a wrong token).
+ *     frpc, heartbeats, a restarted frpc, a wrong token);
+ *   - HTTP and HTTPS virtual hosts both ways, multiplexed or not: our
+ *     client's http/https proxies on frps's vhost ports, and a stock
+ *     frpc's http/https proxies on tunnel-server's (subdomains, custom and
+ *     wildcard domains, locations, Host rewrite, basic auth, keep-alive,
+ *     request bodies, 404 for unknown names, TLS passed through untouched).
  * The services behind the tunnel and the visitors in front of it run in
  * this process on one libuv loop: a bulk service and visitor that exchange
- * 32 MiB each way at once, each hashing what it receives, and an echo
- * service for 100 concurrent visitors. Every login here also exercises the
+ * 32 MiB each way at once, each hashing what it receives, an echo service
+ * for 100 concurrent visitors, HTTP services that answer with their name
+ * and what they were asked, and a visitor that sends requests (or a TLS
+ * ClientHello) step by step. Every login here also exercises the
  * control stream's encryption, which starts right after LoginResp.
  *
  * Children are spawned with uv_spawn and stopped by PID (SIGTERM, then
@@ -29,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -44,11 +52,16 @@
 #define BULK_WRITES_IN_FLIGHT 4
 #define VISITORS 100
 #define MAX_PROCS 10
-#define MAX_SVCS 4
+#define MAX_SVCS 8
 #define MAX_FILES 12
 #define OUT_CAP (256u << 10)
 #define LOG_CAP (256u << 10)
 #define READ_BUF (256u << 10)
+/* What an HTTP service buffers of one connection's requests, and what the
+ * raw visitor keeps of what it receives. */
+#define REQ_CAP (64u << 10)
+#define RAW_CAP (64u << 10)
+#define HEAD_CAP 8192u
 /* SIGTERM, then SIGKILL after this. */
 #define STOP_MS 3000u
 /* Refusals must end our client within this (its usage text: "ends the
@@ -151,6 +164,8 @@ typedef enum role {
   ROLE_BULK_SVC,
   ROLE_BULK_VISITOR,
   ROLE_ECHO_VISITOR,
+  ROLE_HTTP_SVC,
+  ROLE_RAW_VISITOR,
 } role;
 
 /* Outcome of one side of a bulk exchange. */
@@ -184,6 +199,11 @@ typedef struct service {
   uint64_t echo_rcvd;        /* echo: bytes, clean EOFs, read errors */
   int echo_eofs, echo_errs;
   bulk_result res;           /* bulk: the latest connection */
+  /* HTTP: its name (first word of every answer), requests answered, the
+   * head of the latest one as it arrived, connections refused as bad. */
+  char label[16];
+  int requests, http_errs;
+  char last_head[HEAD_CAP];
 } service;
 
 typedef struct conn {
@@ -202,7 +222,24 @@ typedef struct conn {
   uv_shutdown_t shut;
   /* echo visitor */
   echo_slot *slot;
+  /* HTTP service: the requests received and not answered yet */
+  char *req;
+  size_t req_len;
+  /* raw visitor */
+  struct rawv *raw;
 } conn;
+
+/* One visitor connection driven step by step: bytes sent as the case
+ * says, everything received kept (HTTP responses are parsed from it). */
+typedef struct rawv {
+  conn *k;
+  int connected, conn_err, write_err;
+  int ended, end_err; /* end_err 0: clean EOF */
+  int overflow;
+  size_t len;  /* received */
+  size_t used; /* of which parsed as complete responses */
+  char in[RAW_CAP + 1];
+} rawv;
 
 typedef struct ctx {
   uv_loop_t loop;
@@ -222,6 +259,9 @@ typedef struct ctx {
   bulk_result visitor_res;
   uint64_t bulk_up_seed, bulk_down_seed; /* visitor->service, back */
   uint8_t rbuf[READ_BUF];
+  rawv vis; /* HTTP and TLS cases: one visitor connection at a time */
+  /* frps: vhost ports to configure (0: none) */
+  uint16_t frps_http, frps_https;
   /* in-process server (heartbeat case) */
   tunnel_server *srv;
   int srv_closed;
@@ -554,6 +594,9 @@ static void conn_closed(uv_handle_t *h) {
     k->slot->k = NULL;
   if (k->svc)
     k->svc->open--;
+  if (k->raw)
+    k->raw->k = NULL;
+  free(k->req);
   free(k);
 }
 
@@ -812,6 +855,489 @@ static conn *visitor_start(ctx *c, role r, uint16_t port) {
   return k;
 }
 
+/* ------------------------------------------------------------- HTTP */
+
+/* The value of header `name` in an HTTP head (first line skipped), name
+ * matched without case, surrounding blanks trimmed, copied to out. Returns
+ * how many times the header occurs (0: out is ""). */
+static int head_value(const char *head, const char *name, char *out,
+                      size_t cap) {
+  int found = 0;
+  size_t nl = strlen(name);
+  out[0] = '\0';
+  const char *line = strstr(head, "\r\n");
+  while (line && line[2] != '\r' && line[2] != '\0') {
+    line += 2;
+    const char *end = strstr(line, "\r\n");
+    if (!end)
+      break;
+    if ((size_t)(end - line) > nl && line[nl] == ':' &&
+        strncasecmp(line, name, nl) == 0) {
+      const char *v = line + nl + 1;
+      while (v < end && (*v == ' ' || *v == '\t'))
+        v++;
+      const char *ve = end;
+      while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
+        ve--;
+      if (!found++)
+        snprintf(out, cap, "%.*s", (int)(ve - v), v);
+    }
+    line = end;
+  }
+  return found;
+}
+
+static void http_svc_written(uv_write_t *req, int status) {
+  (void)status;
+  free(req->data);
+}
+
+/* Answers every complete request (head plus Content-Length body) with 200
+ * and the body "LABEL METHOD TARGET BODYLEN\n" followed by the request's
+ * body, so a visitor can tell which service answered what, and that the
+ * body went through whole. */
+static void http_svc_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
+  conn *k = s->data;
+  service *svc = k->svc;
+  if (n < 0) {
+    conn_close(k);
+    return;
+  }
+  if (k->req_len + (size_t)n > REQ_CAP) {
+    svc->http_errs++;
+    conn_close(k);
+    return;
+  }
+  memcpy(k->req + k->req_len, b->base, (size_t)n);
+  k->req_len += (size_t)n;
+  for (;;) {
+    const char *e = memmem(k->req, k->req_len, "\r\n\r\n", 4);
+    if (!e)
+      return;
+    size_t head_len = (size_t)(e + 4 - k->req);
+    char head[HEAD_CAP];
+    if (head_len >= sizeof head) {
+      svc->http_errs++;
+      conn_close(k);
+      return;
+    }
+    memcpy(head, k->req, head_len);
+    head[head_len] = '\0';
+    char v[32], te[32];
+    size_t body_len = 0;
+    if (head_value(head, "Content-Length", v, sizeof v) > 1 ||
+        head_value(head, "Transfer-Encoding", te, sizeof te)) {
+      svc->http_errs++; /* never sent by these cases */
+      conn_close(k);
+      return;
+    }
+    if (v[0])
+      body_len = strtoul(v, NULL, 10);
+    if (k->req_len < head_len + body_len)
+      return;
+    char method[16], target[256];
+    if (sscanf(head, "%15s %255s HTTP/1.", method, target) != 2) {
+      svc->http_errs++;
+      conn_close(k);
+      return;
+    }
+    svc->requests++;
+    snprintf(svc->last_head, sizeof svc->last_head, "%s", head);
+    char first[320];
+    int fl = snprintf(first, sizeof first, "%s %s %s %zu\n", svc->label,
+                      method, target, body_len);
+    char rh[128];
+    int rl = snprintf(rh, sizeof rh,
+                      "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                      "Content-Length: %zu\r\n\r\n",
+                      (size_t)fl + body_len);
+    wreq *w = malloc(sizeof *w + (size_t)rl + (size_t)fl + body_len);
+    assert_non_null(w);
+    w->k = k;
+    w->len = (size_t)rl + (size_t)fl + body_len;
+    w->req.data = w;
+    memcpy(w->data, rh, (size_t)rl);
+    memcpy(w->data + rl, first, (size_t)fl);
+    memcpy(w->data + rl + fl, k->req + head_len, body_len);
+    uv_buf_t out = uv_buf_init((char *)w->data, (unsigned)w->len);
+    if (uv_write(&w->req, s, &out, 1, http_svc_written) != 0) {
+      free(w);
+      conn_close(k);
+      return;
+    }
+    memmove(k->req, k->req + head_len + body_len,
+            k->req_len - head_len - body_len);
+    k->req_len -= head_len + body_len;
+  }
+}
+
+/* ------------------------------------------------------ raw visitor */
+
+static void raw_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
+  conn *k = s->data;
+  rawv *x = k->raw;
+  if (!x)
+    return;
+  if (n > 0) {
+    size_t m = (size_t)n;
+    if (m > RAW_CAP - x->len) {
+      m = RAW_CAP - x->len;
+      x->overflow = 1;
+    }
+    memcpy(x->in + x->len, b->base, m);
+    x->len += m;
+    x->in[x->len] = '\0';
+    return;
+  }
+  if (n < 0) {
+    x->ended = 1;
+    x->end_err = n == UV_EOF ? 0 : (int)n;
+    uv_read_stop(s);
+  }
+}
+
+static void raw_connected(uv_connect_t *req, int status) {
+  conn *k = req->data;
+  rawv *x = k->raw;
+  if (!x)
+    return;
+  if (status != 0) {
+    x->conn_err = status;
+    conn_close(k);
+    return;
+  }
+  x->connected = 1;
+  uv_read_start((uv_stream_t *)&k->tcp, conn_alloc, raw_read);
+}
+
+/* Closes the visitor connection, if open, and waits until it is. */
+static void raw_close(ctx *c) {
+  rawv *x = &c->vis;
+  if (x->k)
+    conn_close(x->k);
+  WAIT_FOR(c, x->k == NULL, IT_WAIT_MS);
+}
+
+/* A new visitor connection to 127.0.0.1:port, connected on return. */
+static void raw_open(ctx *c, uint16_t port) {
+  raw_close(c);
+  rawv *x = &c->vis;
+  memset(x, 0, sizeof *x);
+  conn *k = conn_new(c, ROLE_RAW_VISITOR);
+  k->raw = x;
+  x->k = k;
+  struct sockaddr_in a;
+  uv_ip4_addr("127.0.0.1", port, &a);
+  int rc = uv_tcp_connect(&k->creq, &k->tcp, (struct sockaddr *)&a,
+                          raw_connected);
+  if (rc != 0) {
+    conn_close(k);
+    fail_msg("connect to %u: %s", port, uv_strerror(rc));
+  }
+  WAIT_FOR(c, x->connected || x->conn_err, IT_WAIT_MS);
+  if (x->conn_err)
+    FAIL(c, "connect to %u: %s", port, uv_strerror(x->conn_err));
+}
+
+static void raw_written(uv_write_t *req, int status) {
+  wreq *w = req->data;
+  if (status != 0 && w->k->raw)
+    w->k->raw->write_err = status;
+  free(w);
+}
+
+static void raw_send(ctx *c, const void *data, size_t len) {
+  rawv *x = &c->vis;
+  if (!x->k)
+    FAIL(c, "the visitor connection is closed; cannot send");
+  wreq *w = malloc(sizeof *w + len);
+  assert_non_null(w);
+  w->k = x->k;
+  w->len = len;
+  w->req.data = w;
+  memcpy(w->data, data, len);
+  uv_buf_t b = uv_buf_init((char *)w->data, (unsigned)len);
+  if (uv_write(&w->req, (uv_stream_t *)&x->k->tcp, &b, 1, raw_written) != 0) {
+    free(w);
+    FAIL(c, "write to the visitor connection failed");
+  }
+}
+
+/* A response parsed from what the visitor received. */
+typedef struct http_resp {
+  int status; /* 0: the connection ended before a whole response */
+  char head[HEAD_CAP];
+  char body[4096];
+  size_t body_len;
+} http_resp;
+
+/* Parses one response at x->in + x->used. Returns 1 and advances x->used
+ * when one is complete (a body without Content-Length runs to the end of
+ * the connection), 0 if more bytes are needed, -1 if it is malformed. */
+static int resp_parse(rawv *x, http_resp *r) {
+  const char *p = x->in + x->used;
+  size_t avail = x->len - x->used;
+  const char *e = memmem(p, avail, "\r\n\r\n", 4);
+  if (!e)
+    return avail >= HEAD_CAP ? -1 : 0;
+  size_t head_len = (size_t)(e + 4 - p);
+  if (head_len >= sizeof r->head)
+    return -1;
+  memcpy(r->head, p, head_len);
+  r->head[head_len] = '\0';
+  unsigned status;
+  if (sscanf(r->head, "HTTP/1.%*1[01] %3u", &status) != 1)
+    return -1;
+  char v[32], te[32];
+  size_t body_len;
+  if (head_value(r->head, "Transfer-Encoding", te, sizeof te))
+    return -1; /* none of the peers here chunks these small answers */
+  if (head_value(r->head, "Content-Length", v, sizeof v) == 1) {
+    body_len = strtoul(v, NULL, 10);
+    if (avail < head_len + body_len)
+      return 0;
+  } else if (x->ended) {
+    body_len = avail - head_len;
+  } else {
+    return 0;
+  }
+  if (body_len >= sizeof r->body)
+    return -1;
+  memcpy(r->body, p + head_len, body_len);
+  r->body[body_len] = '\0';
+  r->body_len = body_len;
+  r->status = (int)status;
+  x->used += head_len + body_len;
+  return 1;
+}
+
+typedef struct resp_wait {
+  rawv *x;
+  http_resp *r;
+  int rc;
+} resp_wait;
+
+/* Idempotent: a response parsed once stays parsed. */
+static int resp_ready(resp_wait *rw) {
+  if (rw->rc == 0)
+    rw->rc = resp_parse(rw->x, rw->r);
+  return rw->rc != 0 || rw->x->ended || rw->x->write_err;
+}
+
+/* Sends `req` on the open visitor connection and waits for the response
+ * to it; r->status is 0 if the connection ended first. */
+static void http_roundtrip(ctx *c, const char *req, size_t req_len,
+                           http_resp *r) {
+  memset(r, 0, sizeof *r);
+  raw_send(c, req, req_len);
+  resp_wait rw = {&c->vis, r, 0};
+  WAIT_FOR(c, resp_ready(&rw), IT_WAIT_MS);
+  if (rw.rc < 0)
+    FAIL(c, "malformed HTTP response: %.200s", c->vis.in + c->vis.used);
+  if (rw.rc == 0)
+    r->status = 0;
+}
+
+/* Formats a request: METHOD TARGET, Host `host`, `extra` header lines
+ * (each ending in CRLF, may be ""), and `body` with its Content-Length
+ * when not NULL. */
+static size_t http_req(char *out, size_t cap, const char *method,
+                       const char *host, const char *target,
+                       const char *extra, const char *body) {
+  int n;
+  if (body)
+    n = snprintf(out, cap,
+                 "%s %s HTTP/1.1\r\nHost: %s\r\n%sContent-Length: %zu\r\n"
+                 "\r\n%s",
+                 method, target, host, extra, strlen(body), body);
+  else
+    n = snprintf(out, cap, "%s %s HTTP/1.1\r\nHost: %s\r\n%s\r\n", method,
+                 target, host, extra);
+  assert_true(n > 0 && (size_t)n < cap);
+  return (size_t)n;
+}
+
+/* GET `target` with Host `host` on a new connection to `port`, closed
+ * afterwards. */
+static void http_get(ctx *c, uint16_t port, const char *host,
+                     const char *target, const char *extra, http_resp *r) {
+  char req[1024];
+  size_t n = http_req(req, sizeof req, "GET", host, target, extra, NULL);
+  raw_open(c, port);
+  http_roundtrip(c, req, n, r);
+  raw_close(c);
+}
+
+/* The response must be 200 from service `svc` for METHOD TARGET with a
+ * body of body_len bytes. */
+static void expect_answer(ctx *c, const http_resp *r, const service *svc,
+                          const char *method, const char *target,
+                          size_t body_len) {
+  char want[320];
+  snprintf(want, sizeof want, "%s %s %s %zu\n", svc->label, method, target,
+           body_len);
+  if (r->status != 200 || strncmp(r->body, want, strlen(want)) != 0)
+    FAIL(c, "expected 200 with '%.*s' from service %s; got status %d, "
+            "head:\n%s\nbody: %.200s",
+         (int)strlen(want) - 1, want, svc->label, r->status, r->head,
+         r->body);
+}
+
+/* The header `name` of the latest request service `svc` got must be
+ * `want` (and occur once). */
+static void expect_seen(ctx *c, const service *svc, const char *name,
+                        const char *want) {
+  char v[512];
+  int n = head_value(svc->last_head, name, v, sizeof v);
+  if (n != 1 || strcmp(v, want) != 0)
+    FAIL(c, "service %s: expected one '%s: %s' in the request it got; "
+            "found %d, first '%s'. Head:\n%s",
+         svc->label, name, want, n, v, svc->last_head);
+}
+
+static void base64(const char *in, char *out, size_t cap) {
+  static const char tab[] =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  size_t n = strlen(in), o = 0;
+  assert_true((n + 2) / 3 * 4 < cap);
+  for (size_t i = 0; i < n; i += 3) {
+    uint32_t v = (uint32_t)(uint8_t)in[i] << 16;
+    if (i + 1 < n)
+      v |= (uint32_t)(uint8_t)in[i + 1] << 8;
+    if (i + 2 < n)
+      v |= (uint8_t)in[i + 2];
+    out[o++] = tab[(v >> 18) & 63];
+    out[o++] = tab[(v >> 12) & 63];
+    out[o++] = i + 1 < n ? tab[(v >> 6) & 63] : '=';
+    out[o++] = i + 2 < n ? tab[v & 63] : '=';
+  }
+  out[o] = '\0';
+}
+
+/* ------------------------------------------------------------- TLS */
+
+/* A TLS 1.2-framed ClientHello for server name `sni`, with random bytes
+ * (32 of them), TLS 1.3 and 1.2 suites, and ALPN h2 and http/1.1: what
+ * any TLS client opens with, byte for byte what the service must get. */
+static size_t client_hello(uint8_t *out, size_t cap, const char *sni) {
+  uint8_t hs[512];
+  size_t n = 0, sl = strlen(sni);
+  assert_true(sl < 200 && cap >= sizeof hs + 9);
+  hs[n++] = 0x03; /* client_version TLS 1.2 */
+  hs[n++] = 0x03;
+  for (int i = 0; i < 8; i++) {
+    uint32_t r = it_random32();
+    memcpy(hs + n, &r, 4);
+    n += 4;
+  }
+  hs[n++] = 0; /* no session id */
+  static const uint8_t suites[] = {0x00, 0x06, 0x13, 0x01, 0xc0,
+                                   0x2f, 0xc0, 0x2b};
+  memcpy(hs + n, suites, sizeof suites);
+  n += sizeof suites;
+  hs[n++] = 1; /* compression: null */
+  hs[n++] = 0;
+  size_t ext_len_at = n;
+  n += 2;
+  /* server_name */
+  hs[n++] = 0x00;
+  hs[n++] = 0x00;
+  hs[n++] = (uint8_t)((sl + 5) >> 8);
+  hs[n++] = (uint8_t)(sl + 5);
+  hs[n++] = (uint8_t)((sl + 3) >> 8);
+  hs[n++] = (uint8_t)(sl + 3);
+  hs[n++] = 0; /* host_name */
+  hs[n++] = (uint8_t)(sl >> 8);
+  hs[n++] = (uint8_t)sl;
+  memcpy(hs + n, sni, sl);
+  n += sl;
+  /* application_layer_protocol_negotiation */
+  static const uint8_t alpn[] = {0x00, 0x10, 0x00, 0x0e, 0x00, 0x0c,
+                                 2,    'h',  '2',  8,    'h',  't',
+                                 't',  'p',  '/',  '1',  '.',  '1'};
+  memcpy(hs + n, alpn, sizeof alpn);
+  n += sizeof alpn;
+  size_t ext_len = n - ext_len_at - 2;
+  hs[ext_len_at] = (uint8_t)(ext_len >> 8);
+  hs[ext_len_at + 1] = (uint8_t)ext_len;
+  size_t o = 0;
+  out[o++] = 0x16; /* handshake record, TLS 1.0 framing */
+  out[o++] = 0x03;
+  out[o++] = 0x01;
+  out[o++] = (uint8_t)((n + 4) >> 8);
+  out[o++] = (uint8_t)(n + 4);
+  out[o++] = 0x01; /* client_hello */
+  out[o++] = 0;
+  out[o++] = (uint8_t)(n >> 8);
+  out[o++] = (uint8_t)n;
+  memcpy(out + o, hs, n);
+  return o + n;
+}
+
+/* A ClientHello for `sni` and then some opaque bytes (what encrypted
+ * records would be) to the HTTPS port: the service behind it, an echo,
+ * must get exactly those bytes, and the visitor must get them back. */
+static void check_tls_passthrough(ctx *c, service *echo, uint16_t port,
+                                  const char *sni) {
+  uint8_t msg[1024];
+  size_t n = client_hello(msg, sizeof msg, sni);
+  size_t hello = n;
+  /* An application_data record of 251 random bytes. */
+  static const uint8_t rec[] = {0x17, 0x03, 0x03, 0x00, 0xfb};
+  memcpy(msg + n, rec, sizeof rec);
+  n += sizeof rec;
+  for (size_t end = n + 0xfb; n < end; n++)
+    msg[n] = (uint8_t)it_random32();
+  uint64_t rcvd = echo->echo_rcvd;
+  int accepted = echo->accepted;
+  raw_open(c, port);
+  raw_send(c, msg, hello);
+  /* The rest once the hello made it through, as a TLS client would after
+   * the server's answer. */
+  WAIT_FOR(c, c->vis.len >= hello || c->vis.ended, IT_WAIT_MS);
+  raw_send(c, msg + hello, n - hello);
+  WAIT_FOR(c, c->vis.len >= n || c->vis.ended, IT_WAIT_MS);
+  if (c->vis.len != n || memcmp(c->vis.in, msg, n) != 0)
+    FAIL(c, "TLS passthrough for %s: the visitor got %zu bytes back, %s; "
+            "sent %zu",
+         sni, c->vis.len,
+         c->vis.len <= n && memcmp(c->vis.in, msg, c->vis.len) == 0
+             ? "a prefix of what it sent"
+             : "not what it sent",
+         n);
+  if (echo->echo_rcvd - rcvd != n || echo->accepted != accepted + 1)
+    FAIL(c, "TLS passthrough for %s: the service got %llu bytes on %d "
+            "connections; expected %zu on 1",
+         sni, (unsigned long long)(echo->echo_rcvd - rcvd),
+         echo->accepted - accepted, n);
+  raw_close(c);
+  fprintf(stderr, "# TLS for %s: %zu-byte ClientHello and %zu more bytes "
+                  "passed through unchanged both ways\n",
+          sni, hello, n - hello);
+}
+
+/* A ClientHello for a name nobody registered: the connection is closed
+ * and no service contacted. libtunnel's server sends nothing back; frps
+ * answers with a plain-text HTTP 404 first (its vhost muxer's page), which
+ * a TLS client takes for a protocol error: allowed when `our_server` is 0,
+ * as that response only. */
+static void check_tls_unknown(ctx *c, service *echo, uint16_t port,
+                              const char *sni, int our_server) {
+  uint8_t msg[1024];
+  size_t n = client_hello(msg, sizeof msg, sni);
+  int accepted = echo->accepted;
+  raw_open(c, port);
+  raw_send(c, msg, n);
+  WAIT_FOR(c, c->vis.ended, IT_WAIT_MS);
+  int answer_ok = c->vis.len == 0 ||
+                  (!our_server && strncmp(c->vis.in, "HTTP/1.1 404 ", 13) == 0);
+  if (!answer_ok || echo->accepted != accepted)
+    FAIL(c, "ClientHello for unknown %s: got %zu bytes back (%.40s), "
+            "service accepted %d connections",
+         sni, c->vis.len, c->vis.in, echo->accepted - accepted);
+  raw_close(c);
+}
+
 /* --------------------------------------------------------- services */
 
 static void svc_connection(uv_stream_t *l, int status) {
@@ -827,6 +1353,12 @@ static void svc_connection(uv_stream_t *l, int status) {
   svc->accepted++;
   svc->open++;
   k->svc = svc;
+  if (svc->r == ROLE_HTTP_SVC) {
+    k->req = malloc(REQ_CAP);
+    assert_non_null(k->req);
+    uv_read_start((uv_stream_t *)&k->tcp, conn_alloc, http_svc_read);
+    return;
+  }
   if (svc->r == ROLE_ECHO_SVC) {
     uv_read_start((uv_stream_t *)&k->tcp, conn_alloc, echo_svc_read);
     return;
@@ -858,6 +1390,13 @@ static service *svc_start(ctx *c, role r) {
   assert_int_equal(
       uv_tcp_getsockname(&svc->listener, (struct sockaddr *)&a, &len), 0);
   svc->port = ntohs(a.sin_port);
+  return svc;
+}
+
+/* An HTTP service on an ephemeral port, answering as `label`. */
+static service *http_svc_start(ctx *c, const char *label) {
+  service *svc = svc_start(c, ROLE_HTTP_SVC);
+  snprintf(svc->label, sizeof svc->label, "%s", label);
   return svc;
 }
 
@@ -1081,6 +1620,14 @@ static proc *start_frps(ctx *c, const char *name, int mux,
                         uint16_t *bind_port, char *ini, size_t inicap) {
   if (!*bind_port)
     *bind_port = pick_port(c);
+  /* HTTP and HTTPS vhosts on the ports the case chose, names NAME.localhost
+   * for subdomains. */
+  char vhost[256] = "";
+  if (c->frps_http)
+    snprintf(vhost, sizeof vhost,
+             "vhost_http_port = %u\nvhost_https_port = %u\n"
+             "subdomain_host = localhost\n",
+             c->frps_http, c->frps_https);
   if (!ini[0])
     /* authenticate_new_work_conns: frps checks our work connections'
      * privilege keys too. */
@@ -1094,8 +1641,10 @@ static proc *start_frps(ctx *c, const char *name, int mux,
                "tcp_mux = %s\n"
                "authenticate_new_work_conns = true\n"
                "max_pool_count = 10\n"
-               "log_level = info\n",
-               *bind_port, c->token, c->lo, c->hi, mux ? "true" : "false");
+               "log_level = info\n"
+               "%s",
+               *bind_port, c->token, c->lo, c->hi, mux ? "true" : "false",
+               vhost);
   char *args[] = {frps_path, "-c", ini, NULL};
   proc *p = spawn(c, name, args);
   WAIT_FOR(c, proc_has(p, "frps started successfully") || p->exited,
@@ -1179,12 +1728,11 @@ typedef struct frpc_proxy {
   uint16_t local, remote;
 } frpc_proxy;
 
-static void write_frpc_ini(ctx *c, char *ini, size_t cap, const char *file,
-                           uint16_t server_port, const frpc_opts *o,
-                           const frpc_proxy *px, int npx) {
-  char common[1024], proxies[2048];
+/* frpc's [common] section for the server at 127.0.0.1:server_port. */
+static void frpc_common(ctx *c, char *common, size_t cap, uint16_t server_port,
+                        const frpc_opts *o) {
   size_t n = 0;
-  n += (size_t)snprintf(common + n, sizeof common - n,
+  n += (size_t)snprintf(common + n, cap - n,
                         "[common]\n"
                         "server_addr = 127.0.0.1\n"
                         "server_port = %u\n"
@@ -1194,23 +1742,30 @@ static void write_frpc_ini(ctx *c, char *ini, size_t cap, const char *file,
                         server_port, o->token ? o->token : c->token,
                         o->mux ? "true" : "false");
   if (o->pool >= 0)
-    n += (size_t)snprintf(common + n, sizeof common - n, "pool_count = %d\n",
+    n += (size_t)snprintf(common + n, cap - n, "pool_count = %d\n",
                           o->pool);
   if (o->auth_work_conns)
-    n += (size_t)snprintf(common + n, sizeof common - n,
+    n += (size_t)snprintf(common + n, cap - n,
                           "authenticate_new_work_conns = true\n");
   if (o->auth_heartbeats)
-    n += (size_t)snprintf(common + n, sizeof common - n,
+    n += (size_t)snprintf(common + n, cap - n,
                           "authenticate_heartbeats = true\n");
   if (o->heartbeat)
-    n += (size_t)snprintf(common + n, sizeof common - n,
+    n += (size_t)snprintf(common + n, cap - n,
                           "heartbeat_interval = %d\nheartbeat_timeout = %d\n",
                           o->heartbeat, o->heartbeat_timeout);
   if (o->mux_keepalive)
-    n += (size_t)snprintf(common + n, sizeof common - n,
+    n += (size_t)snprintf(common + n, cap - n,
                           "tcp_mux_keepalive_interval = %d\n",
                           o->mux_keepalive);
-  assert_true(n < sizeof common);
+  assert_true(n < cap);
+}
+
+static void write_frpc_ini(ctx *c, char *ini, size_t cap, const char *file,
+                           uint16_t server_port, const frpc_opts *o,
+                           const frpc_proxy *px, int npx) {
+  char common[1024], proxies[2048];
+  frpc_common(c, common, sizeof common, server_port, o);
   size_t m = 0;
   for (int i = 0; i < npx; i++)
     m += (size_t)snprintf(proxies + m, sizeof proxies - m,
@@ -1522,6 +2077,347 @@ static void test_frpc_restart(void **state) {
   assert_false(port_refuses(px.remote));
 }
 
+/* ======================================== HTTP and HTTPS virtual hosts */
+
+/* Names routed in these cases. The custom ones are not under the
+ * subdomain host (frps refuses those as custom domains). */
+#define CUSTOM_HOST "app.example.test"
+#define WILD_DOMAIN "*.wild.example.test"
+#define WILD_HOST "deep.wild.example.test"
+#define REWRITTEN_HOST "internal.example"
+
+/* tunnel-client against the server at 127.0.0.1:server_port, multiplexed
+ * or not; `tail`: the proxy's words (kind, LOCAL, options), NULL-ended. */
+static proc *start_client_proxy(ctx *c, const char *label,
+                                uint16_t server_port, int mux,
+                                const char *const *tail) {
+  char server[32];
+  snprintf(server, sizeof server, "127.0.0.1:%u", server_port);
+  char *args[24] = {(char *)client_path, "--server", server, "--token",
+                    c->token};
+  int n = 5;
+  if (!mux)
+    args[n++] = "--no-mux";
+  for (; *tail; tail++) {
+    assert_true(n < 23);
+    args[n++] = (char *)*tail;
+  }
+  args[n] = NULL;
+  return spawn(c, label, args);
+}
+
+/* Whether `buf` has `line` (without its newline) as a whole line. */
+static int has_line(const char *buf, const char *line) {
+  size_t n = strlen(line);
+  for (const char *q = buf; (q = strstr(q, line)) != NULL; q++)
+    if ((q == buf || q[-1] == '\n') && q[n] == '\n')
+      return 1;
+  return 0;
+}
+
+/* Waits until our client has printed its public addresses: exactly the
+ * `n` URLs of `want`, one a line, in any order. */
+static void wait_urls(ctx *c, proc *p, const char *const *want, int n) {
+  WAIT_FOR(c, count_lines(p->obuf) >= n || p->exited, IT_WAIT_MS);
+  if (count_lines(p->obuf) != n)
+    FAIL(c, "%s printed %d lines, expected %d URLs", p->name,
+         count_lines(p->obuf), n);
+  for (int i = 0; i < n; i++)
+    if (!has_line(p->obuf, want[i]))
+      FAIL(c, "%s did not print '%s'", p->name, want[i]);
+}
+
+/* tunnel-server with its HTTP and HTTPS ports on ephemeral ports and
+ * subdomains under localhost. */
+static proc *start_server_vhost(ctx *c, uint16_t *control, uint16_t *http,
+                                uint16_t *https) {
+  char ports[32];
+  snprintf(ports, sizeof ports, "%u-%u", c->lo, c->hi);
+  char *args[] = {(char *)server_path, "--control", "127.0.0.1:0", "--bind",
+                  "127.0.0.1", "--ports", ports, "--token", c->token,
+                  "--http", "127.0.0.1:0", "--https", "127.0.0.1:0",
+                  "--domain", "localhost", "-v", NULL};
+  proc *p = spawn(c, "tunnel-server", args);
+  WAIT_FOR(c, count_lines(p->obuf) >= 3 || p->exited, IT_WAIT_MS);
+  unsigned cp = 0, hp = 0, sp = 0;
+  if (sscanf(p->obuf,
+             "listening on 127.0.0.1:%u\nhttp on 127.0.0.1:%u\n"
+             "https on 127.0.0.1:%u\n",
+             &cp, &hp, &sp) != 3 ||
+      !cp || !hp || !sp || cp > 65535 || hp > 65535 || sp > 65535)
+    FAIL(c, "tunnel-server did not print its control, http and https "
+            "ports");
+  *control = (uint16_t)cp;
+  *http = (uint16_t)hp;
+  *https = (uint16_t)sp;
+  return p;
+}
+
+/* Requests for NAME.localhost:port on one keep-alive connection: a GET,
+ * a POST whose body must come back whole, another GET; the service sees
+ * the visitor's Host and an X-Forwarded-For naming the visitor (and, with
+ * libtunnel's server, X-Forwarded-Proto and -Host). */
+static void check_subdomain(ctx *c, uint16_t port, service *svc,
+                            int our_server) {
+  char host[128], req[1024], body[64];
+  snprintf(host, sizeof host, "%s.localhost:%u", svc->label, port);
+  int before = svc->requests;
+  http_resp r;
+  raw_open(c, port);
+  size_t n = http_req(req, sizeof req, "GET", host, "/", "", NULL);
+  http_roundtrip(c, req, n, &r);
+  expect_answer(c, &r, svc, "GET", "/", 0);
+  expect_seen(c, svc, "Host", host);
+  expect_seen(c, svc, "X-Forwarded-For", "127.0.0.1");
+  if (our_server) {
+    expect_seen(c, svc, "X-Forwarded-Proto", "http");
+    expect_seen(c, svc, "X-Forwarded-Host", host);
+  }
+  snprintf(body, sizeof body, "a request body %08x%08x", it_random32(),
+           it_random32());
+  n = http_req(req, sizeof req, "POST", host, "/upload?x=1",
+               "Content-Type: text/plain\r\n", body);
+  http_roundtrip(c, req, n, &r);
+  expect_answer(c, &r, svc, "POST", "/upload?x=1", strlen(body));
+  const char *echoed = strchr(r.body, '\n') + 1;
+  if (strcmp(echoed, body) != 0)
+    FAIL(c, "POST body came back as '%s', sent '%s'", echoed, body);
+  n = http_req(req, sizeof req, "GET", host, "/again", "", NULL);
+  http_roundtrip(c, req, n, &r);
+  expect_answer(c, &r, svc, "GET", "/again", 0);
+  if (c->vis.ended)
+    FAIL(c, "the keep-alive connection was closed after three requests");
+  raw_close(c);
+  assert_int_equal(svc->requests, before + 3);
+}
+
+/* Basic auth on NAME.localhost:port: no credentials and wrong ones get 401
+ * with a WWW-Authenticate challenge and never reach the service; the right
+ * ones get its answer. */
+static void check_basic_auth(ctx *c, uint16_t port, service *svc,
+                             const char *user, const char *pass) {
+  char host[128], cred[128], b64[200], hdr[256], v[128];
+  snprintf(host, sizeof host, "%s.localhost:%u", svc->label, port);
+  int before = svc->requests;
+  http_resp r;
+  http_get(c, port, host, "/private", "", &r);
+  if (r.status != 401 ||
+      head_value(r.head, "WWW-Authenticate", v, sizeof v) != 1 ||
+      strncasecmp(v, "Basic", 5) != 0)
+    FAIL(c, "no credentials: expected 401 with a Basic challenge; got %d:\n%s",
+         r.status, r.head);
+  snprintf(cred, sizeof cred, "%s:not-%s", user, pass);
+  base64(cred, b64, sizeof b64);
+  snprintf(hdr, sizeof hdr, "Authorization: Basic %s\r\n", b64);
+  http_get(c, port, host, "/private", hdr, &r);
+  if (r.status != 401)
+    FAIL(c, "wrong password: expected 401; got %d:\n%s", r.status, r.head);
+  assert_int_equal(svc->requests, before);
+  snprintf(cred, sizeof cred, "%s:%s", user, pass);
+  base64(cred, b64, sizeof b64);
+  snprintf(hdr, sizeof hdr, "Authorization: Basic %s\r\n", b64);
+  http_get(c, port, host, "/private", hdr, &r);
+  expect_answer(c, &r, svc, "GET", "/private", 0);
+  assert_int_equal(svc->requests, before + 1);
+  fprintf(stderr, "# basic auth: 401, 401, then 200 with the password\n");
+}
+
+/* A name nobody registered: 404, and no service sees a request. */
+static void check_unknown_host(ctx *c, uint16_t port, service **svcs,
+                               int nsvcs) {
+  int before = 0;
+  for (int i = 0; i < nsvcs; i++)
+    before += svcs[i]->requests;
+  http_resp r;
+  http_get(c, port, "nobody.localhost", "/", "", &r);
+  if (r.status != 404)
+    FAIL(c, "unknown host: expected 404, got %d:\n%s", r.status, r.head);
+  int after = 0;
+  for (int i = 0; i < nsvcs; i++)
+    after += svcs[i]->requests;
+  assert_int_equal(after, before);
+}
+
+/* Our client's four proxies (subdomain; custom and wildcard names with a
+ * Host rewrite; basic auth; HTTPS subdomain) against frps's vhosts. */
+static void run_client_to_frps_http(ctx *c, int mux) {
+  c->frps_http = pick_port(c);
+  c->frps_https = pick_port(c);
+  uint16_t bind_port = 0, hp = c->frps_http, sp = c->frps_https;
+  char ini[PATH_MAX] = "";
+  start_frps(c, "frps", mux, &bind_port, ini, sizeof ini);
+  service *web = http_svc_start(c, "web");
+  service *site = http_svc_start(c, "site");
+  service *secret = http_svc_start(c, "secret");
+  service *tls = svc_start(c, ROLE_ECHO_SVC);
+  char lweb[32], lsite[32], lsecret[32], ltls[32], auth[64], pass[16];
+  snprintf(lweb, sizeof lweb, "127.0.0.1:%u", web->port);
+  snprintf(lsite, sizeof lsite, "127.0.0.1:%u", site->port);
+  snprintf(lsecret, sizeof lsecret, "127.0.0.1:%u", secret->port);
+  snprintf(ltls, sizeof ltls, "127.0.0.1:%u", tls->port);
+  snprintf(pass, sizeof pass, "%08x", it_random32());
+  snprintf(auth, sizeof auth, "alice:%s", pass);
+  const char *t_web[] = {"http", lweb, "--subdomain", "web", "--name", "web",
+                         NULL};
+  const char *t_site[] = {"http",         lsite,          "--hostname",
+                          CUSTOM_HOST,    "--hostname",   WILD_DOMAIN,
+                          "--host-rewrite", REWRITTEN_HOST, "--name",
+                          "site",         NULL};
+  const char *t_secret[] = {"http",         lsecret, "--subdomain", "secret",
+                            "--basic-auth", auth,    "--name",      "secret",
+                            NULL};
+  const char *t_tls[] = {"https", ltls, "--subdomain", "tls", "--name", "tls",
+                         NULL};
+  proc *cl[4] = {
+      start_client_proxy(c, "tunnel-client web", bind_port, mux, t_web),
+      start_client_proxy(c, "tunnel-client site", bind_port, mux, t_site),
+      start_client_proxy(c, "tunnel-client secret", bind_port, mux,
+                         t_secret),
+      start_client_proxy(c, "tunnel-client tls", bind_port, mux, t_tls),
+  };
+  char u[5][96];
+  snprintf(u[0], sizeof u[0], "http://web.localhost:%u", hp);
+  snprintf(u[1], sizeof u[1], "http://%s:%u", CUSTOM_HOST, hp);
+  snprintf(u[2], sizeof u[2], "http://%s:%u", WILD_DOMAIN, hp);
+  snprintf(u[3], sizeof u[3], "http://secret.localhost:%u", hp);
+  snprintf(u[4], sizeof u[4], "https://tls.localhost:%u", sp);
+  const char *w0[] = {u[0]}, *w1[] = {u[1], u[2]}, *w2[] = {u[3]},
+             *w3[] = {u[4]};
+  wait_urls(c, cl[0], w0, 1);
+  wait_urls(c, cl[1], w1, 2);
+  wait_urls(c, cl[2], w2, 1);
+  wait_urls(c, cl[3], w3, 1);
+
+  check_subdomain(c, hp, web, 0);
+  /* Custom and wildcard names; the service sees the rewritten Host. */
+  http_resp r;
+  http_get(c, hp, CUSTOM_HOST, "/", "", &r);
+  expect_answer(c, &r, site, "GET", "/", 0);
+  expect_seen(c, site, "Host", REWRITTEN_HOST);
+  http_get(c, hp, WILD_HOST, "/w", "", &r);
+  expect_answer(c, &r, site, "GET", "/w", 0);
+  expect_seen(c, site, "Host", REWRITTEN_HOST);
+  check_basic_auth(c, hp, secret, "alice", pass);
+  service *all[] = {web, site, secret};
+  check_unknown_host(c, hp, all, 3);
+  check_tls_passthrough(c, tls, sp, "tls.localhost");
+  check_tls_unknown(c, tls, sp, "nobody.localhost", 0);
+
+  for (int i = 0; i < 4; i++) {
+    term_expect_clean_exit(c, cl[i]);
+    assert_int_equal(proc_count(cl[i], "logged in"), 1);
+  }
+  for (int i = 0; i < 3; i++)
+    assert_int_equal(all[i]->http_errs, 0);
+}
+
+static void test_frps_http_mux(void **state) {
+  run_client_to_frps_http(*state, 1);
+}
+
+static void test_frps_http_nomux(void **state) {
+  run_client_to_frps_http(*state, 0);
+}
+
+/* A stock frpc with five proxies against tunnel-server's vhosts:
+ *   web     http, subdomain
+ *   site    http, custom and wildcard domains, host_header_rewrite
+ *   api     http, the same custom domain, locations = /api
+ *   secret  http, subdomain, http_user/http_pwd
+ *   tls     https, subdomain (TLS passed through untouched) */
+static void run_frpc_to_server_http(ctx *c, int mux) {
+  uint16_t control, hp, sp;
+  proc *srv = start_server_vhost(c, &control, &hp, &sp);
+  service *web = http_svc_start(c, "web");
+  service *site = http_svc_start(c, "site");
+  service *api = http_svc_start(c, "api");
+  service *secret = http_svc_start(c, "secret");
+  service *tls = svc_start(c, ROLE_ECHO_SVC);
+  char pass[16];
+  snprintf(pass, sizeof pass, "%08x", it_random32());
+  frpc_opts o = {.mux = mux, .pool = -1};
+  char common[1024], proxies[2048];
+  frpc_common(c, common, sizeof common, control, &o);
+  int m = snprintf(proxies, sizeof proxies,
+                   "\n[web]\ntype = http\nlocal_ip = 127.0.0.1\n"
+                   "local_port = %u\nsubdomain = web\n"
+                   "\n[site]\ntype = http\nlocal_ip = 127.0.0.1\n"
+                   "local_port = %u\ncustom_domains = %s, %s\n"
+                   "host_header_rewrite = %s\n"
+                   "\n[api]\ntype = http\nlocal_ip = 127.0.0.1\n"
+                   "local_port = %u\ncustom_domains = %s\n"
+                   "locations = /api\n"
+                   "\n[secret]\ntype = http\nlocal_ip = 127.0.0.1\n"
+                   "local_port = %u\nsubdomain = secret\n"
+                   "http_user = alice\nhttp_pwd = %s\n"
+                   "\n[tls]\ntype = https\nlocal_ip = 127.0.0.1\n"
+                   "local_port = %u\nsubdomain = tls\n",
+                   web->port, site->port, CUSTOM_HOST, WILD_DOMAIN,
+                   REWRITTEN_HOST, api->port, CUSTOM_HOST, secret->port, pass,
+                   tls->port);
+  assert_true(m > 0 && (size_t)m < sizeof proxies);
+  char ini[PATH_MAX];
+  write_file(ini, sizeof ini, "frpc.ini", "%s%s", common, proxies);
+  proc *frpc = start_frpc(c, "frpc", ini);
+  frpc_proxy px[] = {{"web", 0, 0}, {"site", 0, 0}, {"api", 0, 0},
+                     {"secret", 0, 0}, {"tls", 0, 0}};
+  wait_frpc_proxies(c, frpc, px, 5, 1);
+
+  check_subdomain(c, hp, web, 1);
+  /* One keep-alive connection, each request to another proxy: locations
+   * route /api and /api/..., not /apix; the site sees its Host rewrite,
+   * the api proxy the visitor's Host. */
+  char req[1024];
+  http_resp r;
+  struct {
+    const char *host, *target;
+    service *svc;
+    const char *seen_host;
+  } seq[] = {
+      {CUSTOM_HOST, "/api/v1?q=1", api, CUSTOM_HOST},
+      {CUSTOM_HOST, "/", site, REWRITTEN_HOST},
+      {CUSTOM_HOST, "/api", api, CUSTOM_HOST},
+      {CUSTOM_HOST, "/apix", site, REWRITTEN_HOST},
+      {WILD_HOST, "/w", site, REWRITTEN_HOST},
+      {NULL, "/", web, NULL},
+  };
+  char webhost[64];
+  snprintf(webhost, sizeof webhost, "web.localhost:%u", hp);
+  raw_open(c, hp);
+  for (size_t i = 0; i < sizeof seq / sizeof seq[0]; i++) {
+    const char *host = seq[i].host ? seq[i].host : webhost;
+    size_t n = http_req(req, sizeof req, "GET", host, seq[i].target, "",
+                        NULL);
+    http_roundtrip(c, req, n, &r);
+    expect_answer(c, &r, seq[i].svc, "GET", seq[i].target, 0);
+    expect_seen(c, seq[i].svc, "Host", seq[i].seen_host ? seq[i].seen_host
+                                                        : webhost);
+  }
+  raw_close(c);
+  check_basic_auth(c, hp, secret, "alice", pass);
+  service *all[] = {web, site, api, secret};
+  check_unknown_host(c, hp, all, 4);
+  check_tls_passthrough(c, tls, sp, "tls.localhost");
+  check_tls_unknown(c, tls, sp, "nobody.localhost", 1);
+
+  assert_int_equal(proc_count(frpc, "login to server success"), 1);
+  if (proc_has(frpc, "StartWorkConn contains error"))
+    FAIL(c, "the server refused some of frpc's work connections");
+  for (int i = 0; i < 4; i++)
+    assert_int_equal(all[i]->http_errs, 0);
+  stop_proc(c, frpc);
+  term_expect_clean_exit(c, srv);
+}
+
+static void test_frpc_http_mux(void **state) {
+  run_frpc_to_server_http(*state, 1);
+}
+
+/* tcp_mux = false: a TCP work connection per visitor connection. */
+static void test_frpc_http_nomux(void **state) {
+  run_frpc_to_server_http(*state, 0);
+}
+
 /* --------------------------------------------------------- heartbeat */
 
 static void srv_log(int level, const char *msg, void *ud) {
@@ -1653,6 +2549,10 @@ int main(int argc, char **argv) {
       cmocka_unit_test_setup_teardown(test_frpc_wrong_token, setup, teardown),
       cmocka_unit_test_setup_teardown(test_frpc_restart, setup, teardown),
       cmocka_unit_test_setup_teardown(test_frpc_heartbeat, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_frps_http_mux, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_frps_http_nomux, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_frpc_http_mux, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_frpc_http_nomux, setup, teardown),
   };
   if (argc != 5) {
     fprintf(stderr,
