@@ -89,9 +89,12 @@ typedef void (*tunnel_server_close_cb)(tunnel_server *srv, void *user_data);
 TUNNEL_EXTERN int tunnel_server_new(tunnel_server **out, uv_loop_t *loop,
                                     const tunnel_config *cfg);
 /* Starts accepting clients on host:port (port 0: an ephemeral port; see
- * tunnel_server_port). `host` is a numeric IPv4 or IPv6 address. */
+ * tunnel_server_port). `host` is a numeric IPv4 or IPv6 address. May be
+ * called again for other addresses (up to 4: "0.0.0.0" and "::", say);
+ * TUNNEL_ELIMIT beyond. */
 TUNNEL_EXTERN int tunnel_server_listen(tunnel_server *srv, const char *host,
                                        uint16_t port);
+/* Port of the first address listened on. */
 TUNNEL_EXTERN int tunnel_server_port(const tunnel_server *srv,
                                      uint16_t *port);
 /* The public HTTP port: requests are routed by their Host to HTTP proxies

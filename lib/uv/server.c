@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "dial.h"
+#include "handle.h"
 #include "srv.h"
 #include "uverr.h"
 
@@ -118,15 +119,13 @@ int tunnel_server_new(tunnel_server **out, uv_loop_t *loop,
   tunnel__sched_init(&srv->sched, loop);
   srv->sched.drained = sched_drained;
   srv->sched.drained_ud = srv;
-  uv_tcp_init(loop, &srv->listener);
   uv_timer_init(loop, &srv->sweep);
   srv->loop = loop;
   srv->budget.limit = srv->cfg.total_buffer;
   tunnel__srv_vhost_init(srv, &srv->http, 0);
   tunnel__srv_vhost_init(srv, &srv->https, 1);
-  srv->listener.data = srv;
   srv->sweep.data = srv;
-  srv->handles = 2;
+  srv->handles = 1;
   uv_timer_start(&srv->sweep, sweep, 1000, 1000);
   *out = srv;
   return 0;
@@ -135,18 +134,28 @@ int tunnel_server_new(tunnel_server **out, uv_loop_t *loop,
 int tunnel_server_listen(tunnel_server *srv, const char *host, uint16_t port) {
   if (!srv || !host)
     return TUNNEL_EINVAL;
-  if (srv->listening || srv->closing)
+  if (srv->closing)
     return TUNNEL_ESTATE;
+  if (srv->listening == TUNNEL__SRV_MAX_LISTENERS)
+    return TUNNEL_ELIMIT;
   struct sockaddr_storage ss;
   int rc = tunnel__parse_addr(host, port, &ss);
   if (rc)
     return rc;
-  rc = uv_tcp_bind(&srv->listener, (struct sockaddr *)&ss, 0);
+  uv_tcp_t *l = tunnel__malloc(MEM(srv), sizeof *l);
+  if (!l)
+    return TUNNEL_ENOMEM;
+  uv_tcp_init(srv->loop, l);
+  l->data = srv;
+  rc = uv_tcp_bind(l, (struct sockaddr *)&ss, 0);
   if (rc == 0)
-    rc = uv_listen((uv_stream_t *)&srv->listener, 511, tunnel__srv_on_client);
-  if (rc)
+    rc = uv_listen((uv_stream_t *)l, 511, tunnel__srv_on_client);
+  if (rc) {
+    tunnel__tcp_close_free(MEM(srv), l);
     return tunnel__uv_err(rc);
-  srv->listening = 1;
+  }
+  srv->handles++;
+  srv->listeners[srv->listening++] = l;
   tunnel__log(&srv->cfg.log, TUNNEL_LOG_INFO, "server: listening on %s:%u",
               host, port);
   return 0;
@@ -159,7 +168,8 @@ int tunnel_server_port(const tunnel_server *srv, uint16_t *port) {
     return TUNNEL_ESTATE;
   struct sockaddr_storage ss;
   int len = sizeof ss;
-  int rc = uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&ss, &len);
+  int rc =
+      uv_tcp_getsockname(srv->listeners[0], (struct sockaddr *)&ss, &len);
   if (rc)
     return tunnel__uv_err(rc);
   char host[64];
@@ -230,8 +240,8 @@ int tunnel_server_close(tunnel_server *srv, tunnel_server_close_cb cb,
   srv->closing = 1;
   srv->close_cb = cb;
   srv->close_ud = ud;
-  srv->listener.data = srv;
-  uv_close((uv_handle_t *)&srv->listener, handle_closed);
+  for (int i = 0; i < srv->listening; i++)
+    uv_close((uv_handle_t *)srv->listeners[i], tunnel__srv_free_tcp_closed);
   uv_close((uv_handle_t *)&srv->sweep, handle_closed);
   while (srv->conns)
     tunnel__srv_conn_done(srv->conns, 0);

@@ -21,6 +21,8 @@
  * say what it is, within this time. */
 #define TUNNEL__SRV_SNIFF_TIMEOUT_MS 10000
 #define TUNNEL__SRV_READBUF_SIZE (64u * 1024u)
+/* Control addresses one server listens on (IPv4 and IPv6, say). */
+#define TUNNEL__SRV_MAX_LISTENERS 4
 /* What an unauthenticated peer costs, for the byte budget: a sniffing
  * connection its record; a raw channel its read buffer and a first
  * message; a session its read buffer and its allowed first streams
@@ -66,9 +68,9 @@ struct tunnel_server {
   uv_loop_t *loop;
   struct tunnel_config cfg;
   tunnel__sched sched;
-  uv_tcp_t listener;
+  uv_tcp_t *listeners[TUNNEL__SRV_MAX_LISTENERS];
+  int listening; /* listeners in use */
   uv_timer_t sweep; /* drops clients that went silent */
-  int listening;
   uint8_t *readbuf; /* shared by all splices */
   srv_sess *sessions;
   srv_conn *conns; /* connections not yet identified */

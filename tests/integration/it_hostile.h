@@ -428,13 +428,15 @@ static inline void it_atk_on_connect(uv_connect_t *req, int status) {
     it_atk_send_tx(a);
 }
 
-/* Creates and connects an attacker to 127.0.0.1:port, linked on *list. The
- * caller fills tx (and options) before the loop runs again. `rcvbuf` > 0
+/* Creates and connects an attacker to dst_ip:port (NULL: 127.0.0.1; "::1"
+ * reaches a server that also listens there from another address), linked
+ * on *list. The caller fills tx (and options) before the loop runs again.
+ * `rcvbuf` > 0
  * shrinks the socket's receive buffer before connecting, so that a peer
  * that never reads stops absorbing the server's output early. */
 static inline it_atk *it_atk_new_from(uv_loop_t *loop, it_atk **list,
                                       const char *name, uint16_t port,
-                                      int rcvbuf, const char *src_ip) {
+                                      int rcvbuf, const char *dst_ip) {
   it_atk *a = calloc(1, sizeof *a);
   if (!a)
     abort();
@@ -448,23 +450,22 @@ static inline it_atk *it_atk_new_from(uv_loop_t *loop, it_atk **list,
   a->next = *list;
   *list = a;
   a->t_start = it_now(loop);
+  int v6 = dst_ip && strchr(dst_ip, ':');
   if (rcvbuf > 0) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM, 0);
     if (fd < 0)
       abort();
     (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
     if (uv_tcp_open(&a->tcp, fd) != 0)
       abort();
   }
-  if (src_ip) { /* another loopback address: 127.0.0.0/8 is all local */
-    struct sockaddr_in src;
-    if (uv_ip4_addr(src_ip, 0, &src) != 0 ||
-        uv_tcp_bind(&a->tcp, (const struct sockaddr *)&src, 0) != 0)
-      abort();
-  }
-  struct sockaddr_in sa;
-  uv_ip4_addr("127.0.0.1", port, &sa);
-  int rc = uv_tcp_connect(&a->creq, &a->tcp, (const struct sockaddr *)&sa,
+  struct sockaddr_storage ss;
+  if (v6)
+    uv_ip6_addr(dst_ip, port, (struct sockaddr_in6 *)&ss);
+  else
+    uv_ip4_addr(dst_ip ? dst_ip : "127.0.0.1", port,
+                (struct sockaddr_in *)&ss);
+  int rc = uv_tcp_connect(&a->creq, &a->tcp, (const struct sockaddr *)&ss,
                           it_atk_on_connect);
   if (rc) {
     a->conn_status = rc;

@@ -44,6 +44,8 @@
 #include "it_hostile.h"
 
 #define TOKEN "it-token"
+/* A loopback address other than the legitimate clients' 127.0.0.1. */
+#define OTHER_ADDR "::1"
 /* Short limits, so that the limits themselves are what the attacks hit. */
 #define MAX_MSG 1024u
 #define MAX_BACKLOG 4096u /* the smallest the config accepts */
@@ -136,6 +138,7 @@ typedef struct ht_opts {
 #define MAX_BAD 32
 
 struct ht {
+  int have_v6; /* the server also listens on ::1 */
   uv_loop_t loop;
   it_waiter w;
   memstat mem;
@@ -519,6 +522,9 @@ static void ht_setup_opts(ht *t, uint64_t seed, const ht_opts *o) {
   tunnel_config_free(cfg);
   assert_int_equal(tunnel_server_listen(t->srv, "127.0.0.1", 0), 0);
   assert_int_equal(tunnel_server_port(t->srv, &t->srv_port), 0);
+  /* The same port on ::1: a peer there comes from another address than
+   * the clients on 127.0.0.1, all on loopback. */
+  t->have_v6 = tunnel_server_listen(t->srv, "::1", t->srv_port) == 0;
 
   uv_tcp_init(&t->loop, &t->svc);
   t->svc.data = t;
@@ -1867,8 +1873,10 @@ static void test_raw_login_bad_work_conn(void **state) {
       break;
     }
     if (i == 3) { /* unsigned ones from the client's own address pass */
+      if (!t.have_v6)
+        fail_msg("the server could not listen on %s", OTHER_ADDR);
       w[i] = it_atk_new_from(&t.loop, &t.atks, wname[i], t.srv_port, 0,
-                             "127.0.0.2");
+                             OTHER_ADDR);
       it_buf_put(&w[i]->tx, m.p, m.len);
     } else if (i < 6) {
       w[i] = atk_bytes(&t, wname[i], &m);
@@ -2098,7 +2106,8 @@ typedef struct rawcl {
   tunnel__cfb enc;
 } rawcl;
 
-/* Connects from `src_ip` (NULL: 127.0.0.1), sends `login` and waits for
+/* Connects to `src_ip` (NULL: 127.0.0.1, the clients' address; OTHER_ADDR:
+ * another one), sends `login` and waits for
  * its acceptance. `rcvbuf` as for it_atk_new. */
 static void rawcl_open(ht *t, rawcl *r, const char *name,
                        const it_buf *login, int rcvbuf, const char *src_ip) {
@@ -2273,7 +2282,7 @@ static void expect_work_refused(ht *t, it_atk *w) {
 }
 
 /* A NewWorkConn for `run_id` on a connection of its own from `src_ip`
- * (NULL: 127.0.0.1), signed at `ts` or (signed == 0) without key and
+ * (NULL: 127.0.0.1; OTHER_ADDR: another address), signed at `ts` or (signed == 0) without key and
  * timestamp, as a stock frpc sends it. */
 static it_atk *work_conn(ht *t, const char *name, const char *run_id,
                          int signed_, int64_t ts, const char *src_ip) {
@@ -3107,7 +3116,7 @@ static void test_old_key(void **state) {
 /* 14. Work connections on TCP connections of their own (non-mux). By
  * default an unsigned NewWorkConn with the right run id from the address
  * the client's control connection came from (127.0.0.1) is accepted, as a
- * stock frpc sends it; from another address (127.0.0.2) it is refused. A
+ * stock frpc sends it; from another address (::1) it is refused. A
  * NewWorkConn beyond the requests outstanding (the pool the server asked
  * for) is refused, signed or not. The pool hands out its oldest work
  * connection first, so one injected late does not get the next visitor.
@@ -3131,9 +3140,11 @@ static void test_work_conn_rules(void **state) {
   it_buf_free(&b);
   uint16_t vport = rawcl_proxy(&t, &v, "wc");
   rawcl_wait_reqs(&t, &v, 2);
+  if (!t.have_v6)
+    fail_msg("the server could not listen on %s", OTHER_ADDR);
   expect_work_refused(&t, work_conn(&t, "unsigned NewWorkConn from "
-                                        "127.0.0.2",
-                                    v.run_id, 0, 0, "127.0.0.2"));
+                                        OTHER_ADDR,
+                                    v.run_id, 0, 0, OTHER_ADDR));
   it_atk *w1 = work_conn(&t, "signed NewWorkConn, first", v.run_id, 1,
                          unix_now(), NULL);
   expect_parked(&t, w1);
