@@ -15,7 +15,9 @@ static const char usage[] =
     "                     [--heartbeat-timeout S] [--auth-max-skew S]\n"
     "                     [--require-signed-work-conns] [--http HOST:PORT]\n"
     "                     [--https HOST:PORT] [--domain DOMAIN] [--verbose]\n"
-    "  --control  where clients connect (default 0.0.0.0:7000)\n"
+    "  --control  where clients connect (default 0.0.0.0:7000; repeat for\n"
+    "             more addresses, up to 4: --control 0.0.0.0:7000\n"
+    "             --control [::]:7000)\n"
     "  --bind     address of the public listeners (default 0.0.0.0)\n"
     "  --ports    public ports clients may use or be given (default 1024-65535)\n"
     "  --token    shared secret (default: $TUNNEL_TOKEN; none = no auth)\n"
@@ -49,8 +51,9 @@ static int fail(const char *what, int rc) {
 }
 
 int main(int argc, char **argv) {
-  char host[256] = "0.0.0.0";
-  uint16_t port = 7000;
+  char hosts[4][256] = {"0.0.0.0"};
+  uint16_t ports[4] = {7000};
+  int ncontrol = 0;
   const char *bind = NULL;
   const char *token = getenv("TUNNEL_TOKEN");
   uint32_t lo = 1024, hi = 65535;
@@ -73,10 +76,14 @@ int main(int argc, char **argv) {
     } else if (!strcmp(a, "--verbose") || !strcmp(a, "-v")) {
       verbose++;
     } else if (!strcmp(a, "--control") && v) {
-      if (cli_parse_hostport(v, host, sizeof host, &port) != 0) {
-        fprintf(stderr, "tunnel-server: bad --control '%s'\n", v);
+      if (ncontrol == 4 || cli_parse_hostport(v, hosts[ncontrol],
+                                              sizeof hosts[0],
+                                              &ports[ncontrol]) != 0) {
+        fprintf(stderr, "tunnel-server: bad or too many --control '%s'\n",
+                v);
         return 2;
       }
+      ncontrol++;
       i++;
     } else if (!strcmp(a, "--bind") && v) {
       bind = v;
@@ -158,17 +165,30 @@ int main(int argc, char **argv) {
   tunnel_config_free(cfg);
   if (rc)
     return fail("server", rc);
-  rc = tunnel_server_listen(server, host, port);
-  if (rc) {
-    fprintf(stderr, "tunnel-server: cannot listen on %s:%u: %s\n", host, port,
-            tunnel_strerror(rc));
-    tunnel_server_close(server, NULL, NULL);
-    uv_run(loop, UV_RUN_DEFAULT);
-    return 1;
+  if (ncontrol == 0)
+    ncontrol = 1; /* the default address */
+  for (int k = 0; k < ncontrol; k++) {
+    const char *host = hosts[k];
+    uint16_t port = ports[k];
+    rc = tunnel_server_listen(server, host, port);
+    if (rc) {
+      fprintf(stderr, "tunnel-server: cannot listen on %s:%u: %s\n", host,
+              port, tunnel_strerror(rc));
+      tunnel_server_close(server, NULL, NULL);
+      uv_run(loop, UV_RUN_DEFAULT);
+      return 1;
+    }
+    /* Port 0 on the first address: the others share what it got. */
+    if (k == 0 && port == 0) {
+      tunnel_server_port(server, &port);
+      for (int j = 1; j < ncontrol; j++)
+        if (ports[j] == 0)
+          ports[j] = port;
+    }
+    printf(strchr(host, ':') ? "listening on [%s]:%u\n"
+                             : "listening on %s:%u\n",
+           host, port);
   }
-  tunnel_server_port(server, &port);
-  printf(strchr(host, ':') ? "listening on [%s]:%u\n" : "listening on %s:%u\n",
-         host, port);
   for (int tls = 0; tls < 2; tls++) {
     const char *h = tls ? https_host : http_host;
     if (!*h)
