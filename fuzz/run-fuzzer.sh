@@ -7,6 +7,8 @@ corpus=$2
 seconds=${3:-10}
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
-"$exe" -runs=0 "$corpus"
-"$exe" -max_total_time="$seconds" -seed=1 -print_final_stats=1 \
+# A finding must fail the test: libFuzzer's default exit code, 77, would
+# read as "skipped".
+"$exe" -error_exitcode=1 -runs=0 "$corpus"
+"$exe" -error_exitcode=1 -max_total_time="$seconds" -seed=1 -print_final_stats=1 \
   -artifact_prefix="$scratch/" "$scratch" "$corpus"

@@ -294,6 +294,38 @@ tunnel__httpreq_find(const tunnel__httpreq_head *h, const char *name,
   return first;
 }
 
+/* Whether the request switches protocols after its head: CONNECT, or an
+ * Upgrade header with "upgrade" among the Connection tokens. Decided from
+ * the parsed fields rather than taken from http-parser, whose scan of the
+ * raw bytes can disagree with what the re-serialized head says. */
+static int wants_upgrade(const tunnel__httpreq_head *h) {
+  if (h->connect)
+    return 1;
+  size_t nup = 0;
+  tunnel__httpreq_find(h, "upgrade", &nup);
+  if (!nup)
+    return 0;
+  for (size_t i = 0; i < h->n_headers; i++) {
+    const tunnel__httpreq_header *f = &h->headers[i];
+    if (!eq_nocase(f->name, f->name_len, "connection", 10))
+      continue;
+    const char *v = f->value, *end = f->value + f->value_len;
+    while (v < end) {
+      const char *comma = memchr(v, ',', (size_t)(end - v));
+      const char *tok_end = comma ? comma : end;
+      const char *a = v, *b = tok_end;
+      while (a < b && (*a == ' ' || *a == '\t'))
+        a++;
+      while (b > a && (b[-1] == ' ' || b[-1] == '\t'))
+        b--;
+      if (eq_nocase(a, (size_t)(b - a), "upgrade", 7))
+        return 1;
+      v = comma ? comma + 1 : end;
+    }
+  }
+  return 0;
+}
+
 static int fail(tunnel__httpreq *r, int status) {
   r->state = ST_ERROR;
   r->status = status;
@@ -514,7 +546,7 @@ static int build_head(tunnel__httpreq *r) {
     if (c <= 0x20 || c == 0x7f)
       return 400;
   }
-  h->upgrade = p->upgrade;
+  h->upgrade = wants_upgrade(h);
   h->keep_alive = http_should_keep_alive(p);
   h->chunked = (p->flags & F_CHUNKED) != 0;
   h->has_content_length = (p->flags & F_CONTENTLENGTH) != 0;

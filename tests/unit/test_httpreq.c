@@ -773,6 +773,18 @@ static void upgrade_and_connect(void **state) {
   assert_int_equal(status_of("CONNECT example.com HTTP/1.1\r\nHost: a\r\n\r\n"),
                    400);
 
+  /* The decision follows the parsed tokens: whitespace around them, a
+   * list, or case do not change it, so the rewritten head (which trims
+   * values) says the same as the received one. */
+  r = parse_head("GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n"
+                 "Connection: keep-alive,\tUpgrade\t\r\n\r\n");
+  assert_true(tunnel__httpreq_get_head(r)->upgrade);
+  tunnel__httpreq_free(r);
+  r = parse_head("GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n"
+                 "Connection: upgraded, close\r\n\r\n");
+  assert_false(tunnel__httpreq_get_head(r)->upgrade);
+  tunnel__httpreq_free(r);
+
   /* Upgrade without Connection: upgrade is an ordinary request. */
   check_all_splits("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\n\r\n",
                    "HEAD GET / host=a port=-1 auth=a path=/ up=0 ka=1 ch=0 "
