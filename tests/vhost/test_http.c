@@ -662,6 +662,93 @@ static void test_404(void **state) {
   vt_teardown(&t);
 }
 
+/* In-process accept for an HTTP proxy: with no local address, each
+ * visitor's request reaches the program as a tunnel_stream, already
+ * rewritten by the server, and the program answers through it. */
+typedef struct inproc {
+  tunnel_stream *st;
+  char req[2048];
+  size_t len;
+  int answered, closed, accepted, status_calls, status;
+} inproc;
+
+static void inproc_closed(tunnel_stream *st, void *ud) {
+  (void)st;
+  ((inproc *)ud)->closed = 1;
+}
+
+static void inproc_read(tunnel_stream *st, int status, const uint8_t *d,
+                        size_t n, void *ud) {
+  inproc *ip = ud;
+  if (status) {
+    tunnel_stream_close(st, inproc_closed, ip);
+    return;
+  }
+  if (ip->len + n >= sizeof ip->req)
+    n = sizeof ip->req - 1 - ip->len;
+  memcpy(ip->req + ip->len, d, n);
+  ip->len += n;
+  ip->req[ip->len] = '\0';
+  if (!ip->answered && strstr(ip->req, "\r\n\r\n")) {
+    ip->answered = 1;
+    static const char resp[] = "HTTP/1.1 200 OK\r\nX-Service: in-process\r\n"
+                               "Content-Length: 11\r\nConnection: close\r\n"
+                               "\r\nin-process\n";
+    assert_int_equal(tunnel_stream_write(st, (const uint8_t *)resp,
+                                         sizeof resp - 1, NULL, NULL),
+                     0);
+    assert_int_equal(tunnel_stream_shutdown(st, NULL, NULL), 0);
+  }
+}
+
+static void inproc_accept(tunnel_proxy *p, tunnel_stream *st, void *ud) {
+  inproc *ip = ud;
+  (void)p;
+  ip->accepted++;
+  ip->st = st;
+  assert_int_equal(tunnel_stream_read_start(st, inproc_read, ip), 0);
+}
+
+static void inproc_status(tunnel_proxy *p, int status, const char *msg,
+                          void *ud) {
+  inproc *ip = ud;
+  (void)p, (void)msg;
+  ip->status_calls++;
+  ip->status = status;
+}
+
+static void test_in_process(void **state) {
+  (void)state;
+  vt t;
+  vt_init(&t);
+  vt_server_start(&t, NULL);
+  vt_client *k = vt_client_start(&t);
+  inproc ip;
+  memset(&ip, 0, sizeof ip);
+  tunnel_proxy *p;
+  assert_int_equal(tunnel_proxy_new(&p, k->c, "inproc", TUNNEL_PROXY_HTTP), 0);
+  assert_int_equal(tunnel_proxy_set_subdomain(p, "inproc"), 0);
+  assert_int_equal(tunnel_proxy_set_accept_cb(p, inproc_accept, &ip), 0);
+  assert_int_equal(tunnel_proxy_set_status_cb(p, inproc_status, &ip), 0);
+  assert_int_equal(tunnel_proxy_start(p), 0);
+  VT_WAIT(&t, ip.status_calls > 0);
+  assert_int_equal(ip.status, 0);
+  vt_visitor *v = vt_fetch(&t, "GET", "inproc.localhost", "/hello", NULL,
+                           NULL);
+  assert_int_equal(ip.accepted, 1);
+  if (v->nresp < 1)
+    fail_msg("no response to the in-process request");
+  assert_int_equal(v->resps[0].status, 200);
+  assert_string_equal(vt_hdr_get(&v->resps[0], "X-Service"), "in-process");
+  assert_string_equal(v->resps[0].body, "in-process\n");
+  /* The program saw the rewritten head. */
+  assert_non_null(strstr(ip.req, "GET /hello HTTP/1.1\r\n"));
+  assert_non_null(strstr(ip.req, "X-Forwarded-For: 127.0.0.1\r\n"));
+  assert_non_null(strstr(ip.req, "X-Forwarded-Proto: http\r\n"));
+  VT_WAIT(&t, ip.closed);
+  vt_teardown(&t);
+}
+
 /* 502: the tunnel exists but its local service is not running. */
 static void test_502(void **state) {
   (void)state;
@@ -1000,6 +1087,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_chunked),
       cmocka_unit_test(test_head_then_get),
       cmocka_unit_test(test_websocket),
+      cmocka_unit_test(test_in_process),
       cmocka_unit_test(test_404),
       cmocka_unit_test(test_502),
       cmocka_unit_test(test_504),
