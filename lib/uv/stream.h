@@ -11,6 +11,30 @@
 typedef struct tunnel__mux tunnel__mux;
 typedef struct tunnel__wreq tunnel__wreq;
 
+/* What a stream is carried by: a yamux stream (stream_mux.c) or a whole
+ * TCP connection (stream_tcp.c, frp's non-mux mode). The common code in
+ * stream.c (delivery, write requests, callbacks, closing) calls only
+ * these. */
+typedef struct tunnel__stream_ops {
+  /* Reading wishes changed (reader, queued bytes, end, failure). */
+  void (*sync_reading)(tunnel_stream *st);
+  /* The reader took `n` received bytes. */
+  void (*consumed)(tunnel_stream *st, size_t n);
+  /* Takes all `len` bytes: *direct of them left at once, the backing
+   * queued the rest. On error nothing was taken, unless the stream
+   * failed. */
+  int (*write)(tunnel_stream *st, const uint8_t *data, size_t len,
+               size_t *direct);
+  size_t (*queue_size)(const tunnel_stream *st);
+  /* The end of the data, after what is queued. */
+  int (*shutdown)(tunnel_stream *st);
+  /* A local failure: tell the peer if it can be told. */
+  void (*fail)(tunnel_stream *st);
+  /* Starts closing; closed() says when the stream may be freed. */
+  void (*close)(tunnel_stream *st);
+  int (*closed)(const tunnel_stream *st);
+} tunnel__stream_ops;
+
 /* Streams an owner handed out and must be able to fail all at once
  * (streams over whole TCP connections, which no session end reaches). */
 typedef struct tunnel__stream_list {
@@ -25,6 +49,7 @@ typedef size_t (*tunnel__stream_take_fn)(tunnel_stream *st, int status,
                                          void *ud);
 
 struct tunnel_stream {
+  const tunnel__stream_ops *ops;
   tunnel__mux *mux; /* NULL once the session is gone (or for TCP streams) */
   /* A stream that is a whole TCP connection (frp's non-mux mode). */
   uv_tcp_t *tcp;
@@ -105,6 +130,15 @@ void tunnel__stream_watch(tunnel_stream *st,
 void tunnel__stream_list_add(tunnel__stream_list *l, tunnel_stream *st);
 /* Fails every stream of `l` with `err` and empties it. */
 void tunnel__stream_list_fail_all(tunnel__stream_list *l, int err);
+
+/* For the backings. */
+/* A zeroed stream with the common parts set up (NULL on out of memory). */
+tunnel_stream *tunnel__stream_alloc(const tunnel__stream_ops *ops,
+                                    tunnel__sched *sched,
+                                    const tunnel__mem *mem);
+void tunnel__stream_free(tunnel_stream *st);
+/* Runs the stream's pending work from the loop. */
+void tunnel__stream_post(tunnel_stream *st);
 
 /* Called by the mux. */
 void tunnel__stream_on_data(tunnel_stream *st, const uint8_t *data, size_t n);
