@@ -267,7 +267,7 @@ static int on_start_work(tunnel__ctlchan *ch, int err, const tunnel__msg *m,
     tunnel_stream *st = w->st;
     w->st = NULL;
     work_unlink(w);
-    if (st->tcp)
+    if (st->link)
       tunnel__stream_list_add(&c->handed, st);
     if (p->accept_cb)
       p->accept_cb(p, st, p->accept_ud);

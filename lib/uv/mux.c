@@ -4,6 +4,7 @@
 
 #include "../log.h"
 #include "handle.h"
+#include "link.h"
 #include "stream.h"
 #include "uverr.h"
 
@@ -12,14 +13,12 @@
  * of streams or the size of their windows. */
 #define OUT_HIGH (2u * 1024u * 1024u)
 #define OUT_LOW (512u * 1024u)
-/* Reads as large as the kernel usually has ready on loopback, small enough
- * that an idle or unauthenticated session costs little. */
-#define READ_BUF (64u * 1024u)
 #define MAX_IOV 64
 
 struct tunnel__mux {
-  uv_tcp_t *tcp;
-  uv_write_t wreq;
+  uv_tcp_t *tcp;       /* until started: then the link owns it */
+  tunnel__link *link;  /* from start */
+  tunnel__link_wreq wreq;
   uv_loop_t *loop;
   tunnel__sched *sched;
   tunnel__mem mem;
@@ -29,7 +28,6 @@ struct tunnel__mux {
   tunnel__mux_callbacks cb;
   void *ud;
 
-  uint8_t *rbuf;
   uint64_t last_rx;
   size_t inflight; /* bytes of the write in progress */
   int writing;
@@ -146,19 +144,16 @@ int tunnel__mux_new_budgeted(tunnel__mux **out, uv_loop_t *loop,
   m->sched = sched;
   m->cb = *cb;
   m->ud = ud;
-  m->rbuf = tunnel__malloc(&m->mem, READ_BUF);
   tunnel__ymx_config yc = {is_client, cfg->max_streams, cfg->stream_window,
                            cfg->max_control_backlog, &m->mem, &m->log,
                            cfg->session_buffer, shared};
-  int rc = m->rbuf ? tunnel__ymx_new(&m->ymx, &yc, &ymx_cb, m) : TUNNEL_ENOMEM;
+  int rc = tunnel__ymx_new(&m->ymx, &yc, &ymx_cb, m);
   if (rc) {
-    tunnel__free(&m->mem, m->rbuf);
     tunnel__free(&m->mem, m);
     tunnel__tcp_close_free(&cfg->mem, tcp);
     return rc;
   }
   m->tcp = tcp;
-  m->tcp->data = m;
   *out = m;
   return 0;
 }
@@ -205,18 +200,21 @@ static void end(tunnel__mux *m, int err) {
   m->end_err = err;
   tunnel__log(&m->log, TUNNEL_LOG_DEBUG, "mux: session ended: %s",
               tunnel_err_name(err));
-  uv_read_stop((uv_stream_t *)m->tcp);
+  if (m->link)
+    tunnel__link_read_stop(m->link);
   fail_streams(m, err == TUNNEL_EEOF ? TUNNEL_ECONNRESET : err);
   tunnel__sched_post(m->sched, &m->end_task, end_task);
 }
 
-static void closed_cb(uv_handle_t *h) {
-  tunnel__mux *m = h->data;
-  tunnel__free(&m->mem, m->tcp);
+static void release(tunnel__mux *m) {
   tunnel__ymx_free(m->ymx);
-  tunnel__free(&m->mem, m->rbuf);
   tunnel__mem mem = m->mem;
   tunnel__free(&mem, m);
+}
+
+static void link_closed_cb(tunnel__link *l, int status, void *ud) {
+  (void)l, (void)status;
+  release(ud);
 }
 
 void tunnel__mux_close(tunnel__mux *m) {
@@ -229,19 +227,18 @@ void tunnel__mux_close(tunnel__mux *m) {
   /* ECANCELED stays the stream owner's own close; for its streams the
    * session is simply gone. */
   fail_streams(m, TUNNEL_ECLOSED);
-  /* Pending uv_write requests complete with UV_ECANCELED before closed_cb. */
-  uv_close((uv_handle_t *)m->tcp, closed_cb);
+  /* A pending write completes with TUNNEL_ECANCELED before the link's
+   * close callback. */
+  if (m->link) {
+    tunnel__link_close(m->link, 0, link_closed_cb, m);
+  } else {
+    if (m->tcp)
+      tunnel__tcp_close_free(&m->mem, m->tcp);
+    release(m);
+  }
 }
 
 /* ------------------------------------------------------------- reading */
-
-static void alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
-  tunnel__mux *m = h->data;
-  (void)hint;
-  /* One buffer suffices: the session consumes each read synchronously and
-   * streams copy what they cannot deliver at once. */
-  *buf = uv_buf_init((char *)m->rbuf, READ_BUF);
-}
 
 static void feed(tunnel__mux *m, const uint8_t *data, size_t n) {
   int rc = tunnel__ymx_recv(m->ymx, data, n);
@@ -253,29 +250,50 @@ static void feed(tunnel__mux *m, const uint8_t *data, size_t n) {
     end(m, rc);
 }
 
-static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
-  tunnel__mux *m = s->data;
-  (void)buf;
-  if (nread > 0) {
+/* The session consumes each read synchronously and streams copy what
+ * they cannot deliver at once: the link's buffer is reused at once. */
+static void read_cb(tunnel__link *l, int status, const uint8_t *data,
+                    size_t n, void *ud) {
+  tunnel__mux *m = ud;
+  (void)l;
+  if (status == 0) {
     m->last_rx = uv_now(m->loop);
-    feed(m, m->rbuf, (size_t)nread);
+    feed(m, data, n);
+  } else {
+    end(m, status);
   }
-  else if (nread < 0)
-    end(m, nread == UV_EOF ? TUNNEL_EEOF : tunnel__uv_err((int)nread));
+}
+
+int tunnel__mux_start_on(tunnel__mux *m, tunnel__link *link,
+                         const uint8_t *prefix, size_t len) {
+  if (m->started || link->tcp != m->tcp)
+    return TUNNEL_ESTATE;
+  m->started = 1;
+  m->link = link;
+  m->tcp = NULL;
+  m->last_rx = uv_now(m->loop);
+  tunnel__link_read_start(m->link, read_cb, m);
+  if (len)
+    feed(m, prefix, len);
+  flush(m);
+  return 0;
 }
 
 int tunnel__mux_start(tunnel__mux *m, const uint8_t *prefix, size_t len) {
   if (m->started)
     return TUNNEL_ESTATE;
-  m->started = 1;
-  m->last_rx = uv_now(m->loop);
-  uv_tcp_nodelay(m->tcp, 1);
-  int rc = tunnel__uv_err(uv_read_start((uv_stream_t *)m->tcp, alloc_cb,
-                                        read_cb));
-  if (rc == 0 && len)
-    feed(m, prefix, len);
-  flush(m);
-  return rc;
+  tunnel__link *link;
+  uv_tcp_t *tcp = m->tcp;
+  /* The link owns the handle from now on, also when this fails. */
+  m->tcp = NULL;
+  int rc = tunnel__link_new_tcp(&link, m->sched, &m->mem, tcp);
+  if (rc) {
+    m->started = 1;
+    m->ended = 1;
+    return rc;
+  }
+  m->tcp = tcp;
+  return tunnel__mux_start_on(m, link, prefix, len);
 }
 
 /* ------------------------------------------------------------- writing */
@@ -290,7 +308,7 @@ static void wake_blocked(tunnel__mux *m) {
   }
 }
 
-static void write_cb(uv_write_t *req, int status) {
+static void write_cb(tunnel__link_wreq *req, int status) {
   tunnel__mux *m = CONTAINER(req, tunnel__mux, wreq);
   m->writing = 0;
   if (m->closing)
@@ -298,7 +316,7 @@ static void write_cb(uv_write_t *req, int status) {
   tunnel__ymx_out_consume(m->ymx, m->inflight);
   m->inflight = 0;
   if (status < 0) {
-    end(m, tunnel__uv_err(status));
+    end(m, status);
     return;
   }
   flush(m);
@@ -320,13 +338,13 @@ static void flush(tunnel__mux *m) {
       total += iov[i].len;
     }
     /* Try the cheap path first: most writes complete at once. */
-    int w = uv_try_write((uv_stream_t *)m->tcp, bufs, (unsigned)n);
+    int w = tunnel__link_try_write(m->link, bufs, (unsigned)n);
     if (w > 0) {
       tunnel__ymx_out_consume(m->ymx, (size_t)w);
       if ((size_t)w == total)
         continue;
-    } else if (w != UV_EAGAIN && w != UV_ENOSYS) {
-      end(m, tunnel__uv_err(w));
+    } else if (w < 0) {
+      end(m, w);
       return;
     }
     n = tunnel__ymx_out_iov(m->ymx, iov, MAX_IOV);
@@ -335,10 +353,10 @@ static void flush(tunnel__mux *m) {
       bufs[i] = uv_buf_init((char *)iov[i].base, (unsigned)iov[i].len);
       total += iov[i].len;
     }
-    int rc = uv_write(&m->wreq, (uv_stream_t *)m->tcp, bufs, (unsigned)n,
-                      write_cb);
+    int rc = tunnel__link_write(&m->wreq, m->link, bufs, (unsigned)n,
+                                write_cb);
     if (rc) {
-      end(m, tunnel__uv_err(rc));
+      end(m, rc);
       return;
     }
     m->writing = 1;
@@ -363,7 +381,7 @@ int tunnel__mux_send(tunnel__mux *m, uint32_t id, const uint8_t *data,
       return 0; /* window closed */
     uv_buf_t b[2] = {uv_buf_init((char *)hdr, sizeof hdr),
                      uv_buf_init((char *)data, (unsigned)n)};
-    int w = uv_try_write((uv_stream_t *)m->tcp, b, 2);
+    int w = tunnel__link_try_write(m->link, b, 2);
     size_t sent = w > 0 ? (size_t)w : 0;
     *done += n;
     if (sent < sizeof hdr + n) {
@@ -379,8 +397,8 @@ int tunnel__mux_send(tunnel__mux *m, uint32_t id, const uint8_t *data,
         end(m, TUNNEL_ENOMEM);
         return 0;
       }
-      if (w < 0 && w != UV_EAGAIN) {
-        end(m, tunnel__uv_err(w));
+      if (w < 0) {
+        end(m, w);
         return 0;
       }
       flush(m);

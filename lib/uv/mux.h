@@ -38,9 +38,15 @@ int tunnel__mux_new_budgeted(tunnel__mux **out, uv_loop_t *loop,
                              const tunnel__mux_callbacks *cb, void *ud);
 /* The transport handle: connect it or accept into it, then start. */
 uv_tcp_t *tunnel__mux_tcp(tunnel__mux *m);
-/* Starts reading. `prefix` holds bytes already read from the transport
- * (a sniffed first byte, say) to process first. */
+/* Starts reading over a plain link made of the handle. `prefix` holds
+ * bytes already read from the transport (a sniffed first byte, say) to
+ * process first. */
 int tunnel__mux_start(tunnel__mux *m, const uint8_t *prefix, size_t len);
+/* The same over `link` (TLS), which must carry the mux's handle; the mux
+ * owns the link from now on. */
+struct tunnel__link;
+int tunnel__mux_start_on(tunnel__mux *m, struct tunnel__link *link,
+                         const uint8_t *prefix, size_t len);
 int tunnel__mux_open(tunnel__mux *m, tunnel_stream **out);
 int tunnel__mux_ping(tunnel__mux *m, uint32_t opaque);
 /* Grants flow-control window withheld for the budget, as far as it allows

@@ -98,7 +98,7 @@ static void drain_start(tunnel_server *srv, tunnel_stream *st,
   d->st = st;
   d->created = uv_now(srv->loop);
   /* Mux streams are covered by their session's entry. */
-  if (st->tcp)
+  if (st->link)
     tunnel__anon_add(&srv->anon, &d->anon, addr, TUNNEL__SRV_ANON_RAW_COST,
                      drain_shed);
   d->next = srv->drains;

@@ -74,7 +74,6 @@ void tunnel__stream_free(tunnel_stream *st) {
   list_remove(st);
   tunnel__bufq_free(&st->rx);
   tunnel__bufq_free(&st->tx);
-  tunnel__free(st->mem, st->tcp_rbuf);
   tunnel__free(st->mem, st);
   tunnel__sched_unref(sched); /* may end the owner: last */
 }

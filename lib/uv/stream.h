@@ -51,13 +51,11 @@ typedef size_t (*tunnel__stream_take_fn)(tunnel_stream *st, int status,
 struct tunnel_stream {
   const tunnel__stream_ops *ops;
   tunnel__mux *mux; /* NULL once the session is gone (or for TCP streams) */
-  /* A stream that is a whole TCP connection (frp's non-mux mode). */
-  uv_tcp_t *tcp;
-  uint8_t *tcp_rbuf;
-  size_t tcp_pending;  /* bytes in uv_write requests */
-  int tcp_reading;     /* uv_read_start in effect */
-  int tcp_open;        /* handle not yet closed */
-  uv_shutdown_t tcp_shut;
+  /* A stream that is a whole connection (frp's non-mux mode). */
+  struct tunnel__link *link;
+  size_t tcp_pending;  /* bytes in queued link writes */
+  int tcp_reading;     /* link reading */
+  int tcp_open;        /* link not yet closed */
   /* While reading is paused nothing watches the socket, and a reset from
    * the peer would go unseen: a slow timer checks for one. */
   uv_timer_t tcp_watch;
@@ -114,6 +112,12 @@ tunnel_stream *tunnel__stream_new(tunnel__mux *m, tunnel__sched *sched,
 tunnel_stream *tunnel__stream_new_tcp(tunnel__sched *sched,
                                       const tunnel__mem *mem, uv_tcp_t *tcp,
                                       const uint8_t *prefix, size_t len);
+/* The same over a link (TLS), owned by the stream from now on. */
+struct tunnel__link;
+tunnel_stream *tunnel__stream_new_link(tunnel__sched *sched,
+                                       const tunnel__mem *mem,
+                                       struct tunnel__link *link,
+                                       const uint8_t *prefix, size_t len);
 /* Internal-reader variant of tunnel_stream_read_start. */
 int tunnel__stream_take_start(tunnel_stream *st, tunnel__stream_take_fn cb,
                               void *ud);

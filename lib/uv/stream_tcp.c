@@ -1,50 +1,42 @@
-/* Streams over a whole TCP connection (frp's non-mux mode): reading stops
- * as backpressure, writes go to libuv (a copy of what the socket does not
- * take at once), half-close is a TCP FIN, an unfinished close a reset. */
+/* Streams over a whole connection (frp's non-mux mode), plain or TLS:
+ * reading stops as backpressure, writes go to the link (a copy of what it
+ * does not take at once), half-close is the link's shutdown (TCP FIN, after
+ * close_notify with TLS), an unfinished close a reset. */
 #include <string.h>
-#include <sys/socket.h>
 
 #include "handle.h"
+#include "link.h"
 #include "stream.h"
 #include "uverr.h"
 
-/* Read size of TCP streams: large reads, few syscalls. */
-#define TCP_READ_BUF (64u * 1024u)
-
-static void tcp_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
-
-static void tcp_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
-  tunnel_stream *st = h->data;
-  (void)hint;
-  *buf = uv_buf_init((char *)st->tcp_rbuf, TCP_READ_BUF);
-}
-
-/* Interval of the reset check on a paused TCP stream. */
+/* Interval of the reset check on a paused stream. */
 #define TCP_WATCH_MS 1000
 
-/* The socket's pending error (a reset that arrived while nobody read). */
+/* A failure that arrived while nobody read (a reset, a TLS alert). */
 static void tcp_watch_cb(uv_timer_t *t) {
   tunnel_stream *st = t->data;
-  uv_os_fd_t fd;
-  int err = 0;
-  socklen_t len = sizeof err;
-  if (!st->tcp || !st->tcp_open || st->error || st->closing ||
-      uv_fileno((uv_handle_t *)st->tcp, &fd) != 0 ||
-      getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err == 0)
+  if (!st->link || !st->tcp_open || st->error || st->closing)
+    return;
+  int err = tunnel__link_check(st->link);
+  if (err == 0)
     return;
   uv_timer_stop(t);
-  tunnel__stream_on_fail(st, tunnel__uv_err(uv_translate_sys_error(err)));
+  tunnel__stream_on_fail(st, err);
 }
 
-/* A TCP stream reads from the socket only while a reader wants data and
- * nothing is queued: stopping is the backpressure. */
+static void tcp_read_cb(tunnel__link *l, int status, const uint8_t *data,
+                        size_t n, void *ud);
+
+/* A stream reads from its link only while a reader wants data and nothing
+ * is queued: stopping is the backpressure. */
 static void tcp_sync_reading(tunnel_stream *st) {
-  if (!st->tcp || !st->tcp_open)
+  if (!st->link || !st->tcp_open)
     return;
   int want = st->reading && !st->rx.size && !st->eof_received &&
              !st->error && !st->closing;
   int watch = !want && !st->eof_received && !st->error && !st->closing;
-  if (st->tcp_watch_open && watch != uv_is_active((uv_handle_t *)&st->tcp_watch)) {
+  if (st->tcp_watch_open &&
+      watch != uv_is_active((uv_handle_t *)&st->tcp_watch)) {
     if (watch)
       uv_timer_start(&st->tcp_watch, tcp_watch_cb, TCP_WATCH_MS,
                      TCP_WATCH_MS);
@@ -55,47 +47,54 @@ static void tcp_sync_reading(tunnel_stream *st) {
     return;
   st->tcp_reading = want;
   if (want)
-    uv_read_start((uv_stream_t *)st->tcp, tcp_alloc_cb, tcp_read_cb);
+    tunnel__link_read_start(st->link, tcp_read_cb, st);
   else
-    uv_read_stop((uv_stream_t *)st->tcp);
+    tunnel__link_read_stop(st->link);
 }
 
 static const tunnel__stream_ops tcp_ops;
 
-tunnel_stream *tunnel__stream_new_tcp(tunnel__sched *sched,
-                                      const tunnel__mem *mem, uv_tcp_t *tcp,
-                                      const uint8_t *prefix, size_t len) {
+tunnel_stream *tunnel__stream_new_link(tunnel__sched *sched,
+                                       const tunnel__mem *mem,
+                                       tunnel__link *link,
+                                       const uint8_t *prefix, size_t len) {
   tunnel_stream *st = tunnel__stream_alloc(&tcp_ops, sched, mem);
-  if (st && (!(st->tcp_rbuf = tunnel__malloc(mem, TCP_READ_BUF)) ||
-             (len && tunnel__bufq_append(&st->rx, prefix, len) != 0))) {
+  if (st && len && tunnel__bufq_append(&st->rx, prefix, len) != 0) {
     tunnel__stream_free(st);
     st = NULL;
   }
   if (!st) {
-    tunnel__tcp_close_free(mem, tcp);
+    tunnel__link_close(link, 1, NULL, NULL);
     return NULL;
   }
-  st->tcp = tcp;
+  st->link = link;
   st->tcp_open = 1;
-  tcp->data = st;
-  uv_timer_init(tcp->loop, &st->tcp_watch);
+  uv_timer_init(link->loop, &st->tcp_watch);
   st->tcp_watch.data = st;
   st->tcp_watch_open = 1;
   tcp_sync_reading(st);
-  uv_tcp_nodelay(tcp, 1);
   return st;
 }
 
-static void tcp_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
-  tunnel_stream *st = s->data;
-  (void)buf;
-  if (nread > 0) {
-    tunnel__stream_on_data(st, st->tcp_rbuf, (size_t)nread);
-  } else if (nread == UV_EOF) {
+tunnel_stream *tunnel__stream_new_tcp(tunnel__sched *sched,
+                                      const tunnel__mem *mem, uv_tcp_t *tcp,
+                                      const uint8_t *prefix, size_t len) {
+  tunnel__link *link;
+  if (tunnel__link_new_tcp(&link, sched, mem, tcp) != 0)
+    return NULL;
+  return tunnel__stream_new_link(sched, mem, link, prefix, len);
+}
+
+static void tcp_read_cb(tunnel__link *l, int status, const uint8_t *data,
+                        size_t n, void *ud) {
+  tunnel_stream *st = ud;
+  (void)l;
+  if (status == 0)
+    tunnel__stream_on_data(st, data, n);
+  else if (status == TUNNEL_EEOF)
     tunnel__stream_on_fin(st);
-  } else if (nread < 0) {
-    tunnel__stream_on_fail(st, tunnel__uv_err((int)nread));
-  }
+  else
+    tunnel__stream_on_fail(st, status);
   tcp_sync_reading(st);
 }
 
@@ -104,7 +103,7 @@ static void tcp_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
 #define TCP_MAX_BUF (1u << 30)
 
 typedef struct tcp_wbuf {
-  uv_write_t req;
+  tunnel__link_wreq req;
   tunnel_stream *st;
   size_t len;
   unsigned nbufs;
@@ -112,18 +111,18 @@ typedef struct tcp_wbuf {
   uint8_t *data;
 } tcp_wbuf;
 
-static void tcp_write_cb(uv_write_t *req, int status) {
+static void tcp_write_cb(tunnel__link_wreq *req, int status) {
   tcp_wbuf *w = (tcp_wbuf *)req;
   tunnel_stream *st = w->st;
   st->tcp_pending -= w->len;
   st->tx_out += w->len;
   tunnel__free(st->mem, w);
-  if (status < 0 && status != UV_ECANCELED)
-    tunnel__stream_on_fail(st, tunnel__uv_err(status));
+  if (status < 0 && status != TUNNEL_ECANCELED)
+    tunnel__stream_on_fail(st, status);
   tunnel__stream_post(st);
 }
 
-/* Writes what the socket takes now and queues a copy of the rest. Returns
+/* Writes what the link takes now and queues a copy of the rest. Returns
  * how much went out at once, or an error. */
 static int tcp_send(tunnel_stream *st, const uint8_t *data, size_t len,
                     size_t *done) {
@@ -131,11 +130,10 @@ static int tcp_send(tunnel_stream *st, const uint8_t *data, size_t len,
   if (st->tcp_pending == 0) {
     size_t first = len < TCP_MAX_BUF ? len : TCP_MAX_BUF;
     uv_buf_t b = uv_buf_init((char *)data, (unsigned)first);
-    int n = uv_try_write((uv_stream_t *)st->tcp, &b, 1);
-    if (n > 0)
-      *done = (size_t)n;
-    else if (n != UV_EAGAIN)
-      return tunnel__uv_err(n);
+    int n = tunnel__link_try_write(st->link, &b, 1);
+    if (n < 0)
+      return n;
+    *done = (size_t)n;
   }
   if (*done == len)
     return 0;
@@ -157,20 +155,21 @@ static int tcp_send(tunnel_stream *st, const uint8_t *data, size_t len,
     size_t n = rest - off < TCP_MAX_BUF ? rest - off : TCP_MAX_BUF;
     w->bufs[i] = uv_buf_init((char *)w->data + off, (unsigned)n);
   }
-  int rc = uv_write(&w->req, (uv_stream_t *)st->tcp, w->bufs, w->nbufs,
-                    tcp_write_cb);
+  int rc = tunnel__link_write(&w->req, st->link, w->bufs, w->nbufs,
+                              tcp_write_cb);
   if (rc) {
     tunnel__free(st->mem, w);
-    return tunnel__uv_err(rc);
+    return rc;
   }
   st->tcp_pending += rest;
   return 0;
 }
 
-static void tcp_shut_cb(uv_shutdown_t *req, int status) {
-  tunnel_stream *st = req->data;
-  if (status < 0 && status != UV_ECANCELED)
-    tunnel__stream_on_fail(st, tunnel__uv_err(status));
+static void tcp_shut_cb(tunnel__link *l, int status, void *ud) {
+  tunnel_stream *st = ud;
+  (void)l;
+  if (status < 0 && status != TUNNEL_ECANCELED)
+    tunnel__stream_on_fail(st, status);
   st->shut_sent = 1;
   st->shut_cb_pending = 1;
   tunnel__stream_post(st);
@@ -182,10 +181,10 @@ static void tcp_watch_closed_cb(uv_handle_t *h) {
   tunnel__stream_post(st);
 }
 
-static void tcp_closed_cb(uv_handle_t *h) {
-  tunnel_stream *st = h->data;
-  tunnel__free(st->mem, st->tcp);
-  st->tcp = NULL;
+static void tcp_closed_cb(tunnel__link *l, int status, void *ud) {
+  tunnel_stream *st = ud;
+  (void)l, (void)status;
+  st->link = NULL;
   st->tcp_open = 0;
   tunnel__stream_post(st);
 }
@@ -206,10 +205,8 @@ static size_t tcp_queue_size(const tunnel_stream *st) {
 }
 
 static int tcp_shutdown(tunnel_stream *st) {
-  /* libuv sends the FIN after the queued writes. */
-  st->tcp_shut.data = st;
-  return tunnel__uv_err(
-      uv_shutdown(&st->tcp_shut, (uv_stream_t *)st->tcp, tcp_shut_cb));
+  /* The link ends its side after the queued writes. */
+  return tunnel__link_shutdown(st->link, tcp_shut_cb, st);
 }
 
 static void tcp_fail(tunnel_stream *st) {
@@ -217,13 +214,11 @@ static void tcp_fail(tunnel_stream *st) {
 }
 
 static void tcp_close(tunnel_stream *st) {
-  if (st->tcp && st->tcp_open) {
-    uv_read_stop((uv_stream_t *)st->tcp);
+  if (st->link && st->tcp_open && !st->link->closing) {
     st->tcp_reading = 0;
     int clean = st->eof_received && st->shut_sent && !st->error;
     /* As with a mux stream, an unfinished stream ends in a reset. */
-    if (clean || uv_tcp_close_reset(st->tcp, tcp_closed_cb) != 0)
-      uv_close((uv_handle_t *)st->tcp, tcp_closed_cb);
+    tunnel__link_close(st->link, !clean, tcp_closed_cb, st);
   }
   if (st->tcp_watch_open && !uv_is_closing((uv_handle_t *)&st->tcp_watch))
     uv_close((uv_handle_t *)&st->tcp_watch, tcp_watch_closed_cb);
