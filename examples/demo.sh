@@ -38,6 +38,13 @@ echo "1. tunnel-server on loopback (public ports 20000-29999)"
 pids+=($!)
 control=$(wait_line "$work/server.out" "the server" | sed 's/^listening on //')
 echo "   clients connect to $control"
+for _ in $(seq 1 100); do
+  grep -q '^tls certificate' "$work/server.out" && break
+  sleep 0.05
+done
+pin=$(sed -n 's/^tls certificate.* sha256 //p' "$work/server.out")
+[ -n "$pin" ] || { echo "demo FAILED: no certificate fingerprint"; exit 1; }
+echo "   its TLS certificate (made at start): sha256 ${pin:0:23}..."
 
 echo "2. a local service that only this machine can reach"
 "$bin/hello-service" >"$work/hello.out" 2>&1 &
@@ -45,8 +52,8 @@ pids+=($!)
 local_addr=$(wait_line "$work/hello.out" "the local service")
 echo "   listening on $local_addr"
 
-echo "3. tunnel-client exposes it through the server"
-"$bin/tunnel-client" --server "$control" --token "$token" \
+echo "3. tunnel-client exposes it through the server, over TLS pinned to it"
+"$bin/tunnel-client" --server "$control" --token "$token" --tls-pin "$pin" \
   tcp "$local_addr" --name hello >"$work/client.out" 2>"$work/client.log" &
 pids+=($!)
 public=$(wait_line "$work/client.out" "the public address")

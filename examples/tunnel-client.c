@@ -11,8 +11,12 @@
 #include "cli_common.h"
 
 static const char usage[] =
-    "usage: tunnel-client [--server HOST:PORT] [--token TOKEN] [--no-mux]\n"
+    "usage: tunnel-client [--server HOST:PORT]\n"
+    "                     [--token TOKEN | --token-file FILE] [--no-mux]\n"
     "                     [--pool N] [--verbose]\n"
+    "                     [--tls [--ca FILE | --tls-pin SHA256 |\n"
+    "                      --tls-insecure] [--tls-cert FILE --tls-key FILE]\n"
+    "                      [--tls-server-name NAME] [--no-tls-marker]]\n"
     "                     tcp LOCAL [--remote-port N] [--name NAME]\n"
     "                   | http LOCAL [--subdomain NAME | --hostname FQDN ...]\n"
     "                       [--host-rewrite HOST] [--basic-auth USER:PASS]\n"
@@ -20,9 +24,25 @@ static const char usage[] =
     "                   | https LOCAL [--subdomain NAME | --hostname FQDN ...]\n"
     "                       [--name NAME]\n"
     "  --server       default 127.0.0.1:7000 or $TUNNEL_SERVER\n"
-    "  --token        default $TUNNEL_TOKEN\n"
+    "  --token        shared secret; visible to other local users in the\n"
+    "                 process list: prefer --token-file\n"
+    "  --token-file   FILE whose first line is the secret (keep it mode\n"
+    "                 600); precedence: --token, then --token-file, then\n"
+    "                 $TUNNEL_TOKEN\n"
     "  --no-mux       one TCP connection per visitor instead of one shared\n"
     "  --pool N       work connections kept ready (default 1)\n"
+    "  --tls          encrypt the connection to the server (recommended\n"
+    "                 beyond a trusted network); the server is verified\n"
+    "                 against the system CAs and its name\n"
+    "  --ca FILE      verify against this CA (PEM) instead\n"
+    "  --tls-pin SHA256  accept only the certificate with this fingerprint\n"
+    "                 (as tunnel-server prints it)\n"
+    "  --tls-insecure accept any certificate (unsafe: tests only)\n"
+    "  --tls-cert FILE, --tls-key FILE  client certificate, for servers\n"
+    "                 that require one\n"
+    "  --tls-server-name NAME  name to verify (default: the server host)\n"
+    "  --no-tls-marker  no frp 0x17 byte before TLS (frps >= 0.50 only)\n"
+    "  any --tls-* or --ca option implies --tls\n"
     "  LOCAL          PORT or HOST:PORT (host defaults to 127.0.0.1)\n"
     "  --remote-port  public port wanted (default 0: the server picks)\n"
     "  --name         proxy name, unique on the server (default: generated)\n"
@@ -101,6 +121,17 @@ static void on_state(tunnel_client *c, int status, const char *msg,
     stop(1);
     return;
   }
+  if (status == TUNNEL_ECERTUNTRUSTED || status == TUNNEL_ECERTNAME ||
+      status == TUNNEL_ECERTPIN || status == TUNNEL_ETLS) {
+    fprintf(stderr, "tunnel-client: TLS with the server failed: %s\n",
+            msg && *msg ? msg : tunnel_strerror(status));
+    /* A certificate that fails verification will fail again. */
+    if (status == TUNNEL_ETLS && logged_in_once && !stopping)
+      schedule_reconnect();
+    else
+      stop(1);
+    return;
+  }
   fprintf(stderr, "tunnel-client: %s: %s\n",
           logged_in_once ? "disconnected" : "cannot reach the server",
           tunnel_strerror(status));
@@ -143,7 +174,8 @@ int main(int argc, char **argv) {
   char shost[256] = "127.0.0.1", lhost[256] = "127.0.0.1";
   uint16_t sport = 7000, lport = 0, rport = 0;
   const char *env_server = getenv("TUNNEL_SERVER");
-  const char *token = getenv("TUNNEL_TOKEN");
+  char *token_arg = NULL;
+  const char *token_file = NULL;
   const char *name = NULL;
   const char *kind = NULL, *subdomain = NULL, *host_rewrite = NULL,
              *basic_auth = NULL;
@@ -151,6 +183,9 @@ int main(int argc, char **argv) {
   size_t nhostnames = 0;
   uint32_t pool = 1, v32;
   int mux = 1, verbose = 0;
+  int tls = 0, tls_insecure = 0, tls_marker = 1;
+  const char *tls_ca = NULL, *tls_pin = NULL, *tls_cert = NULL,
+             *tls_key = NULL, *tls_name = NULL;
   if (env_server && *env_server &&
       cli_parse_hostport(env_server, shost, sizeof shost, &sport) != 0) {
     fprintf(stderr, "tunnel-client: bad $TUNNEL_SERVER '%s'\n", env_server);
@@ -175,7 +210,28 @@ int main(int argc, char **argv) {
       }
       i++;
     } else if (!strcmp(a, "--token") && v) {
-      token = v;
+      token_arg = argv[i + 1];
+      i++;
+    } else if (!strcmp(a, "--token-file") && v) {
+      token_file = v;
+      i++;
+    } else if (!strcmp(a, "--tls")) {
+      tls = 1;
+    } else if (!strcmp(a, "--tls-insecure")) {
+      tls = tls_insecure = 1;
+    } else if (!strcmp(a, "--no-tls-marker")) {
+      tls = 1;
+      tls_marker = 0;
+    } else if ((!strcmp(a, "--ca") || !strcmp(a, "--tls-pin") ||
+                !strcmp(a, "--tls-cert") || !strcmp(a, "--tls-key") ||
+                !strcmp(a, "--tls-server-name")) &&
+               v) {
+      *(!strcmp(a, "--ca")         ? &tls_ca
+        : !strcmp(a, "--tls-pin")  ? &tls_pin
+        : !strcmp(a, "--tls-cert") ? &tls_cert
+        : !strcmp(a, "--tls-key")  ? &tls_key
+                                   : &tls_name) = v;
+      tls = 1;
       i++;
     } else if (!strcmp(a, "--no-mux")) {
       mux = 0;
@@ -249,22 +305,61 @@ int main(int argc, char **argv) {
     name = gen_name;
   }
 
+  if (!tls_cert != !tls_key) {
+    fprintf(stderr, "tunnel-client: --tls-cert and --tls-key go together\n");
+    return 2;
+  }
+  if (tls_insecure)
+    fprintf(stderr,
+            "tunnel-client: WARNING: --tls-insecure: the server is not "
+            "verified; anyone on the path can read and change this "
+            "tunnel's traffic\n");
+  else if (!tls && !cli_is_loopback(shost))
+    fprintf(stderr, "tunnel-client: note: the connection to %s is not "
+                    "encrypted; use --tls beyond a trusted network\n",
+            shost);
+  char *token;
+  if (cli_token("tunnel-client", token_arg, token_file, &token) != 0)
+    return 2;
+
   /* A visitor resetting mid-write must not kill the process. */
   signal(SIGPIPE, SIG_IGN);
   uv_loop_t *loop = uv_default_loop();
   tunnel_config *cfg;
   int rc = tunnel_config_new(&cfg);
-  if (rc)
+  if (rc) {
+    cli_secret_free(token);
     return fail("config", rc);
+  }
   tunnel_config_set_log(cfg, cli_log,
                         verbose >= 2   ? TUNNEL_LOG_DEBUG
                         : verbose == 1 ? TUNNEL_LOG_INFO
                                        : TUNNEL_LOG_WARN,
                         "tunnel-client");
-  if ((rc = tunnel_config_set_token(cfg, token)) != 0 ||
+  rc = tunnel_config_set_token(cfg, token);
+  cli_secret_free(token); /* the config holds the only copy now */
+  if (rc != 0 ||
       (rc = tunnel_config_set_pool_count(cfg, pool)) != 0 ||
-      (rc = tunnel_config_set_tcp_mux(cfg, mux)) != 0)
+      (rc = tunnel_config_set_tcp_mux(cfg, mux)) != 0 ||
+      (rc = tunnel_config_set_tls(cfg, tls)) != 0 ||
+      (rc = tunnel_config_set_tls_insecure(cfg, tls_insecure)) != 0 ||
+      (rc = tunnel_config_set_tls_marker(cfg, tls_marker)) != 0)
     return fail("config", rc);
+  if (tls_ca && (rc = tunnel_config_set_tls_ca_file(cfg, tls_ca)) != 0) {
+    fprintf(stderr, "tunnel-client: cannot read %s: %s\n", tls_ca,
+            tunnel_strerror(rc));
+    return 1;
+  }
+  if (tls_cert && (rc = tunnel_config_set_tls_cert_file(cfg, tls_cert,
+                                                        tls_key)) != 0) {
+    fprintf(stderr, "tunnel-client: cannot read %s or %s: %s\n", tls_cert,
+            tls_key, tunnel_strerror(rc));
+    return 1;
+  }
+  if (tls_pin && (rc = tunnel_config_set_tls_pin(cfg, tls_pin)) != 0)
+    return fail("--tls-pin (want 64 hex digits, colons allowed)", rc);
+  if (tls_name && (rc = tunnel_config_set_tls_server_name(cfg, tls_name)))
+    return fail("--tls-server-name", rc);
   rc = tunnel_client_new(&client, loop, cfg);
   tunnel_config_free(cfg);
   if (rc == TUNNEL_ENOTSUP && !mux) {

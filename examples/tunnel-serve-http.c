@@ -12,8 +12,11 @@
 #include "cli_common.h"
 
 static const char usage[] =
-    "usage: tunnel-serve-http [--server HOST:PORT] [--token TOKEN]\n"
+    "usage: tunnel-serve-http [--server HOST:PORT]\n"
+    "                         [--token TOKEN | --token-file FILE]\n"
     "                         [--remote-port N] [--name NAME]\n"
+    "The token comes from --token, else the first line of --token-file\n"
+    "(keep it mode 600), else $TUNNEL_TOKEN.\n"
     "Prints the public address (tcp://HOST:PORT) on stdout; every HTTP\n"
     "request to it is answered by this process.\n";
 
@@ -154,7 +157,8 @@ static void on_proxy(tunnel_proxy *p, int status, const char *msg, void *ud) {
 int main(int argc, char **argv) {
   char host[256] = "127.0.0.1";
   uint16_t port = 7000, rport = 0;
-  const char *token = getenv("TUNNEL_TOKEN");
+  char *token_arg = NULL;
+  const char *token_file = NULL;
   const char *name = "serve-http";
   uint32_t v32;
   for (int i = 1; i < argc; i++) {
@@ -166,7 +170,10 @@ int main(int argc, char **argv) {
                cli_parse_hostport(v, host, sizeof host, &port) == 0) {
       i++;
     } else if (!strcmp(a, "--token") && v) {
-      token = v;
+      token_arg = argv[i + 1];
+      i++;
+    } else if (!strcmp(a, "--token-file") && v) {
+      token_file = v;
       i++;
     } else if (!strcmp(a, "--remote-port") && v &&
                cli_parse_u32(v, 65535, &v32) == 0) {
@@ -180,6 +187,9 @@ int main(int argc, char **argv) {
       return 2;
     }
   }
+  char *token;
+  if (cli_token("tunnel-serve-http", token_arg, token_file, &token) != 0)
+    return 2;
   /* A visitor resetting mid-write must not kill the process. */
   signal(SIGPIPE, SIG_IGN);
   uv_loop_t *loop = uv_default_loop();
@@ -188,6 +198,7 @@ int main(int argc, char **argv) {
   int rc = tunnel_config_new(&cfg);
   if (rc == 0)
     rc = tunnel_config_set_token(cfg, token);
+  cli_secret_free(token); /* the config holds the only copy now */
   if (rc == 0)
     rc = tunnel_client_new(&client, loop, cfg);
   tunnel_config_free(cfg);

@@ -11,27 +11,44 @@
 
 static const char usage[] =
     "usage: tunnel-server [--control HOST:PORT] [--bind HOST] [--ports LO-HI]\n"
-    "                     [--token TOKEN] [--max-clients N] [--max-proxies N]\n"
+    "                     [--token TOKEN | --token-file FILE]\n"
+    "                     [--max-clients N] [--max-proxies N]\n"
     "                     [--heartbeat-timeout S] [--auth-max-skew S]\n"
-    "                     [--require-signed-work-conns] [--http HOST:PORT]\n"
-    "                     [--https HOST:PORT] [--domain DOMAIN] [--verbose]\n"
+    "                     [--login-limit N/S] [--require-signed-work-conns]\n"
+    "                     [--http HOST:PORT]\n"
+    "                     [--https HOST:PORT] [--domain DOMAIN]\n"
+    "                     [--tls-cert FILE --tls-key FILE] [--tls-ca FILE]\n"
+    "                     [--tls-only | --no-tls] [--verbose]\n"
     "  --control  where clients connect (default 0.0.0.0:7000; repeat for\n"
     "             more addresses, up to 4: --control 0.0.0.0:7000\n"
     "             --control [::]:7000)\n"
     "  --bind     address of the public listeners (default 0.0.0.0)\n"
     "  --ports    public ports clients may use or be given (default 1024-65535)\n"
-    "  --token    shared secret (default: $TUNNEL_TOKEN; none = no auth)\n"
+    "  --token    shared secret (none = no auth); visible to other local\n"
+    "             users in the process list: prefer --token-file\n"
+    "  --token-file FILE  the secret is the first line of FILE (keep it\n"
+    "             mode 600); precedence: --token, then --token-file, then\n"
+    "             $TUNNEL_TOKEN\n"
     "  --max-clients N        clients logged in at once (default 1024)\n"
     "  --max-proxies N        proxies per client (default 128)\n"
     "  --heartbeat-timeout S  drop a client silent for S seconds (default 90;\n"
     "                         0: never)\n"
     "  --auth-max-skew S      accept signed timestamps within S seconds of\n"
     "                         this clock (default 900; 0: any age)\n"
+    "  --login-limit N/S      N failed logins per S seconds per address\n"
+    "                         (IPv6: per /64), then refused until one is\n"
+    "                         earned back (default 5/60; 0/60: no limit)\n"
     "  --require-signed-work-conns  refuse unsigned non-mux work connections\n"
     "                         (a stock frpc needs authenticate_new_work_conns)\n"
     "  --http HOST:PORT  public HTTP port: requests routed by Host\n"
     "  --https HOST:PORT public HTTPS port: TLS routed by server name (SNI)\n"
     "  --domain   names NAME.DOMAIN go to subdomain NAME (default localhost)\n"
+    "  --tls-cert FILE, --tls-key FILE  certificate chain and key (PEM) for\n"
+    "             TLS clients; without them a self-signed certificate is\n"
+    "             made at start and its fingerprint printed (for --tls-pin)\n"
+    "  --tls-ca FILE  require client certificates signed by this CA (PEM)\n"
+    "  --tls-only refuse clients that do not use TLS\n"
+    "  --no-tls   plain connections only\n"
     "  --verbose  log connections and proxies (twice: debug)\n";
 
 static tunnel_server *server;
@@ -55,14 +72,18 @@ int main(int argc, char **argv) {
   uint16_t ports[4] = {7000};
   int ncontrol = 0;
   const char *bind = NULL;
-  const char *token = getenv("TUNNEL_TOKEN");
+  char *token_arg = NULL;
+  const char *token_file = NULL;
   uint32_t lo = 1024, hi = 65535;
+  uint32_t login_failures = 5, login_window_s = 60;
   uint32_t max_clients = 1024, max_proxies = 128, hb_timeout = 90,
            skew = 900;
   int require_signed = 0;
   char http_host[256] = "", https_host[256] = "";
   uint16_t http_port = 0, https_port = 0;
   const char *domain = NULL;
+  const char *tls_cert = NULL, *tls_key = NULL, *tls_ca = NULL;
+  int use_tls = 1, tls_only = 0;
   int verbose = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -100,7 +121,23 @@ int main(int argc, char **argv) {
       }
       i++;
     } else if (!strcmp(a, "--token") && v) {
-      token = v;
+      token_arg = argv[i + 1];
+      i++;
+    } else if (!strcmp(a, "--token-file") && v) {
+      token_file = v;
+      i++;
+    } else if (!strcmp(a, "--login-limit") && v) {
+      char buf[16];
+      const char *slash = strchr(v, '/');
+      if (!slash || (size_t)(slash - v) >= sizeof buf ||
+          (memcpy(buf, v, (size_t)(slash - v)), buf[slash - v] = '\0',
+           cli_parse_u32(buf, 1000000, &login_failures) != 0) ||
+          cli_parse_u32(slash + 1, 86400, &login_window_s) != 0 ||
+          login_window_s == 0) {
+        fprintf(stderr, "tunnel-server: bad --login-limit '%s' (want N/S, "
+                        "S 1-86400)\n", v);
+        return 2;
+      }
       i++;
     } else if ((!strcmp(a, "--http") || !strcmp(a, "--https")) && v) {
       int tls = !strcmp(a, "--https");
@@ -114,6 +151,17 @@ int main(int argc, char **argv) {
     } else if (!strcmp(a, "--domain") && v) {
       domain = v;
       i++;
+    } else if ((!strcmp(a, "--tls-cert") || !strcmp(a, "--tls-key") ||
+                !strcmp(a, "--tls-ca")) &&
+               v) {
+      *(!strcmp(a, "--tls-cert")  ? &tls_cert
+        : !strcmp(a, "--tls-key") ? &tls_key
+                                  : &tls_ca) = v;
+      i++;
+    } else if (!strcmp(a, "--tls-only")) {
+      tls_only = 1;
+    } else if (!strcmp(a, "--no-tls")) {
+      use_tls = 0;
     } else if (!strcmp(a, "--require-signed-work-conns")) {
       require_signed = 1;
     } else if ((!strcmp(a, "--max-clients") || !strcmp(a, "--max-proxies") ||
@@ -135,6 +183,14 @@ int main(int argc, char **argv) {
       return 2;
     }
   }
+  if (!tls_cert != !tls_key || (!use_tls && (tls_cert || tls_ca || tls_only))) {
+    fprintf(stderr, "tunnel-server: --tls-cert and --tls-key go together, "
+                    "and TLS options do not go with --no-tls\n");
+    return 2;
+  }
+  char *token;
+  if (cli_token("tunnel-server", token_arg, token_file, &token) != 0)
+    return 2;
   if (!token || !*token)
     fprintf(stderr, "tunnel-server: warning: no token set, any client may "
                     "log in\n");
@@ -144,23 +200,42 @@ int main(int argc, char **argv) {
   uv_loop_t *loop = uv_default_loop();
   tunnel_config *cfg;
   int rc = tunnel_config_new(&cfg);
-  if (rc)
+  if (rc) {
+    cli_secret_free(token);
     return fail("config", rc);
+  }
   tunnel_config_set_log(cfg, cli_log,
                         verbose >= 2   ? TUNNEL_LOG_DEBUG
                         : verbose == 1 ? TUNNEL_LOG_INFO
                                        : TUNNEL_LOG_WARN,
                         "tunnel-server");
-  if ((rc = tunnel_config_set_token(cfg, token)) != 0 ||
+  rc = tunnel_config_set_token(cfg, token);
+  cli_secret_free(token); /* the config holds the only copy now */
+  if (rc != 0 ||
       (rc = tunnel_config_set_port_range(cfg, (uint16_t)lo, (uint16_t)hi)) ||
       (bind && (rc = tunnel_config_set_proxy_bind_addr(cfg, bind)) != 0) ||
       (rc = tunnel_config_set_max_clients(cfg, max_clients)) != 0 ||
       (rc = tunnel_config_set_max_proxies(cfg, max_proxies)) != 0 ||
       (rc = tunnel_config_set_heartbeat(cfg, 0, hb_timeout)) != 0 ||
       (rc = tunnel_config_set_auth_max_skew(cfg, skew)) != 0 ||
+      (rc = tunnel_config_set_login_limits(cfg, login_failures,
+                                           login_window_s * 1000u)) != 0 ||
       (rc = tunnel_config_set_require_signed_work_conns(cfg, require_signed)) ||
-      (domain && (rc = tunnel_config_set_subdomain_host(cfg, domain)) != 0))
+      (domain && (rc = tunnel_config_set_subdomain_host(cfg, domain)) != 0) ||
+      (rc = tunnel_config_set_tls(cfg, use_tls)) != 0 ||
+      (rc = tunnel_config_set_tls_only(cfg, tls_only)) != 0)
     return fail("config", rc);
+  if (tls_cert && (rc = tunnel_config_set_tls_cert_file(cfg, tls_cert,
+                                                        tls_key)) != 0) {
+    fprintf(stderr, "tunnel-server: cannot read %s or %s: %s\n", tls_cert,
+            tls_key, tunnel_strerror(rc));
+    return 1;
+  }
+  if (tls_ca && (rc = tunnel_config_set_tls_ca_file(cfg, tls_ca)) != 0) {
+    fprintf(stderr, "tunnel-server: cannot read %s: %s\n", tls_ca,
+            tunnel_strerror(rc));
+    return 1;
+  }
   rc = tunnel_server_new(&server, loop, cfg);
   tunnel_config_free(cfg);
   if (rc)
@@ -209,6 +284,10 @@ int main(int argc, char **argv) {
     printf(strchr(h, ':') ? "%s on [%s]:%u\n" : "%s on %s:%u\n",
            tls ? "https" : "http", h, vp);
   }
+  char fp[96];
+  if (use_tls && tunnel_server_tls_fingerprint(server, fp, sizeof fp) == 0)
+    printf("tls certificate%s sha256 %s\n", tls_cert ? "" : " (generated)",
+           fp);
   fflush(stdout);
 
   uv_signal_init(loop, &sigint_h);

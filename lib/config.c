@@ -37,6 +37,10 @@ void tunnel__config_defaults(struct tunnel_config *cfg) {
   cfg->http_head_timeout_ms = 10000;
   cfg->http_response_timeout_ms = 60000;
   cfg->http_max_visitors = 10000;
+  memset(&cfg->tls, 0, sizeof cfg->tls);
+  cfg->tls.marker = 1;
+  cfg->login_failures = 5;
+  cfg->login_window_ms = 60000;
 }
 
 int tunnel__config_copy(struct tunnel_config *dst,
@@ -45,6 +49,11 @@ int tunnel__config_copy(struct tunnel_config *dst,
   dst->token = NULL;
   dst->proxy_bind_addr = NULL;
   dst->subdomain_host = NULL;
+  if (tunnel__tls_settings_copy(&dst->tls, &src->tls, &src->mem) != 0) {
+    dst->token = NULL;
+    tunnel__config_release(dst);
+    return TUNNEL_ENOMEM;
+  }
   if ((src->token && !(dst->token = tunnel__strdup(&src->mem, src->token))) ||
       (src->proxy_bind_addr &&
        !(dst->proxy_bind_addr =
@@ -59,7 +68,9 @@ int tunnel__config_copy(struct tunnel_config *dst,
 }
 
 void tunnel__config_release(struct tunnel_config *cfg) {
+  tunnel__wipe_string(cfg->token);
   tunnel__free(&cfg->mem, cfg->token);
+  tunnel__tls_settings_release(&cfg->tls, &cfg->mem);
   tunnel__free(&cfg->mem, cfg->proxy_bind_addr);
   tunnel__free(&cfg->mem, cfg->subdomain_host);
   cfg->token = cfg->proxy_bind_addr = cfg->subdomain_host = NULL;
@@ -99,7 +110,9 @@ int tunnel_config_new(tunnel_config **out) {
 void tunnel_config_free(tunnel_config *cfg) {
   if (!cfg)
     return;
+  tunnel__wipe_string(cfg->token);
   free(cfg->token);
+  tunnel__tls_settings_release(&cfg->tls, tunnel__mem_default());
   free(cfg->proxy_bind_addr);
   free(cfg->subdomain_host);
   free(cfg);
@@ -163,7 +176,10 @@ int tunnel_config_set_max_control_backlog(tunnel_config *cfg, uint32_t bytes) {
 }
 
 int tunnel_config_set_token(tunnel_config *cfg, const char *token) {
-  return cfg ? set_string(&cfg->token, token) : TUNNEL_EINVAL;
+  if (!cfg)
+    return TUNNEL_EINVAL;
+  tunnel__wipe_string(cfg->token);
+  return set_string(&cfg->token, token);
 }
 
 int tunnel_config_set_pool_count(tunnel_config *cfg, uint32_t n) {
@@ -253,6 +269,17 @@ int tunnel_config_set_buffer_limits(tunnel_config *cfg, uint32_t per_session,
 int tunnel_config_set_auth_max_skew(tunnel_config *cfg, uint32_t seconds) {
   return set_range(cfg, cfg ? &cfg->auth_max_skew_s : NULL, seconds, 0,
                    10u * 365u * 86400u);
+}
+
+int tunnel_config_set_login_limits(tunnel_config *cfg, uint32_t failures,
+                                   uint32_t window_ms) {
+  if (!cfg)
+    return TUNNEL_EINVAL;
+  if (failures > 1000000u || window_ms < 100u || window_ms > 86400000u)
+    return TUNNEL_ERANGE;
+  cfg->login_failures = failures;
+  cfg->login_window_ms = window_ms;
+  return 0;
 }
 
 int tunnel_config_set_require_signed_work_conns(tunnel_config *cfg,

@@ -10,6 +10,26 @@
 #define TUNNEL__DEFAULT_MAX_MESSAGE 10240u
 #define TUNNEL__DEFAULT_CONTROL_BACKLOG (1024u * 1024u)
 
+/* A copied byte buffer (PEM text), NUL-terminated for mbedTLS's parsers;
+ * `len` counts the NUL. */
+typedef struct tunnel__blob {
+  uint8_t *data;
+  size_t len;
+} tunnel__blob;
+
+typedef struct tunnel__tls_settings {
+  int enabled;
+  int insecure;
+  int marker;   /* client: frp's 0x17 byte first */
+  int only;     /* server: refuse plain clients */
+  int has_pin;
+  uint8_t pin[32];
+  tunnel__blob ca;
+  tunnel__blob cert;
+  tunnel__blob key; /* wiped when released */
+  char *server_name;
+} tunnel__tls_settings;
+
 struct tunnel_config {
   tunnel__mem mem;
   tunnel__logger log;
@@ -41,6 +61,9 @@ struct tunnel_config {
   uint32_t http_head_timeout_ms;
   uint32_t http_response_timeout_ms;
   uint32_t http_max_visitors;
+  tunnel__tls_settings tls;
+  uint32_t login_failures; /* per address per window; 0: no limit */
+  uint32_t login_window_ms;
 };
 
 void tunnel__config_defaults(struct tunnel_config *cfg);
@@ -49,6 +72,15 @@ int tunnel__config_copy(struct tunnel_config *dst,
                         const struct tunnel_config *src);
 /* Frees what a copy owns. */
 void tunnel__config_release(struct tunnel_config *cfg);
+/* TLS settings (config_tls.c): deep copy with `mem`, release with the
+ * allocator they were copied with. */
+int tunnel__tls_settings_copy(tunnel__tls_settings *dst,
+                              const tunnel__tls_settings *src,
+                              const tunnel__mem *mem);
+void tunnel__tls_settings_release(tunnel__tls_settings *s,
+                                  const tunnel__mem *mem);
+/* 64 hex digits, colons allowed, into 32 bytes. */
+int tunnel__tls_parse_pin(const char *s, uint8_t out[32]);
 /* The token, or "" when none. */
 const char *tunnel__config_token(const struct tunnel_config *cfg);
 

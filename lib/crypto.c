@@ -50,6 +50,7 @@ int tunnel__privilege_key(const char *token, size_t token_len,
     out_hex[2 * i + 1] = hex[d[i] & 15];
   }
   out_hex[32] = '\0';
+  mbedtls_platform_zeroize(d, sizeof d);
   return 0;
 }
 

@@ -58,3 +58,14 @@ char *tunnel__strndup(const tunnel__mem *m, const char *s, size_t len) {
 char *tunnel__strdup(const tunnel__mem *m, const char *s) {
   return tunnel__strndup(m, s, strlen(s));
 }
+
+void tunnel__wipe(void *p, size_t n) {
+  volatile unsigned char *v = p;
+  while (n--)
+    *v++ = 0;
+}
+
+void tunnel__wipe_string(char *s) {
+  if (s)
+    tunnel__wipe(s, strlen(s));
+}

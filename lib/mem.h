@@ -22,5 +22,8 @@ void tunnel__free(const tunnel__mem *m, void *ptr);
 /* Copies `len` bytes and appends a NUL; NULL on OOM. */
 char *tunnel__strndup(const tunnel__mem *m, const char *s, size_t len);
 char *tunnel__strdup(const tunnel__mem *m, const char *s);
+/* Overwrites secrets before their memory is released (not optimised away). */
+void tunnel__wipe(void *p, size_t n);
+void tunnel__wipe_string(char *s); /* NULL is fine */
 
 #endif

@@ -188,6 +188,9 @@ void tunnel__msg_init(tunnel__msg *m, uint8_t type) {
 }
 
 void tunnel__msg_clear(const tunnel__mem *mem, tunnel__msg *m) {
+  /* A key is good for a while (the allowed clock skew): not left behind. */
+  tunnel__wipe_string(m->privilege_key);
+  tunnel__wipe_string(m->sign_key);
   for (size_t i = 0; i < F__COUNT; i++) {
     const field_desc *f = &fields[i];
     switch (f->kind) {

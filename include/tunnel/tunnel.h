@@ -68,14 +68,17 @@ extern "C" {
   X(ETLS, -22, "TLS error")                                                   \
   X(ECRYPTO, -23, "cryptographic failure")                                    \
   X(ERANGE, -24, "value out of range")                                        \
-  X(ENOTSUP, -25, "operation not supported")
+  X(ENOTSUP, -25, "operation not supported")                                 \
+  X(ECERTUNTRUSTED, -26, "certificate not trusted")                           \
+  X(ECERTNAME, -27, "host name mismatch")                                     \
+  X(ECERTPIN, -28, "pin mismatch")
 
 typedef enum tunnel_errno {
   TUNNEL_OK = 0,
 #define TUNNEL__ERR_ENUM(name, value, desc) TUNNEL_##name = (value),
   TUNNEL_ERRNO_MAP(TUNNEL__ERR_ENUM)
 #undef TUNNEL__ERR_ENUM
-  TUNNEL__ERR_LAST = -26
+  TUNNEL__ERR_LAST = -29
 } tunnel_errno;
 
 /* Human-readable description; never NULL, static storage. */
@@ -229,6 +232,15 @@ TUNNEL_EXTERN int tunnel_config_set_buffer_limits(tunnel_config *cfg,
  * the server's clock (default 900; 0 accepts any age, as frp once did). */
 TUNNEL_EXTERN int tunnel_config_set_auth_max_skew(tunnel_config *cfg,
                                                   uint32_t seconds);
+/* Server: each source address (IPv4 address, or IPv6 /64) may fail
+ * `failures` logins per `window_ms` (a bucket of that many attempts that
+ * refills at failures/window_ms); after that its logins are refused at
+ * once, before any key check, until an attempt is earned back. Successful
+ * logins cost nothing. Default 5 per 60000 ms; failures 0..1000000 (0: no
+ * limit), window_ms 100..86400000, else TUNNEL_ERANGE. */
+TUNNEL_EXTERN int tunnel_config_set_login_limits(tunnel_config *cfg,
+                                                 uint32_t failures,
+                                                 uint32_t window_ms);
 /* Server: 1 refuses work connections that arrive on their own TCP
  * connection (frp's non-mux mode) without a privilege key; 0 (default)
  * accepts unsigned ones from the address the client's control connection
@@ -254,6 +266,60 @@ TUNNEL_EXTERN int tunnel_config_set_http_limits(tunnel_config *cfg,
                                                 uint32_t head_timeout_ms,
                                                 uint32_t response_timeout_ms,
                                                 uint32_t max_visitors);
+
+/* ------------------------------------------------------------------- TLS */
+
+/* Client: 1 runs the connection to the server over TLS, and in non-mux mode
+ * every work connection too (default 0). The server's certificate is
+ * verified: against the CA set with tunnel_config_set_tls_ca*() or else the
+ * system bundle, with the host name checked; or by pin alone. Server: 1
+ * accepts TLS on the control port, with the configured certificate or, when
+ * none is set, a self-signed one generated at start (see
+ * tunnel_server_tls_fingerprint()). A server with a certificate accepts TLS
+ * whatever this flag says. */
+TUNNEL_EXTERN int tunnel_config_set_tls(tunnel_config *cfg, int enabled);
+/* Trust anchors, PEM (one or more certificates; copied). Client: the CAs
+ * that may sign the server's certificate (default: the system bundle).
+ * Server: clients must present a certificate signed by one of them. NULL
+ * clears. The _file variant reads the file now (TUNNEL_ENOTFOUND, TUNNEL_EIO,
+ * TUNNEL_ELIMIT beyond 1 MiB); the contents are checked when a client or
+ * server is created from the config (TUNNEL_ETLS when unusable). */
+TUNNEL_EXTERN int tunnel_config_set_tls_ca(tunnel_config *cfg,
+                                           const uint8_t *pem, size_t len);
+TUNNEL_EXTERN int tunnel_config_set_tls_ca_file(tunnel_config *cfg,
+                                                const char *path);
+/* This side's certificate chain and private key, PEM (copied; the key is
+ * wiped from memory when released). Server: its certificate. Client: the
+ * certificate presented to a server that requires one. NULL clears both. */
+TUNNEL_EXTERN int tunnel_config_set_tls_cert(tunnel_config *cfg,
+                                             const uint8_t *cert_pem,
+                                             size_t cert_len,
+                                             const uint8_t *key_pem,
+                                             size_t key_len);
+TUNNEL_EXTERN int tunnel_config_set_tls_cert_file(tunnel_config *cfg,
+                                                  const char *cert_path,
+                                                  const char *key_path);
+/* Client: accept only a server whose certificate (DER) has this SHA-256
+ * fingerprint: 64 hex digits, colons allowed, as printed by tunnel-server.
+ * Replaces CA and name checks (trust on first setup). NULL clears;
+ * TUNNEL_EINVAL when malformed. */
+TUNNEL_EXTERN int tunnel_config_set_tls_pin(tunnel_config *cfg,
+                                            const char *fingerprint);
+/* Client: 1 accepts any server certificate. Anyone on the path can then
+ * read and change the traffic: for tests only. Default 0. */
+TUNNEL_EXTERN int tunnel_config_set_tls_insecure(tunnel_config *cfg,
+                                                 int insecure);
+/* Client: the name sent as SNI and checked against the certificate
+ * (default: the host the client dials). NULL restores the default. */
+TUNNEL_EXTERN int tunnel_config_set_tls_server_name(tunnel_config *cfg,
+                                                    const char *name);
+/* Client: 1 (default) sends frp's one-byte 0x17 marker before the TLS
+ * handshake, which frps before 0.50 requires; libtunnel servers and later
+ * frps accept both. Server: ignored (both are accepted). */
+TUNNEL_EXTERN int tunnel_config_set_tls_marker(tunnel_config *cfg,
+                                               int enabled);
+/* Server: 1 refuses clients that do not speak TLS (default 0). */
+TUNNEL_EXTERN int tunnel_config_set_tls_only(tunnel_config *cfg, int only);
 
 #ifdef __cplusplus
 }

@@ -111,6 +111,12 @@ TUNNEL_EXTERN int tunnel_server_http_port(const tunnel_server *srv,
                                           uint16_t *port);
 TUNNEL_EXTERN int tunnel_server_https_port(const tunnel_server *srv,
                                            uint16_t *port);
+/* Server with TLS: the SHA-256 fingerprint of its certificate (the one
+ * configured or the one generated at start), as 95 characters "AB:CD:..."
+ * plus NUL; `len` >= 96. Clients pin it with tunnel_config_set_tls_pin().
+ * TUNNEL_ESTATE when TLS is off. */
+TUNNEL_EXTERN int tunnel_server_tls_fingerprint(const tunnel_server *srv,
+                                                char *out, size_t len);
 /* Clients logged in now. */
 TUNNEL_EXTERN uint32_t tunnel_server_client_count(const tunnel_server *srv);
 /* Stops listening, disconnects every client and frees the server after

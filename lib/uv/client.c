@@ -12,9 +12,11 @@
 #include "ctlchan.h"
 #include "dial.h"
 #include "handle.h"
+#include "link.h"
 #include "mux.h"
 #include "splice.h"
 #include "stream.h"
+#include "tlsconf.h"
 #include "uverr.h"
 
 #define READBUF_SIZE (64u * 1024u)
@@ -55,6 +57,8 @@ struct tunnel_client {
   uint32_t handles;    /* uv handles owned directly */
   tunnel__splice_set splices;
   uint32_t objects; /* work records and muxes not yet freed */
+  tunnel__tls_conf *tls; /* NULL: plain connections */
+  int tls_logged;        /* the first handshake was logged */
   int closing;
   tunnel_client_close_cb close_cb;
   void *close_ud;
@@ -114,6 +118,7 @@ static int sign(tunnel_client *c, tunnel__msg *m) {
   int rc = tunnel__privilege_key(token, strlen(token), m->timestamp, key);
   if (rc == 0)
     rc = tunnel__msg_set_str(MEM(c), &m->privilege_key, key);
+  tunnel__wipe(key, sizeof key);
   return rc;
 }
 
@@ -311,6 +316,36 @@ static void work_begin(cl_work *w, tunnel_stream *st) {
   }
 }
 
+/* The link to the server over a connected handle: TLS when configured.
+ * Owns `tcp` from now on. */
+static int open_link(tunnel_client *c, uv_tcp_t *tcp, tunnel__link **out) {
+  if (!c->tls)
+    return tunnel__link_new_tcp(out, &c->sched, MEM(c), tcp);
+  tunnel__tls *t;
+  const char *name = c->cfg.tls.server_name ? c->cfg.tls.server_name : c->host;
+  int rc = tunnel__tls_new(&t, c->tls, name);
+  if (rc) {
+    tunnel__tcp_close_free(MEM(c), tcp);
+    return rc;
+  }
+  return tunnel__link_new_tls(out, &c->sched, MEM(c), tcp, t,
+                              c->cfg.tls.marker, NULL, 0);
+}
+
+/* The link of the current session. */
+static tunnel__link *session_link(tunnel_client *c) {
+  if (c->mux)
+    return tunnel__mux_link(c->mux);
+  return c->ctl_st ? c->ctl_st->link : NULL;
+}
+
+/* Why a link failed, for the program: the TLS reason when there is one. */
+static const char *link_reason(tunnel__link *l, const char *fallback) {
+  if (l && l->tls && *tunnel__tls_error_text(l->tls))
+    return tunnel__tls_error_text(l->tls);
+  return fallback;
+}
+
 static void work_connected(tunnel__dial *d, int status, void *ud) {
   cl_work *w = ud;
   tunnel_client *c = w->c;
@@ -326,7 +361,10 @@ static void work_connected(tunnel__dial *d, int status, void *ud) {
     work_unlink(w);
     return;
   }
-  tunnel_stream *st = tunnel__stream_new_tcp(&c->sched, MEM(c), tcp, NULL, 0);
+  tunnel__link *link;
+  tunnel_stream *st = NULL;
+  if (open_link(c, tcp, &link) == 0)
+    st = tunnel__stream_new_link(&c->sched, MEM(c), link, NULL, 0);
   if (!st) {
     work_unlink(w);
     return;
@@ -384,7 +422,7 @@ static int on_ctl_msg(tunnel__ctlchan *ch, int err, const tunnel__msg *m,
   (void)ch;
   if (err) {
     session_down(c, err == TUNNEL_EEOF ? TUNNEL_ECONNRESET : err,
-                 "control stream ended");
+                 link_reason(session_link(c), "control stream ended"));
     return 0;
   }
   c->last_heard = uv_now(c->loop);
@@ -431,7 +469,8 @@ static int on_login_resp(tunnel__ctlchan *ch, int err, const tunnel__msg *m,
   (void)ch;
   if (err) {
     session_down(c, err == TUNNEL_EEOF ? TUNNEL_ECONNRESET : err,
-                 "connection closed during login");
+                 link_reason(session_link(c),
+                             "connection closed during login"));
     return 0;
   }
   if (m->type != TUNNEL__MSG_LOGIN_RESP) {
@@ -443,6 +482,11 @@ static int on_login_resp(tunnel__ctlchan *ch, int err, const tunnel__msg *m,
     return 0;
   }
   snprintf(c->run_id, sizeof c->run_id, "%s", m->run_id ? m->run_id : "");
+  tunnel__link *l = session_link(c);
+  if (l && l->tls)
+    tunnel__log(&c->cfg.log, TUNNEL_LOG_INFO,
+                "client: TLS %s, %s handshake", tunnel__tls_ciphersuite(l->tls),
+                tunnel__tls_resumed(l->tls) ? "resumed" : "full");
   /* Everything after LoginResp is encrypted, both ways. */
   int rc = tunnel__ctlchan_encrypt(&c->ch, c->cfg.token);
   if (rc == 0)
@@ -501,9 +545,9 @@ static void send_login(tunnel_client *c) {
 
 static void on_mux_end(tunnel__mux *m, int err, void *ud) {
   tunnel_client *c = ud;
-  (void)m;
   session_down(c, err == TUNNEL_EEOF ? TUNNEL_ECONNRESET : err,
-               "connection to the server lost");
+               link_reason(tunnel__mux_link(m),
+                           "connection to the server lost"));
 }
 
 static void on_mux_stream(tunnel__mux *m, tunnel_stream *st, void *ud) {
@@ -523,15 +567,21 @@ static void server_connected(tunnel__dial *d, int status, void *ud) {
     return;
   }
   int rc = 0;
+  tunnel__link *link = NULL;
   if (c->mux) {
-    rc = tunnel__mux_start(c->mux, NULL, 0);
+    rc = c->tls ? open_link(c, tunnel__mux_tcp(c->mux), &link) : 0;
+    if (rc == 0)
+      rc = link ? tunnel__mux_start_on(c->mux, link, NULL, 0)
+                : tunnel__mux_start(c->mux, NULL, 0);
     if (rc == 0)
       rc = tunnel__mux_open(c->mux, &c->ctl_st);
   } else {
     uv_tcp_t *tcp = c->ctl_tcp;
     c->ctl_tcp = NULL;
-    c->ctl_st = tunnel__stream_new_tcp(&c->sched, MEM(c), tcp, NULL, 0);
-    if (!c->ctl_st)
+    rc = open_link(c, tcp, &link);
+    if (rc == 0 &&
+        !(c->ctl_st = tunnel__stream_new_link(&c->sched, MEM(c), link, NULL,
+                                              0)))
       rc = TUNNEL_ENOMEM;
   }
   if (rc) {
@@ -606,8 +656,11 @@ static void session_down(tunnel_client *c, int err, const char *why) {
   tunnel__log(&c->cfg.log,
               c->closing || c->state_cb ? TUNNEL_LOG_INFO : TUNNEL_LOG_WARN,
               "client: %s: %s", why, tunnel_strerror(err));
+  int tls_err = err == TUNNEL_ETLS || err == TUNNEL_ECERTUNTRUSTED ||
+                err == TUNNEL_ECERTNAME || err == TUNNEL_ECERTPIN;
   if (!c->closing && c->state_cb)
-    c->state_cb(c, err, err == TUNNEL_EAUTH ? why : "", c->state_ud);
+    c->state_cb(c, err, err == TUNNEL_EAUTH || tls_err ? why : "",
+                c->state_ud);
 }
 
 /* ---------------------------------------------------------------- API */
@@ -630,7 +683,10 @@ int tunnel_client_new(tunnel_client **out, uv_loop_t *loop,
   int rc = tunnel__config_copy(&c->cfg, cfg);
   if (rc == 0 && !(c->readbuf = tunnel__malloc(MEM(c), READBUF_SIZE)))
     rc = TUNNEL_ENOMEM;
+  if (rc == 0 && tunnel__tlsconf_wanted(&c->cfg, 0))
+    rc = tunnel__tlsconf_new(&c->tls, &c->cfg, &c->cfg.log, 0);
   if (rc) {
+    tunnel__free(MEM(c), c->readbuf);
     tunnel__config_release(&c->cfg);
     tunnel__free(&cfg->mem, c);
     return rc;
@@ -724,6 +780,7 @@ static void sched_closed(uv_handle_t *h) {
   tunnel__mem mem = c->cfg.mem;
   tunnel__free(&mem, c->readbuf);
   tunnel__free(&mem, c->host);
+  tunnel__tls_conf_free(c->tls); /* every link has ended */
   tunnel__config_release(&c->cfg);
   tunnel__free(&mem, c);
   if (cb)

@@ -16,6 +16,11 @@ void tunnel__ctlchan_init(tunnel__ctlchan *ch, tunnel_stream *st,
 void tunnel__ctlchan_free(tunnel__ctlchan *ch) {
   tunnel__msg_reader_free(&ch->reader);
   tunnel__bufq_free(&ch->frame);
+  /* Plaintext of the messages seen last, keys (Ping, NewWorkConn) too. */
+  if (ch->rbuf)
+    tunnel__wipe(ch->rbuf, ch->rcap);
+  if (ch->wbuf)
+    tunnel__wipe(ch->wbuf, ch->wcap);
   tunnel__free(ch->mem, ch->rbuf);
   tunnel__free(ch->mem, ch->wbuf);
   if (ch->encrypted) {

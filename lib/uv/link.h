@@ -76,13 +76,13 @@ struct tunnel__link {
 int tunnel__link_new_tcp(tunnel__link **out, tunnel__sched *sched,
                          const tunnel__mem *mem, uv_tcp_t *tcp);
 /* A TLS link: `tls` (owned from now on) is a fresh client or server
- * connection; `prefix` holds bytes already read from the socket (the
- * start of a ClientHello). The handshake runs as soon as the link exists;
+ * connection; `marker`: a client sends frp's 0x17 byte first; `prefix`
+ * holds bytes already read from the socket (the start of a ClientHello). The handshake runs as soon as the link exists;
  * writes made before it completes go out after it. */
 int tunnel__link_new_tls(tunnel__link **out, tunnel__sched *sched,
                          const tunnel__mem *mem, uv_tcp_t *tcp,
-                         struct tunnel__tls *tls, const uint8_t *prefix,
-                         size_t len);
+                         struct tunnel__tls *tls, int marker,
+                         const uint8_t *prefix, size_t len);
 
 /* Reading on or off; data arrives only between the two. Bytes a backing
  * already holds (decrypted records) are delivered from the loop, never

@@ -134,7 +134,8 @@ int tunnel__mux_new_budgeted(tunnel__mux **out, uv_loop_t *loop,
   *out = NULL;
   tunnel__mux *m = tunnel__calloc(&cfg->mem, 1, sizeof *m);
   if (!m) {
-    tunnel__tcp_close_free(&cfg->mem, tcp);
+    if (tcp)
+      tunnel__tcp_close_free(&cfg->mem, tcp);
     return TUNNEL_ENOMEM;
   }
   m->mem = cfg->mem;
@@ -150,7 +151,8 @@ int tunnel__mux_new_budgeted(tunnel__mux **out, uv_loop_t *loop,
   int rc = tunnel__ymx_new(&m->ymx, &yc, &ymx_cb, m);
   if (rc) {
     tunnel__free(&m->mem, m);
-    tunnel__tcp_close_free(&cfg->mem, tcp);
+    if (tcp)
+      tunnel__tcp_close_free(&cfg->mem, tcp);
     return rc;
   }
   m->tcp = tcp;
@@ -159,6 +161,8 @@ int tunnel__mux_new_budgeted(tunnel__mux **out, uv_loop_t *loop,
 }
 
 uv_tcp_t *tunnel__mux_tcp(tunnel__mux *m) { return m->tcp; }
+
+tunnel__link *tunnel__mux_link(tunnel__mux *m) { return m->link; }
 
 tunnel__ymx *tunnel__mux_session(tunnel__mux *m) { return m->ymx; }
 
@@ -266,7 +270,7 @@ static void read_cb(tunnel__link *l, int status, const uint8_t *data,
 
 int tunnel__mux_start_on(tunnel__mux *m, tunnel__link *link,
                          const uint8_t *prefix, size_t len) {
-  if (m->started || link->tcp != m->tcp)
+  if (m->started || (m->tcp && link->tcp != m->tcp))
     return TUNNEL_ESTATE;
   m->started = 1;
   m->link = link;

@@ -24,7 +24,8 @@ typedef struct tunnel__mux_callbacks {
 
 /* `sched` and `cfg` must outlive the mux and every stream it creates. `tcp` is an
  * initialised handle allocated with cfg->mem; the mux owns it from now on
- * (even when this call fails) and frees it when closed. */
+ * (even when this call fails) and frees it when closed. NULL when the mux
+ * will start on a link (tunnel__mux_start_on). */
 int tunnel__mux_new(tunnel__mux **out, uv_loop_t *loop, tunnel__sched *sched,
                     const struct tunnel_config *cfg, int is_client,
                     uv_tcp_t *tcp, const tunnel__mux_callbacks *cb, void *ud);
@@ -55,6 +56,8 @@ void tunnel__mux_regrant(tunnel__mux *m);
 /* Sends GoAway(normal): the peer opens no new streams. */
 int tunnel__mux_goaway(tunnel__mux *m);
 uint32_t tunnel__mux_stream_count(const tunnel__mux *m);
+/* The link once started (NULL before). */
+struct tunnel__link *tunnel__mux_link(tunnel__mux *m);
 /* See tunnel__ymx_set_max_streams. */
 void tunnel__mux_set_max_streams(tunnel__mux *m, uint32_t n);
 /* Loop time (ms) at which the transport last delivered bytes. */

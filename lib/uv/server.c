@@ -6,6 +6,7 @@
 #include "dial.h"
 #include "handle.h"
 #include "srv.h"
+#include "tlsconf.h"
 #include "uverr.h"
 
 #define MEM tunnel__srv_mem
@@ -47,6 +48,9 @@ static void sweep(uv_timer_t *t) {
   tunnel_server *srv = t->data;
   uint64_t limit = (uint64_t)srv->cfg.heartbeat_timeout_s * 1000u;
   uint64_t now = uv_now(srv->loop);
+  uv_timeval64_t tv;
+  if (srv->tls && uv_gettimeofday(&tv) == 0 && tv.tv_sec > 0)
+    tunnel__tls_conf_tick(srv->tls, (uint64_t)tv.tv_sec);
   for (srv_ctl *ctl = srv->ctls, *next; ctl; ctl = next) {
     next = ctl->next;
     uint64_t last = ctl->last_msg;
@@ -109,6 +113,10 @@ int tunnel_server_new(tunnel_server **out, uv_loop_t *loop,
   int rc = tunnel__config_copy(&srv->cfg, cfg);
   if (rc == 0 && !(srv->readbuf = tunnel__malloc(MEM(srv), TUNNEL__SRV_READBUF_SIZE)))
     rc = TUNNEL_ENOMEM;
+  if (rc == 0 && tunnel__tlsconf_wanted(&srv->cfg, 1))
+    rc = tunnel__tlsconf_new(&srv->tls, &srv->cfg, &srv->cfg.log, 1);
+  if (rc == 0 && (rc = tunnel__srv_logins_init(srv)) != 0)
+    tunnel__tls_conf_free(srv->tls);
   if (rc) {
     tunnel__free(MEM(srv), srv->readbuf);
     tunnel__config_release(&srv->cfg);
@@ -208,6 +216,19 @@ int tunnel_server_https_port(const tunnel_server *srv, uint16_t *port) {
   return srv ? vhost_port(&srv->https, port) : TUNNEL_EINVAL;
 }
 
+int tunnel_server_tls_fingerprint(const tunnel_server *srv, char *out,
+                                  size_t len) {
+  if (!srv || !out || len < TUNNEL__TLS_FINGERPRINT_TEXT)
+    return TUNNEL_EINVAL;
+  uint8_t fp[32];
+  if (!srv->tls)
+    return TUNNEL_ESTATE;
+  int rc = tunnel__tls_conf_fingerprint(srv->tls, fp);
+  if (rc == 0)
+    tunnel__tls_fingerprint_format(fp, out, len);
+  return rc;
+}
+
 uint32_t tunnel_server_client_count(const tunnel_server *srv) {
   return srv ? srv->nctl : 0;
 }
@@ -218,6 +239,8 @@ static void sched_closed(uv_handle_t *h) {
   void *ud = srv->close_ud;
   tunnel__mem mem = srv->cfg.mem;
   tunnel__free(&mem, srv->readbuf);
+  tunnel__ratelimit_free(srv->logins);
+  tunnel__tls_conf_free(srv->tls); /* every link has ended */
   tunnel__config_release(&srv->cfg);
   tunnel__free(&mem, srv);
   if (cb)

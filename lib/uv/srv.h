@@ -10,6 +10,8 @@
 #include "../config.h"
 #include "../log.h"
 #include "../msg.h"
+#include "../ratelimit.h"
+#include "../tls.h"
 #include "../yamux.h"
 #include "anon.h"
 #include "ctlchan.h"
@@ -29,6 +31,9 @@
  * (srv_accept.c). */
 #define TUNNEL__SRV_ANON_CONN_COST 1024u
 #define TUNNEL__SRV_ANON_RAW_COST (64u * 1024u + TUNNEL__DEFAULT_MAX_MESSAGE)
+/* A TLS connection in its handshake: the link's buffers and mbedTLS's
+ * records and handshake state. */
+#define TUNNEL__SRV_ANON_TLS_COST (160u * 1024u)
 
 typedef struct srv_sess srv_sess;
 typedef struct srv_ctl srv_ctl;
@@ -88,6 +93,8 @@ struct tunnel_server {
   srv_first *firsts; /* streams awaiting their first message */
   srv_ctl *ctls;
   uint32_t nctl;
+  tunnel__ratelimit *logins; /* failed logins per source address */
+  tunnel__tls_conf *tls;     /* NULL: plain clients only */
   uint32_t handles;            /* open uv handles owned by server objects */
   tunnel__splice_set splices;  /* live splices */
   uint32_t objects;            /* sessions, controls, proxies not yet freed */
@@ -129,6 +136,7 @@ struct srv_first {
 struct srv_conn {
   tunnel_server *srv;
   uv_tcp_t *tcp;
+  struct tunnel__link *link; /* TLS: handshake, then the first bytes */
   uv_timer_t timer;
   srv_conn *prev, *next;
   tunnel__anon anon;
@@ -244,6 +252,8 @@ void tunnel__srv_first_start(tunnel_server *srv, srv_sess *sess,
 void tunnel__srv_first_end(srv_first *f);
 void tunnel__srv_drain_end(srv_drain *d);
 void tunnel__srv_ctl_destroy(srv_ctl *ctl);
+/* Creates srv->logins from the configuration, with a random seed. */
+int tunnel__srv_logins_init(tunnel_server *srv);
 /* Sends a control message; a client that does not read its replies is
  * dropped (TUNNEL_ELIMIT). */
 int tunnel__srv_send_ctl(srv_ctl *ctl, const tunnel__msg *m);

@@ -1,10 +1,12 @@
 /* New connections on the control port: bounded while unidentified, then
- * told apart by their first byte (a yamux session, or a raw frp channel:
- * non-mux mode). */
+ * told apart by their first byte: TLS (a ClientHello, or frp's 0x17 marker
+ * before one), then inside it or in plain, a yamux session or a raw frp
+ * channel (non-mux mode). */
 #include <string.h>
 
 #include "dial.h"
 #include "handle.h"
+#include "link.h"
 #include "srv.h"
 #include "stream.h"
 
@@ -33,11 +35,14 @@ void tunnel__srv_conn_done(srv_conn *c, int keep_tcp) {
     c->next->prev = c->prev;
   srv->nconns--;
   tunnel__anon_remove(&srv->anon, &c->anon);
-  if (!keep_tcp) {
+  if (!keep_tcp && c->link) {
+    tunnel__link_close(c->link, 1, NULL, NULL);
+  } else if (!keep_tcp) {
     uv_read_stop((uv_stream_t *)c->tcp);
     tunnel__tcp_close_free(MEM(srv), c->tcp);
   }
   c->tcp = NULL;
+  c->link = NULL;
   uv_close((uv_handle_t *)&c->timer, conn_timer_closed);
 }
 
@@ -87,38 +92,29 @@ static void conn_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   *buf = uv_buf_init((char *)c->buf, sizeof c->buf);
 }
 
-static void conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
-  srv_conn *c = s->data;
-  tunnel_server *srv = c->srv;
-  (void)buf;
-  if (nread == 0)
-    return;
-  if (nread < 0) {
-    tunnel__srv_conn_done(c, 0);
-    return;
-  }
-  uv_read_stop(s);
-  uv_tcp_t *tcp = c->tcp;
-  uint8_t first[sizeof c->buf];
-  size_t n = (size_t)nread;
-  memcpy(first, c->buf, n);
-  char addr[TUNNEL__ADDR_MAX];
-  memcpy(addr, c->anon.addr, sizeof addr);
-  tunnel__srv_conn_done(c, 1);
+/* The connection says what it is with its first bytes (decrypted, over
+ * TLS): `tcp` or `link` (exactly one) is handed on with them. */
+static void identify(tunnel_server *srv, const char *addr, uv_tcp_t *tcp,
+                     tunnel__link *link, const uint8_t *first, size_t n) {
   uint32_t cost = first[0] == 0 ? sess_cost(srv) : TUNNEL__SRV_ANON_RAW_COST;
   anon_make_room(srv, addr, cost);
   if (first[0] == 0) {
     /* A yamux header starts with version 0; no frp message type is 0. */
     srv_sess *sess = tunnel__calloc(MEM(srv), 1, sizeof *sess);
     if (!sess) {
-      tunnel__tcp_close_free(MEM(srv), tcp);
+      if (link)
+        tunnel__link_close(link, 1, NULL, NULL);
+      else
+        tunnel__tcp_close_free(MEM(srv), tcp);
       return;
     }
     sess->srv = srv;
     sess->created = uv_now(srv->loop);
     if (tunnel__mux_new_budgeted(&sess->mux, srv->loop, &srv->sched,
-                                 &srv->cfg, 0, tcp, &srv->budget, &tunnel__srv_mux_cb,
-                                 sess) != 0) {
+                                 &srv->cfg, 0, tcp, &srv->budget,
+                                 &tunnel__srv_mux_cb, sess) != 0) {
+      if (link)
+        tunnel__link_close(link, 1, NULL, NULL);
       tunnel__free(MEM(srv), sess);
       return;
     }
@@ -132,16 +128,99 @@ static void conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     if (srv->sessions)
       srv->sessions->prev = sess;
     srv->sessions = sess;
-    if (tunnel__mux_start(sess->mux, first, n) != 0)
+    int rc = link ? tunnel__mux_start_on(sess->mux, link, first, n)
+                  : tunnel__mux_start(sess->mux, first, n);
+    if (rc != 0)
       tunnel__srv_sess_destroy(sess);
     return;
   }
   /* frp's non-mux mode: the connection itself carries one control or work
    * channel. */
-  tunnel_stream *st = tunnel__stream_new_tcp(&srv->sched, MEM(srv), tcp,
-                                             first, n);
+  tunnel_stream *st =
+      link ? tunnel__stream_new_link(&srv->sched, MEM(srv), link, first, n)
+           : tunnel__stream_new_tcp(&srv->sched, MEM(srv), tcp, first, n);
   if (st)
     tunnel__srv_first_start(srv, NULL, st, addr);
+}
+
+/* First plaintext bytes of a TLS connection, once its handshake is done. */
+static void tls_first_read(tunnel__link *l, int status, const uint8_t *data,
+                           size_t n, void *ud) {
+  srv_conn *c = ud;
+  tunnel_server *srv = c->srv;
+  if (status) {
+    const char *why = l->tls ? tunnel__tls_error_text(l->tls) : "";
+    tunnel__log(&srv->cfg.log, TUNNEL_LOG_INFO,
+                "server: TLS connection from %s failed: %s", c->anon.addr,
+                *why ? why : tunnel_strerror(status));
+    tunnel__srv_conn_done(c, 0);
+    return;
+  }
+  tunnel__link_read_stop(l);
+  char addr[TUNNEL__ADDR_MAX];
+  memcpy(addr, c->anon.addr, sizeof addr);
+  tunnel__log(&srv->cfg.log, TUNNEL_LOG_DEBUG,
+              "server: TLS from %s: %s, %s handshake", addr,
+              tunnel__tls_ciphersuite(l->tls),
+              tunnel__tls_resumed(l->tls) ? "resumed" : "full");
+  tunnel__srv_conn_done(c, 1);
+  /* `data` stays valid through the call: the next owner takes it (as the
+   * start of its input) before the link reads again. */
+  identify(srv, addr, NULL, l, data, n);
+}
+
+static void conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  srv_conn *c = s->data;
+  tunnel_server *srv = c->srv;
+  (void)buf;
+  if (nread == 0)
+    return;
+  if (nread < 0) {
+    tunnel__srv_conn_done(c, 0);
+    return;
+  }
+  uv_read_stop(s);
+  uv_tcp_t *tcp = c->tcp;
+  size_t n = (size_t)nread;
+  int kind = tunnel__tls_sniff(c->buf[0]);
+  if (kind != TUNNEL__SNIFF_PLAIN && srv->tls) {
+    /* The connection stays unidentified (timer, budget) until the first
+     * bytes inside TLS arrive. */
+    size_t skip = kind == TUNNEL__SNIFF_TLS_MARKER;
+    tunnel__tls *t;
+    int rc = tunnel__tls_new(&t, srv->tls, NULL);
+    if (rc == 0) {
+      c->tcp = NULL;
+      rc = tunnel__link_new_tls(&c->link, &srv->sched, MEM(srv), tcp, t, 0,
+                                c->buf + skip, n - skip);
+    }
+    if (rc) {
+      tunnel__srv_conn_done(c, c->tcp == NULL);
+      return;
+    }
+    char addr[TUNNEL__ADDR_MAX];
+    memcpy(addr, c->anon.addr, sizeof addr);
+    tunnel__anon_remove(&srv->anon, &c->anon);
+    anon_make_room(srv, addr, TUNNEL__SRV_ANON_TLS_COST);
+    tunnel__anon_add(&srv->anon, &c->anon, addr, TUNNEL__SRV_ANON_TLS_COST,
+                     conn_shed);
+    tunnel__link_read_start(c->link, tls_first_read, c);
+    return;
+  }
+  if (srv->cfg.tls.only) {
+    tunnel__log(&srv->cfg.log, TUNNEL_LOG_WARN,
+                "server: plain connection from %s refused: this server "
+                "accepts TLS only",
+                c->anon.addr);
+    tunnel__srv_conn_done(c, 0);
+    return;
+  }
+  uint8_t first[sizeof c->buf];
+  memcpy(first, c->buf, n);
+  char addr[TUNNEL__ADDR_MAX];
+  memcpy(addr, c->anon.addr, sizeof addr);
+  tunnel__srv_conn_done(c, 1);
+  identify(srv, addr, tcp, NULL, first, n);
 }
 
 void tunnel__srv_on_client(uv_stream_t *l, int status) {

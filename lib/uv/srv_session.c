@@ -281,10 +281,9 @@ static srv_ctl *find_ctl(tunnel_server *srv, const char *run_id) {
   return NULL;
 }
 
-static void refuse_login(tunnel_server *srv, tunnel_stream *st,
+/* Answers a Login with `why` and ends the channel (the caller logs). */
+static void send_refusal(tunnel_server *srv, tunnel_stream *st,
                          const char *addr, const char *why) {
-  tunnel__log(&srv->cfg.log, TUNNEL_LOG_WARN,
-              "server: login from %s refused: %s", addr, why);
   tunnel__msg r;
   tunnel__msg_init(&r, TUNNEL__MSG_LOGIN_RESP);
   tunnel__msg_set_str(MEM(srv), &r.version, TUNNEL_VERSION_STRING);
@@ -294,6 +293,73 @@ static void refuse_login(tunnel_server *srv, tunnel_stream *st,
   /* FIN after the answer; the client ends the session when it reads it. */
   tunnel_stream_shutdown(st, NULL, NULL);
   drain_start(srv, st, addr);
+}
+
+static void refuse_login(tunnel_server *srv, tunnel_stream *st,
+                         const char *addr, const char *why) {
+  tunnel__log(&srv->cfg.log, TUNNEL_LOG_WARN,
+              "server: login from %s refused: %s", addr, why);
+  send_refusal(srv, st, addr, why);
+}
+
+/* ------------------------------------------------ failed logins per address */
+
+int tunnel__srv_logins_init(tunnel_server *srv) {
+  uint8_t seed[TUNNEL__RATELIMIT_SEED_SIZE];
+  int rc = tunnel__uv_err(uv_random(NULL, NULL, seed, sizeof seed, 0, NULL));
+  if (rc == 0)
+    rc = tunnel__ratelimit_new(&srv->logins, MEM(srv),
+                               TUNNEL__RATELIMIT_DEFAULT_CAPACITY,
+                               srv->cfg.login_failures,
+                               srv->cfg.login_window_ms, seed);
+  tunnel__wipe(seed, sizeof seed);
+  return rc;
+}
+
+/* The peer's address as bytes (4 or 16); 0 when it is not numeric (then
+ * no limit applies: the accept path could not name the peer). */
+static size_t addr_bytes(const char *addr, uint8_t out[16]) {
+  if (uv_inet_pton(AF_INET, addr, out) == 0)
+    return 4;
+  if (uv_inet_pton(AF_INET6, addr, out) == 0)
+    return 16;
+  return 0;
+}
+
+/* Refuses a login from an address out of attempts, before any key check:
+ * 1 when it did. A flood from one address gives one log line per window
+ * with the count of refusals, not one per attempt. */
+static int refuse_if_blocked(tunnel_server *srv, tunnel_stream *st,
+                             const char *addr) {
+  uint8_t ab[16];
+  size_t alen = addr_bytes(addr, ab);
+  uint32_t report = 0;
+  uint32_t wait_ms = tunnel__ratelimit_check(srv->logins, ab, alen,
+                                             uv_now(srv->loop), &report);
+  if (!wait_ms)
+    return 0;
+  uint32_t wait_s = (wait_ms + 999u) / 1000u;
+  char why[96];
+  snprintf(why, sizeof why,
+           "too many failed logins from this address; retry in %u s",
+           (unsigned)wait_s);
+  if (report)
+    tunnel__log(&srv->cfg.log, TUNNEL_LOG_WARN,
+                "server: login from %s refused: too many failed logins from "
+                "this address (%u refused since the last such line; blocked "
+                "for %u s more)",
+                addr, (unsigned)report, (unsigned)wait_s);
+  send_refusal(srv, st, addr, why);
+  return 1;
+}
+
+/* A login that failed authorization takes one of its address's
+ * attempts. */
+static void count_failure(tunnel_server *srv, const char *addr) {
+  uint8_t ab[16];
+  size_t alen = addr_bytes(addr, ab);
+  if (alen)
+    (void)tunnel__ratelimit_fail(srv->logins, ab, alen, uv_now(srv->loop));
 }
 
 static int64_t now_seconds(void) {
@@ -310,9 +376,11 @@ static const char *check_key(tunnel_server *srv, const char *key,
   if (!*token)
     return NULL;
   char want[33];
-  if (!key || strlen(key) != 32 ||
-      tunnel__privilege_key(token, strlen(token), ts, want) != 0 ||
-      !tunnel__ct_equal(want, key, 32))
+  int ok = key && strlen(key) == 32 &&
+           tunnel__privilege_key(token, strlen(token), ts, want) == 0 &&
+           tunnel__ct_equal(want, key, 32);
+  tunnel__wipe(want, sizeof want);
+  if (!ok)
     return "authorization failed: token mismatch";
   uint32_t skew = srv->cfg.auth_max_skew_s;
   int64_t now = now_seconds();
@@ -324,12 +392,15 @@ static const char *check_key(tunnel_server *srv, const char *key,
 
 static void on_login(tunnel_server *srv, srv_sess *sess, tunnel_stream *st,
                      const char *addr, const tunnel__msg *m) {
+  if (refuse_if_blocked(srv, st, addr))
+    return;
   if (sess && sess->ctl) {
     refuse_login(srv, st, addr, "session already logged in");
     return;
   }
   const char *why = check_key(srv, m->privilege_key, m->timestamp);
   if (why) {
+    count_failure(srv, addr);
     refuse_login(srv, st, addr, why);
     return;
   }
@@ -338,6 +409,7 @@ static void on_login(tunnel_server *srv, srv_sess *sess, tunnel_stream *st,
     /* The same client reconnecting replaces its session, but only with a
      * later login: a replayed one must not take the live session over. */
     if (*tunnel__config_token(&srv->cfg) && m->timestamp <= old->login_ts) {
+      count_failure(srv, addr);
       refuse_login(srv, st, addr,
                    "authorization failed: login not newer than the "
                    "session it would replace (replayed)");

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <cmocka.h>
 
@@ -57,6 +58,9 @@ typedef struct ctx {
   char **env;
   uint16_t lo, hi;
   char token[64];
+  char dir[64];       /* token files, removed at teardown */
+  char files[4][128];
+  int nfiles;
 } ctx;
 
 #define WAIT_MS(c, cond, ms) IT_WAIT(&(c)->w, cond, ms)
@@ -254,12 +258,17 @@ static int teardown(void **state) {
     fprintf(stderr, "teardown: loop did not close\n");
     ok = 0;
   }
+  for (int i = 0; i < c->nfiles; i++)
+    remove(c->files[i]);
+  if (c->dir[0])
+    rmdir(c->dir);
   free(c->env);
   free(c);
   return ok ? 0 : -1;
 }
 
-/* "PREFIX127.0.0.1:PORT\n" and nothing else: the port, or 0. */
+/* A first line "PREFIX127.0.0.1:PORT\n" (later lines are other news): the
+ * port, or 0. */
 static uint16_t parse_addr_line(const char *buf, const char *prefix) {
   size_t pl = strlen(prefix);
   if (strncmp(buf, prefix, pl) != 0 || strncmp(buf + pl, "127.0.0.1:", 10))
@@ -267,19 +276,20 @@ static uint16_t parse_addr_line(const char *buf, const char *prefix) {
   const char *s = buf + pl + 10;
   char *end;
   long v = strtol(s, &end, 10);
-  if (end == s || strcmp(end, "\n") != 0 || v <= 0 || v > 65535)
+  if (end == s || *end != '\n' || v <= 0 || v > 65535)
     return 0;
   return (uint16_t)v;
 }
 
 /* tunnel-server with its control port at *port (0: ephemeral, and *port
- * receives it). */
-static proc *start_server(ctx *c, uint16_t *port) {
+ * receives it), its token given as `opt` `val` (--token or --token-file). */
+static proc *start_server_token(ctx *c, uint16_t *port, const char *opt,
+                                const char *val) {
   char ports[32], control[32];
   snprintf(ports, sizeof ports, "%u-%u", c->lo, c->hi);
   snprintf(control, sizeof control, "127.0.0.1:%u", *port);
   char *args[] = {server_path, "--control", control, "--bind", "127.0.0.1",
-                  "--ports", ports, "--token", c->token, NULL};
+                  "--ports", ports, (char *)opt, (char *)val, NULL};
   proc *p = spawn(c, "tunnel-server", args);
   WAIT(c, has_line(p->obuf) || p->exited);
   uint16_t want = *port;
@@ -289,6 +299,10 @@ static proc *start_server(ctx *c, uint16_t *port) {
     fail_msg("tunnel-server did not print 'listening on 127.0.0.1:PORT'");
   }
   return p;
+}
+
+static proc *start_server(ctx *c, uint16_t *port) {
+  return start_server_token(c, port, "--token", c->token);
 }
 
 static proc *start_hello(ctx *c, uint16_t *port) {
@@ -450,6 +464,10 @@ static void test_help_version(void **state) {
     proc *p = spawn(c, bins[i].name, help);
     expect_exit(c, p, 0, EXIT_MS);
     assert_non_null(strstr(p->obuf, "usage: "));
+    /* The safer way to pass the secret, and which source wins. */
+    assert_non_null(strstr(p->obuf, "--token-file"));
+    assert_non_null(strstr(p->obuf, "precedence: --token, then --token-file, "
+                                    "then\n"));
     char *version[] = {bins[i].path, "--version", NULL};
     p = spawn(c, bins[i].name, version);
     expect_exit(c, p, 0, EXIT_MS);
@@ -478,7 +496,9 @@ static void run_tunnel(ctx *c, const char *option) {
   assert_int_equal(count_lines(cli->obuf), 1); /* the address, alone */
   uv_process_kill(&srv->h, SIGTERM);
   expect_exit(c, srv, 0, EXIT_MS);
-  assert_int_equal(count_lines(srv->obuf), 1);
+  /* Its address, and the fingerprint of the certificate it made. */
+  assert_int_equal(count_lines(srv->obuf), 2);
+  assert_non_null(strstr(srv->obuf, "\ntls certificate (generated) sha256 "));
 }
 
 static void test_tunnel(void **state) { run_tunnel(*state, NULL); }
@@ -566,6 +586,337 @@ static void test_reconnect(void **state) {
   expect_exit(c, cli, 0, EXIT_MS);
 }
 
+/* ---------------------------------------------------------- token files */
+
+/* A file in the test's directory holding `content`, with `mode`. */
+static const char *token_file(ctx *c, const char *name, const char *content,
+                              mode_t mode) {
+  if (!c->dir[0]) {
+    snprintf(c->dir, sizeof c->dir, "/tmp/it-cli-XXXXXX");
+    if (!mkdtemp(c->dir)) {
+      c->dir[0] = '\0';
+      fail_msg("mkdtemp failed");
+    }
+  }
+  assert_true(c->nfiles < 4);
+  char *path = c->files[c->nfiles++];
+  snprintf(path, sizeof c->files[0], "%s/%s", c->dir, name);
+  FILE *f = fopen(path, "w");
+  assert_non_null(f);
+  fputs(content, f);
+  assert_int_equal(fclose(f), 0);
+  assert_int_equal(chmod(path, mode), 0);
+  return path;
+}
+
+static proc *spawn_client_args(ctx *c, const char *name, uint16_t sport,
+                               uint16_t lport, const char *o1,
+                               const char *v1, const char *o2,
+                               const char *v2) {
+  char server[32], local[32];
+  snprintf(server, sizeof server, "127.0.0.1:%u", sport);
+  snprintf(local, sizeof local, "127.0.0.1:%u", lport);
+  char *args[] = {client_path, "--server", server, "tcp", local,
+                  (char *)o1, (char *)v1, (char *)o2, (char *)v2, NULL};
+  return spawn(c, name, args);
+}
+
+/* The token from --token-file on both sides (its line ending stripped,
+ * what follows the first line ignored): the tunnel works, and a file only
+ * its owner may read draws no warning. */
+static void test_token_file(void **state) {
+  ctx *c = *state;
+  char content[128];
+  snprintf(content, sizeof content, "%s\r\nsecond line ignored\n", c->token);
+  const char *path = token_file(c, "token", content, 0600);
+  uint16_t sport = 0, hport;
+  proc *srv = start_server_token(c, &sport, "--token-file", path);
+  start_hello(c, &hport);
+  proc *cli = spawn_client_args(c, "tunnel-client", sport, hport,
+                                "--token-file", path, NULL, NULL);
+  expect_hello(c, wait_public(c, cli));
+  if (strstr(srv->ebuf, "warning") || strstr(cli->ebuf, "warning")) {
+    dump(srv);
+    dump(cli);
+    fail_msg("a mode 600 token file drew a warning");
+  }
+  uv_process_kill(&cli->h, SIGTERM);
+  expect_exit(c, cli, 0, EXIT_MS);
+  uv_process_kill(&srv->h, SIGTERM);
+  expect_exit(c, srv, 0, EXIT_MS);
+  assert_null(strstr(srv->ebuf, c->token));
+  assert_null(strstr(cli->ebuf, c->token));
+}
+
+/* --token wins over --token-file, which wins over $TUNNEL_TOKEN: a client
+ * given a wrong value at each lower level still logs in. */
+static void test_token_precedence(void **state) {
+  ctx *c = *state;
+  const char *right = token_file(c, "right", c->token, 0600);
+  const char *wrong = token_file(c, "wrong", "not-the-token\n", 0600);
+  uint16_t sport = 0, hport;
+  start_server(c, &sport);
+  start_hello(c, &hport);
+  proc *a = spawn_client_args(c, "tunnel-client (--token over a file)",
+                              sport, hport, "--token-file", wrong,
+                              "--token", c->token);
+  expect_hello(c, wait_public(c, a));
+  /* The environment for the next child only. */
+  size_t n = 0;
+  while (c->env[n])
+    n++;
+  char **env = calloc(n + 2, sizeof *env);
+  assert_non_null(env);
+  memcpy(env, c->env, n * sizeof *env);
+  env[n] = "TUNNEL_TOKEN=not-the-token";
+  char **saved = c->env;
+  c->env = env;
+  proc *b = spawn_client_args(c, "tunnel-client (a file over $TUNNEL_TOKEN)",
+                              sport, hport, "--token-file", right, NULL,
+                              NULL);
+  proc *e = spawn_client_args(c, "tunnel-client ($TUNNEL_TOKEN, wrong)",
+                              sport, hport, NULL, NULL, NULL, NULL);
+  c->env = saved;
+  free(env);
+  expect_hello(c, wait_public(c, b));
+  /* The check that the environment is read at all: alone, it is used. */
+  expect_exit(c, e, 1, EXIT_MS);
+  expect_refusal_line(e);
+}
+
+/* A missing or empty file: one stderr line naming it, exit status 2, for
+ * the server and the client alike. */
+static void test_token_file_errors(void **state) {
+  ctx *c = *state;
+  const char *empty = token_file(c, "empty", "\r\n", 0600);
+  char missing[160];
+  snprintf(missing, sizeof missing, "%s/missing", c->dir);
+  struct {
+    char *path;
+    const char *name;
+  } bins[] = {{server_path, "tunnel-server"}, {client_path, "tunnel-client"}};
+  for (size_t i = 0; i < 2; i++) {
+    const char *files[] = {missing, empty};
+    for (size_t k = 0; k < 2; k++) {
+      char *args[] = {bins[i].path, "--token-file", (char *)files[k], "tcp",
+                      "80", NULL};
+      if (i == 0)
+        args[3] = NULL; /* the server takes no proxy */
+      proc *p = spawn(c, bins[i].name, args);
+      expect_exit(c, p, 2, EXIT_MS);
+      if (p->olen != 0 || count_lines(p->ebuf) != 1 ||
+          !strstr(p->ebuf, files[k]) ||
+          !strstr(p->ebuf, k == 0 ? "No such file" : "empty")) {
+        dump(p);
+        fail_msg("%s --token-file %s: expected one stderr line naming the "
+                 "file and the problem",
+                 bins[i].name, files[k]);
+      }
+      fprintf(stderr, "# %s said: %s", bins[i].name, p->ebuf);
+    }
+  }
+}
+
+/* A token file that group or others may read works, with one warning line
+ * naming it. */
+static void test_token_file_readable(void **state) {
+  ctx *c = *state;
+  const char *path = token_file(c, "token", c->token, 0640);
+  uint16_t sport = 0, hport;
+  proc *srv = start_server_token(c, &sport, "--token-file", path);
+  start_hello(c, &hport);
+  proc *cli = spawn_client_args(c, "tunnel-client", sport, hport,
+                                "--token-file", path, NULL, NULL);
+  expect_hello(c, wait_public(c, cli));
+  for (int i = 0; i < 2; i++) {
+    proc *p = i ? cli : srv;
+    size_t warnings = 0;
+    for (const char *s = p->ebuf; (s = strstr(s, "warning")) != NULL; s++)
+      warnings++;
+    if (warnings != 1 || !strstr(p->ebuf, path) ||
+        !strstr(p->ebuf, "readable by group or others")) {
+      dump(p);
+      fail_msg("%s: expected one warning naming the group-readable token "
+               "file",
+               p->name);
+    }
+  }
+  fprintf(stderr, "# tunnel-server said: %s", srv->ebuf);
+}
+
+/* ------------------------------------------------------------------ TLS */
+
+/* tunnel-server with its token and one more flag (such as --tls-only). */
+static proc *start_server_flag(ctx *c, uint16_t *port, const char *flag) {
+  char ports[32], control[32];
+  snprintf(ports, sizeof ports, "%u-%u", c->lo, c->hi);
+  snprintf(control, sizeof control, "127.0.0.1:%u", *port);
+  char *args[] = {server_path, "--control", control, "--bind", "127.0.0.1",
+                  "--ports", ports, "--token", c->token, (char *)flag, NULL};
+  proc *p = spawn(c, "tunnel-server", args);
+  WAIT(c, has_line(p->obuf) || p->exited);
+  *port = parse_addr_line(p->obuf, "listening on ");
+  if (!*port) {
+    dump(p);
+    fail_msg("tunnel-server did not print 'listening on 127.0.0.1:PORT'");
+  }
+  return p;
+}
+
+/* The fingerprint line tunnel-server prints for the certificate it made:
+ * "tls certificate (generated) sha256 AB:CD:..." (32 bytes in hex). */
+static void server_fingerprint(ctx *c, proc *srv, char fp[96]) {
+  static const char tag[] = "\ntls certificate (generated) sha256 ";
+  WAIT(c, (strstr(srv->obuf, tag) && strchr(strstr(srv->obuf, tag) + 1, '\n'))
+              || srv->exited);
+  const char *s = strstr(srv->obuf, tag);
+  size_t n = s ? strcspn(s + sizeof tag - 1, "\n") : 0;
+  if (n != 95) {
+    dump(srv);
+    fail_msg("tunnel-server did not print its certificate's fingerprint");
+  }
+  memcpy(fp, s + sizeof tag - 1, 95);
+  fp[95] = '\0';
+  for (size_t i = 0; i < 95; i++)
+    assert_true(i % 3 == 2 ? fp[i] == ':'
+                           : strchr("0123456789ABCDEF", fp[i]) != NULL);
+}
+
+/* tunnel-client with the token, exposing 127.0.0.1:lport, plus `extra`
+ * (NULL-terminated, up to 4 words) before the proxy. */
+static proc *spawn_client_extra(ctx *c, const char *name, const char *server,
+                                uint16_t lport, const char *const *extra) {
+  char local[32];
+  snprintf(local, sizeof local, "127.0.0.1:%u", lport);
+  char *args[12] = {client_path, "--server", (char *)server, "--token",
+                    c->token};
+  size_t n = 5;
+  for (; extra && *extra && n < 9; extra++)
+    args[n++] = (char *)*extra;
+  args[n++] = "tcp";
+  args[n++] = local;
+  args[n] = NULL;
+  return spawn(c, name, args);
+}
+
+static proc *spawn_tls_client(ctx *c, const char *name, uint16_t sport,
+                              uint16_t lport, const char *const *extra) {
+  char server[32];
+  snprintf(server, sizeof server, "127.0.0.1:%u", sport);
+  return spawn_client_extra(c, name, server, lport, extra);
+}
+
+/* The server prints the fingerprint of the certificate it generated; a
+ * client pinning it reaches hello-service through the tunnel, silently. */
+static void test_tls_pin(void **state) {
+  ctx *c = *state;
+  uint16_t sport = 0, hport;
+  char fp[96];
+  proc *srv = start_server(c, &sport);
+  server_fingerprint(c, srv, fp);
+  start_hello(c, &hport);
+  const char *extra[] = {"--tls-pin", fp, NULL};
+  proc *cli = spawn_tls_client(c, "tunnel-client --tls-pin", sport, hport,
+                               extra);
+  expect_hello(c, wait_public(c, cli));
+  uv_process_kill(&cli->h, SIGTERM);
+  expect_exit(c, cli, 0, EXIT_MS);
+  if (strstr(cli->ebuf, "WARNING") || strstr(cli->ebuf, "not encrypted")) {
+    dump(cli);
+    fail_msg("a pinned TLS client warned");
+  }
+  /* A wrong pin is refused at once, and says why. */
+  fp[0] = fp[0] == 'A' ? 'B' : 'A';
+  cli = spawn_tls_client(c, "tunnel-client --tls-pin (wrong)", sport, hport,
+                         extra);
+  expect_exit(c, cli, 1, EXIT_MS);
+  if (!strstr(cli->ebuf, "pin")) {
+    dump(cli);
+    fail_msg("the pin mismatch was not reported");
+  }
+  fprintf(stderr, "# %s said: %s", cli->name, cli->ebuf);
+}
+
+/* --tls-insecure works, after a warning on stderr. */
+static void test_tls_insecure(void **state) {
+  ctx *c = *state;
+  uint16_t sport = 0, hport;
+  start_server(c, &sport);
+  start_hello(c, &hport);
+  const char *extra[] = {"--tls-insecure", NULL};
+  proc *cli = spawn_tls_client(c, "tunnel-client --tls-insecure", sport,
+                               hport, extra);
+  expect_hello(c, wait_public(c, cli));
+  if (!strstr(cli->ebuf, "tunnel-client: WARNING: --tls-insecure")) {
+    dump(cli);
+    fail_msg("no WARNING line for --tls-insecure");
+  }
+}
+
+/* --tls alone verifies against the system CAs, which did not sign the
+ * generated certificate: exit 1 within seconds, saying so. */
+static void test_tls_untrusted(void **state) {
+  ctx *c = *state;
+  uint16_t sport = 0, hport;
+  proc *srv = start_server(c, &sport);
+  start_hello(c, &hport);
+  const char *extra[] = {"--tls", NULL};
+  proc *cli = spawn_tls_client(c, "tunnel-client --tls", sport, hport, extra);
+  expect_exit(c, cli, 1, EXIT_MS);
+  if (cli->olen != 0 || !strstr(cli->ebuf, "certificate not trusted")) {
+    dump(cli);
+    fail_msg("expected 'certificate not trusted' on stderr, nothing on "
+             "stdout");
+  }
+  fprintf(stderr, "# %s said: %s", cli->name, cli->ebuf);
+  assert_false(srv->exited);
+}
+
+/* --tls-only: a plain client exits 1 within seconds; the server logs the
+ * refusal and carries on. */
+static void test_tls_only(void **state) {
+  ctx *c = *state;
+  uint16_t sport = 0, hport;
+  proc *srv = start_server_flag(c, &sport, "--tls-only");
+  start_hello(c, &hport);
+  proc *cli = spawn_client(c, "tunnel-client (plain)", sport, c->token, hport,
+                           0);
+  expect_exit(c, cli, 1, EXIT_MS);
+  assert_int_equal(cli->olen, 0);
+  /* To a loopback address, a plain connection draws no note. */
+  assert_null(strstr(cli->ebuf, "not encrypted"));
+  WAIT(c, strstr(srv->ebuf, "accepts TLS only") || srv->exited);
+  if (srv->exited || !strstr(srv->ebuf, "plain connection from 127.0.0.1")) {
+    dump(srv);
+    fail_msg("the server did not log the refused plain connection");
+  }
+  fprintf(stderr, "# tunnel-server said: %s", srv->ebuf);
+  char fp[96];
+  server_fingerprint(c, srv, fp);
+  const char *extra[] = {"--tls-pin", fp, NULL};
+  proc *tls = spawn_tls_client(c, "tunnel-client --tls-pin", sport, hport,
+                               extra);
+  expect_hello(c, wait_public(c, tls));
+}
+
+/* A plain connection beyond loopback draws a note at once, before any
+ * connection attempt completes (192.0.2.1 is a documentation address that
+ * nothing answers). */
+static void test_plain_note(void **state) {
+  ctx *c = *state;
+  const char *extra[] = {NULL};
+  proc *cli = spawn_client_extra(c, "tunnel-client (remote, plain)",
+                                 "192.0.2.1:1", 8080, extra);
+  WAIT_MS(c, strstr(cli->ebuf, "not encrypted") || cli->exited, EXIT_MS);
+  if (!strstr(cli->ebuf, "tunnel-client: note: the connection to 192.0.2.1 "
+                         "is not encrypted")) {
+    dump(cli);
+    fail_msg("no 'not encrypted' note for a remote plain server");
+  }
+  if (!cli->exited)
+    assert_int_equal(uv_process_kill(&cli->h, SIGKILL), 0);
+}
+
 int main(int argc, char **argv) {
   if (argc != 4 && argc != 5) {
     fprintf(stderr,
@@ -585,6 +936,17 @@ int main(int argc, char **argv) {
       cmocka_unit_test_setup_teardown(test_wrong_token, setup, teardown),
       cmocka_unit_test_setup_teardown(test_port_taken, setup, teardown),
       cmocka_unit_test_setup_teardown(test_reconnect, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_token_file, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_token_precedence, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_token_file_errors, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_token_file_readable, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_tls_pin, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_tls_insecure, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_tls_untrusted, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_tls_only, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_plain_note, setup, teardown),
   };
   if (argc == 5) {
     size_t i, n = sizeof tests / sizeof tests[0];

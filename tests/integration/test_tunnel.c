@@ -174,12 +174,32 @@ static tunnel_config *config_new(it *t, const char *token, uint32_t window,
   return cfg;
 }
 
+#ifdef IT_TLS
+/* Built a second time with IT_TLS: every connection between client and
+ * server runs over TLS (the server's generated certificate, pinned by the
+ * client), and the same cases must pass. */
+static char tls_pin[96];
+#endif
+
+/* A server from `cfg` (freed), TLS only in the TLS build. */
+static void server_new(it *t, tunnel_config *cfg) {
+#ifdef IT_TLS
+  assert_int_equal(tunnel_config_set_tls(cfg, 1), 0);
+  assert_int_equal(tunnel_config_set_tls_only(cfg, 1), 0);
+#endif
+  assert_int_equal(tunnel_server_new(&t->srv, &t->loop, cfg), 0);
+  tunnel_config_free(cfg);
+#ifdef IT_TLS
+  assert_int_equal(
+      tunnel_server_tls_fingerprint(t->srv, tls_pin, sizeof tls_pin), 0);
+#endif
+}
+
 static void server_start(it *t, const char *token, uint32_t window) {
   tunnel_config *cfg = config_new(t, token, window, "server");
   assert_int_equal(tunnel_config_set_proxy_bind_addr(cfg, "127.0.0.1"), 0);
   assert_int_equal(tunnel_config_set_port_range(cfg, t->lo, t->hi), 0);
-  assert_int_equal(tunnel_server_new(&t->srv, &t->loop, cfg), 0);
-  tunnel_config_free(cfg);
+  server_new(t, cfg);
   assert_int_equal(tunnel_server_listen(t->srv, "127.0.0.1", 0), 0);
   assert_int_equal(tunnel_server_port(t->srv, &t->srv_port), 0);
   assert_true(t->srv_port != 0);
@@ -205,6 +225,10 @@ static cl *client_start_rc(it *t, const char *token, int mux, uint32_t window,
   k->t = t;
   tunnel_config *cfg = config_new(t, token, window, "client");
   assert_int_equal(tunnel_config_set_tcp_mux(cfg, mux), 0);
+#ifdef IT_TLS
+  assert_int_equal(tunnel_config_set_tls(cfg, 1), 0);
+  assert_int_equal(tunnel_config_set_tls_pin(cfg, tls_pin), 0);
+#endif
   *rc = tunnel_client_new(&k->c, &t->loop, cfg);
   tunnel_config_free(cfg);
   if (*rc)
@@ -1256,8 +1280,7 @@ static void test_many_stalled_visitors(void **state) {
   assert_int_equal(tunnel_config_set_proxy_bind_addr(cfg, "127.0.0.1"), 0);
   assert_int_equal(tunnel_config_set_port_range(cfg, t.lo, t.hi), 0);
   assert_int_equal(tunnel_config_set_buffer_limits(cfg, budget, budget), 0);
-  assert_int_equal(tunnel_server_new(&t.srv, &t.loop, cfg), 0);
-  tunnel_config_free(cfg);
+  server_new(&t, cfg);
   assert_int_equal(tunnel_server_listen(t.srv, "127.0.0.1", 0), 0);
   assert_int_equal(tunnel_server_port(t.srv, &t.srv_port), 0);
   int rc;
