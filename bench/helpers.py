@@ -130,23 +130,130 @@ def iperf(path):
     return 0
 
 
+def num(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+class Results(dict):
+    """{key: value}, and in .rounds {key: {round: number}} for the keys
+    measured in rounds."""
+    rounds = None
+
+
 def load(path):
-    r = {}
+    """The results. A key measured in rounds (KEY#ROUND) reads as the median
+    of its numeric rounds ("err" if none is); its rounds are in .rounds."""
+    r = Results()
+    r.rounds = {}
+    rounds = {}
     with open(path) as f:
         for line in f:
             line = line.rstrip("\n")
             if not line or " " not in line:
                 continue
             k, v = line.split(" ", 1)
-            r[k] = v
+            if "#" in k:
+                k, rd = k.rsplit("#", 1)
+                rounds.setdefault(k, {})[rd] = num(v)
+            else:
+                r[k] = v
+    for k, per in rounds.items():
+        xs = [x for x in per.values() if x is not None]
+        r[k] = repr(median(xs)) if xs else "err"
+        r.rounds[k] = {rd: x for rd, x in per.items() if x is not None}
     return r
 
 
-def num(v):
-    try:
-        return float(v)
-    except (TypeError, ValueError):
+def spread(r, key):
+    """Half the range of KEY's rounds, relative to their median (None with
+    fewer than two rounds)."""
+    xs = list(r.rounds.get(key, {}).values())
+    if len(xs) < 2:
         return None
+    m = median(xs)
+    return (max(xs) - min(xs)) / 2 / m if m else None
+
+
+def round_ratios(r, a, b):
+    """A / B in each round where both were measured."""
+    ra, rb = r.rounds.get(a, {}), r.rounds.get(b, {})
+    return [ra[k] / rb[k] for k in ra if k in rb and rb[k]]
+
+
+def tls_report(r):
+    """Plain against TLS between tunnel-client and tunnel-server, and the
+    TLS tunnel against ssh -R: medians, spread, per-round ratios."""
+    if not any(k.startswith(("tput.tls", "conn.tls")) for k in r):
+        return
+    n = r.get("meta.rounds", "1")
+    suite = r.get("meta.tls") or "cipher suite not reported"
+
+    def rng(key, fmt):
+        xs = list(r.rounds.get(key, {}).values())
+        if not xs:
+            return r.get(key, "n/a")
+        m = fmt % median(xs)
+        if len(xs) < 2:
+            return m
+        return "%s [%s..%s]" % (m, fmt % min(xs), fmt % max(xs))
+
+    print()
+    print("TLS between tunnel-client and tunnel-server (%s); %s" % (
+        suite, "one round" if n == "1" else
+        "median of %s rounds [lowest..highest]" % n))
+    print()
+    hdr = "%-22s %-20s %-20s %-18s %s" % (
+        "path", "fwd Gbit/s", "rev Gbit/s", "conn/s", "conn p50 ms")
+    print(hdr)
+    print("-" * len(hdr))
+    for key, label in (("mux", "tunnel, mux"), ("tlsmux", "tunnel, mux, TLS"),
+                       ("nomux", "tunnel, no-mux"),
+                       ("tlsnomux", "tunnel, no-mux, TLS"), ("ssh", "ssh -R")):
+        print(("%-22s %-20s %-20s %-18s %s" % (
+            label, rng("tput.%s.fwd" % key, "%.2f"),
+            rng("tput.%s.rev" % key, "%.2f"), rng("conn.%s.rate" % key, "%.0f"),
+            rng("conn.%s.p50" % key, "%.3f"))).rstrip())
+    print()
+    hdr = "%-34s %7s %-16s %s" % ("ratio, per round", "median", "[low..high]",
+                                 "target (on the median)")
+    print(hdr)
+    print("-" * (len(hdr) + 6))
+    rows = [
+        ("TLS mux / ssh -R, fwd", "tput.tlsmux.fwd", "tput.ssh.fwd", 1.5),
+        ("TLS mux / ssh -R, rev", "tput.tlsmux.rev", "tput.ssh.rev", 1.5),
+        ("TLS mux / plain mux, conn/s", "conn.tlsmux.rate", "conn.mux.rate",
+         0.8),
+        ("TLS no-mux / plain no-mux, conn/s", "conn.tlsnomux.rate",
+         "conn.nomux.rate", 0.8),
+        ("TLS mux / plain mux, fwd", "tput.tlsmux.fwd", "tput.mux.fwd", None),
+        ("TLS mux / plain mux, rev", "tput.tlsmux.rev", "tput.mux.rev", None),
+        ("TLS no-mux / plain no-mux, fwd", "tput.tlsnomux.fwd",
+         "tput.nomux.fwd", None),
+        ("TLS no-mux / plain no-mux, rev", "tput.tlsnomux.rev",
+         "tput.nomux.rev", None),
+    ]
+    for label, a, b, want in rows:
+        xs = round_ratios(r, a, b)
+        if not xs:
+            print("%-34s %7s" % (label, "n/a"))
+            continue
+        m = median(xs)
+        span = "[%.2f..%.2f]" % (min(xs), max(xs)) if len(xs) > 1 else ""
+        tgt = ""
+        if want is not None:
+            tgt = ">= %.1fx: %s" % (want, "met" if m >= want else "NOT met")
+            if m >= want > min(xs):
+                tgt += " (not in every round)"
+        print(("%-34s %6.2fx %-16s %s" % (label, m, span, tgt)).rstrip())
 
 
 def http_report(r, ratio, rcell):
@@ -218,6 +325,9 @@ def report(path):
         ("mux", "tunnel, mux"),
         ("nomux", "tunnel, no-mux"),
     ]
+    if any(k.startswith(("tput.tls", "conn.tls")) for k in r):
+        rows[4:4] = [("tlsmux", "tunnel, mux, TLS")]
+        rows.append(("tlsnomux", "tunnel, no-mux, TLS"))
     # Peer tunnels: rows only when the run measured them (their binaries
     # were there).
     peers = []
@@ -230,21 +340,30 @@ def report(path):
     def cell(key, fmt="%.2f"):
         v = r.get(key, "n/a")
         n = num(v)
-        return fmt % n if n is not None else v
+        if n is None:
+            return v
+        sp = spread(r, key)
+        return fmt % n + ("" if sp is None else "±%.0f%%" % (sp * 100))
 
+    nr = r.get("meta.rounds", "1")
     print()
     print("libtunnel bench  (%s)" % r.get("meta.desc", ""))
     print()
     print("Throughput, iperf3 single stream, %s s each; new connections: %s "
           "total, %s concurrent" % (r.get("meta.seconds"), r.get("meta.conns"),
                                    r.get("meta.conc")))
+    if nr != "1":
+        print("Median of %s rounds; ±: half the range between the lowest and "
+              "highest round, relative to the median" % nr)
+    if r.get("meta.quick") == "1":
+        print("Quick run (BENCH_QUICK=1): no HTTP, frp or bore")
     print()
-    hdr = "%-30s %11s %11s %10s %9s %9s" % (
+    hdr = "%-30s %11s %11s %10s %10s %10s" % (
         "path", "fwd Gbit/s", "rev Gbit/s", "conn/s", "p50 ms", "p99 ms")
     print(hdr)
     print("-" * len(hdr))
     for key, label in rows:
-        print("%-30s %11s %11s %10s %9s %9s" % (
+        print("%-30s %11s %11s %10s %10s %10s" % (
             label, cell("tput.%s.fwd" % key), cell("tput.%s.rev" % key),
             cell("conn.%s.rate" % key, "%.0f"),
             cell("conn.%s.p50" % key), cell("conn.%s.p99" % key)))
@@ -294,6 +413,7 @@ def report(path):
             rcell(ratio("tput.%s.rev" % key, "tput.direct.rev")),
             rcell(ratio("conn.%s.rate" % key, "conn.direct.rate"))))
 
+    tls_report(r)
     http_report(r, ratio, rcell)
 
     print()
@@ -315,6 +435,9 @@ def report(path):
         note = "target <= %d KiB: %s" % (
             lim, "n/a" if v is None else ("met" if v <= lim else "NOT met"))
         rss_row(key, label, note)
+    if "rss.client_tlsmux" in r:
+        rss_row("rss.client_tlsmux", "tunnel-client, 1 proxy, mux, TLS",
+                "informational")
     rss_row("rss.socat", "socat, idle listener (baseline)")
     s, c = num(r.get("rss.socat")), num(r.get("rss.client_mux"))
     if s and c:
@@ -329,6 +452,9 @@ def report(path):
             "informational (VmHWM)")
     rss_row("hwm.client_nomux", "tunnel-client no-mux, peak after load",
             "informational (VmHWM)")
+    if "hwm.client_tlsmux" in r:
+        rss_row("hwm.client_tlsmux", "tunnel-client mux TLS, peak after load",
+                "informational (VmHWM)")
     print("(priv = Private_Clean + Private_Dirty from smaps_rollup: memory "
           "not shared with other processes; RSS also counts shared libc etc.)")
     notes = [v for k, v in sorted(r.items()) if k.startswith("note.")]

@@ -1,10 +1,10 @@
 #!/bin/bash
 # libtunnel benchmark: TCP throughput (iperf3), new-connection rate, HTTP
 # request rate and latency (wrk, keep-alive) and idle client RSS of the
-# tunnel (mux and no-mux) against baselines measured in the same run: a
-# direct connection, a chain of two socat relays, ssh -R, and, when their
-# binaries are there, stock frp (frps + frpc, its HTTP vhost for HTTP) and
-# bore. Everything runs on 127.0.0.1. See bench/README.md.
+# tunnel (mux and no-mux, plain and TLS to the server) against baselines
+# measured in the same run: a direct connection, a chain of two socat relays,
+# ssh -R, and, when their binaries are there, stock frp (frps + frpc, its HTTP
+# vhost for HTTP) and bore. Everything runs on 127.0.0.1. See bench/README.md.
 #
 # Environment:
 #   BENCH_SECONDS   iperf3 duration per direction, and wrk duration per path
@@ -12,6 +12,10 @@
 #   BENCH_CONNS     connections per conn-rate run (default 2000)
 #   BENCH_CONC      concurrent connections in conn-rate runs (default 32)
 #   BENCH_HTTP_CONNS  wrk keep-alive connections (default 32, 2 threads)
+#   BENCH_ROUNDS    measure every throughput and conn-rate row this many times,
+#                   one round after the other (default 1); the tables show
+#                   medians and the spread
+#   BENCH_QUICK=1   throughput and conn rate only: no HTTP, no frp or bore
 #   BENCH_BUILD     meson build directory (default build-bench)
 #   BENCH_SSH_CIPHER  force an ssh cipher (default: OpenSSH's choice)
 #   BENCH_PEERS     directory with frps, frpc and bore (default ../shared/peers
@@ -24,6 +28,8 @@ T=${BENCH_SECONDS:-5}
 N=${BENCH_CONNS:-2000}
 C=${BENCH_CONC:-32}
 HC=${BENCH_HTTP_CONNS:-32}
+ROUNDS=${BENCH_ROUNDS:-1}
+QUICK=${BENCH_QUICK:-0}
 WARM=200
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -38,9 +44,10 @@ die() {
 }
 say() { echo "bench: $*" >&2; }
 
-for v in "$T" "$N" "$C" "$HC"; do
-  case "$v" in '' | *[!0-9]* | 0) die "BENCH_SECONDS, BENCH_CONNS, BENCH_CONC and BENCH_HTTP_CONNS must be positive integers" ;; esac
+for v in "$T" "$N" "$C" "$HC" "$ROUNDS"; do
+  case "$v" in '' | *[!0-9]* | 0) die "BENCH_SECONDS, BENCH_CONNS, BENCH_CONC, BENCH_HTTP_CONNS and BENCH_ROUNDS must be positive integers" ;; esac
 done
+case "$QUICK" in 0 | 1) ;; *) die "BENCH_QUICK must be 0 or 1" ;; esac
 [ "$HC" -ge 2 ] || die "BENCH_HTTP_CONNS must be at least 2 (wrk runs 2 threads)"
 
 
@@ -201,6 +208,8 @@ put meta.seconds "$T"
 put meta.conns "$N"
 put meta.conc "$C"
 put meta.http_conns "$HC"
+put meta.rounds "$ROUNDS"
+put meta.quick "$QUICK"
 
 freeport() { $H freeport; }
 waitlisten() { $H waitlisten "$1" "${2:-5}"; }
@@ -333,6 +342,9 @@ for _ in $(seq 1 100); do
   sleep 0.05
 done
 [ -n "$THTTP" ] || die "tunnel-server did not print its HTTP port: $(tail -n 5 "$work/server.err")"
+# The same server takes plain and TLS clients; with no certificate given it
+# makes one at start and prints its fingerprint, which the TLS clients pin.
+TLS_PIN=$(sed -n 's/^tls certificate.* sha256 \([0-9A-Fa-f:]*\)$/\1/p' "$work/server.out")
 TUNNEL_PROCS=("server:$SERVER_PID")
 
 # check_tunnel: records (once) any tunnel process (ours, or a peer tunnel's)
@@ -394,6 +406,27 @@ else
   say "tunnel-client reports --no-mux unavailable: no-mux rows will read n/a"
   put note.nomux "tunnel-client: --no-mux is not available in this build"
 fi
+# The same proxies with TLS between client and server. With no-mux, every
+# work connection is a TLS connection of its own (a resumed handshake).
+TLSMUX_IPERF="" TLSMUX_ECHO="" TLSMUX_PID="" TLSNOMUX_IPERF="" TLSNOMUX_ECHO=""
+if [ -n "$TLS_PIN" ]; then
+  # -v: the client names the cipher suite at login (nothing per connection).
+  tls=(--tls --tls-pin "$TLS_PIN" -v)
+  tunnel_client tls-mux-iperf "$IPORT" "${tls[@]}"
+  TLSMUX_IPERF=$TC_PORT TLSMUX_PID=$TC_PID
+  tunnel_client tls-mux-echo "$EPORT" "${tls[@]}"
+  TLSMUX_ECHO=$TC_PORT
+  if [ -n "$NOMUX_PID" ]; then
+    tunnel_client tls-nomux-iperf "$IPORT" --no-mux "${tls[@]}"
+    TLSNOMUX_IPERF=$TC_PORT
+    tunnel_client tls-nomux-echo "$EPORT" --no-mux "${tls[@]}"
+    TLSNOMUX_ECHO=$TC_PORT
+  fi
+  put meta.tls "$(sed -n 's/.*client: TLS \(.*\), [a-z]* handshake$/\1/p' "$work/tls-mux-iperf.err" | head -n 1)"
+else
+  say "tunnel-server printed no TLS certificate: TLS rows will read n/a"
+  put note.tls "tunnel-server printed no TLS certificate line: TLS rows read n/a"
+fi
 
 # tunnel_http_client NAME SUBDOMAIN [--no-mux]: an http proxy for the HTTP
 # service, reached on the server's HTTP port as SUBDOMAIN.localhost; waits
@@ -414,16 +447,18 @@ tunnel_http_client() {
     die "no answer through the HTTP tunnel $name: $(tail -n 5 "$work/$name.err")"
   TH_HOST="$sub.localhost:$THTTP"
 }
-tunnel_http_client mux-http bench-mux
-MUX_HTTP_HOST=$TH_HOST
-NOMUX_HTTP_HOST=""
-if [ -n "$NOMUX_PID" ]; then
-  tunnel_http_client nomux-http bench-nomux --no-mux
-  NOMUX_HTTP_HOST=$TH_HOST
+MUX_HTTP_HOST="" NOMUX_HTTP_HOST="" MUX_HTTPTCP=""
+if [ "$QUICK" = 0 ]; then
+  tunnel_http_client mux-http bench-mux
+  MUX_HTTP_HOST=$TH_HOST
+  if [ -n "$NOMUX_PID" ]; then
+    tunnel_http_client nomux-http bench-nomux --no-mux
+    NOMUX_HTTP_HOST=$TH_HOST
+  fi
+  # The same HTTP service through a plain tcp proxy: what HTTP routing costs.
+  tunnel_client mux-httptcp "$HPORT"
+  MUX_HTTPTCP=$TC_PORT
 fi
-# The same HTTP service through a plain tcp proxy: what HTTP routing costs.
-tunnel_client mux-httptcp "$HPORT"
-MUX_HTTPTCP=$TC_PORT
 
 # Peer tunnels, when their binaries are there. frp: frps + one frpc with
 # two tcp proxies, its defaults otherwise (tcp_mux on, pool_count 1), token
@@ -519,7 +554,9 @@ setup_bore() {
   fi
   BORE_IPERF=$bi BORE_ECHO=$be
 }
-if [ -x "$PEERS/frps" ] && [ -x "$PEERS/frpc" ]; then
+if [ "$QUICK" = 1 ]; then
+  say "quick mode: no frp, bore or HTTP"
+elif [ -x "$PEERS/frps" ] && [ -x "$PEERS/frpc" ]; then
   FRP_HAVE=1
   put meta.frp "$("$PEERS/frps" --version 2>/dev/null | head -n 1)"
   say "starting frps and frpc"
@@ -528,7 +565,9 @@ else
   say "no frps/frpc in $PEERS: frp rows left out"
   put note.frp "frp rows left out: no frps and frpc in $PEERS"
 fi
-if [ -x "$PEERS/bore" ]; then
+if [ "$QUICK" = 1 ]; then
+  :
+elif [ -x "$PEERS/bore" ]; then
   BORE_HAVE=1
   put meta.bore "$("$PEERS/bore" --version 2>/dev/null | sed 's/^bore-cli //' | head -n 1)"
   say "starting bore server and bore local"
@@ -546,6 +585,7 @@ sleep 1
 mem() { put "rss.$1" "$(rss "$2")"; put "priv.$1" "$(priv "$2")"; }
 mem client_mux "$MUX_PID"
 [ -n "$NOMUX_PID" ] && mem client_nomux "$NOMUX_PID"
+[ -n "$TLSMUX_PID" ] && mem client_tlsmux "$TLSMUX_PID"
 mem socat "$SOCAT_RSS_PID"
 mem server "$SERVER_PID"
 [ -n "$SSH_PID" ] && [ -n "$SSH_IPERF" ] && mem ssh "$SSH_PID"
@@ -553,58 +593,59 @@ mem server "$SERVER_PID"
 [ -n "$BORE_IPERF" ] && mem bore "$BORE_PID"
 
 # ---------------------------------------------------------------- throughput
+# Every measurement is stored as KEY#ROUND; the report takes the median over
+# the rounds, the spread, and each ratio per round (both sides measured
+# minutes apart at most, under the same load from the rest of the machine).
 IPERF_PID=""
-iperf_run() { # KEY DIR PORT
-  local key=$1 dir=$2 port=$3 flag="" v
+iperf_run() { # KEY DIR PORT ROUND
+  local key=$1 dir=$2 port=$3 r=$4 flag="" v tag=$1-$2-r$4
   [ "$dir" = rev ] && flag=-R
   if [ -z "$port" ]; then
     put "tput.$key.$dir" n/a
     return
   fi
-  start "iperf3-server-$key-$dir" iperf3 -s -1 -B 127.0.0.1 -p "$IPORT"
+  start "iperf3-server-$tag" iperf3 -s -1 -B 127.0.0.1 -p "$IPORT"
   IPERF_PID=$LASTPID
-  waitlisten "$IPORT" 5 || die "iperf3 server did not listen on $IPORT: $(cat "$work/iperf3-server-$key-$dir.err")"
+  waitlisten "$IPORT" 5 || die "iperf3 server did not listen on $IPORT: $(cat "$work/iperf3-server-$tag.err")"
   timeout $((T + 30)) iperf3 -c 127.0.0.1 -p "$port" -t "$T" -J $flag \
-    --connect-timeout 5000 >"$work/iperf-$key-$dir.json" 2>"$work/iperf-$key-$dir.err" || true
-  v=$($H iperf "$work/iperf-$key-$dir.json") || {
-    say "iperf3 $key $dir failed: ${v#err: }"
-    put "note.iperf-$key-$dir" "iperf3 $key $dir failed: ${v#err: }"
+    --connect-timeout 5000 >"$work/iperf-$tag.json" 2>"$work/iperf-$tag.err" || true
+  v=$($H iperf "$work/iperf-$tag.json") || {
+    say "iperf3 $key $dir (round $r) failed: ${v#err: }"
+    put "note.iperf-$tag" "iperf3 $key $dir (round $r) failed: ${v#err: }"
     v=err
   }
-  put "tput.$key.$dir" "$v"
+  put "tput.$key.$dir#$r" "$v"
   say "  $key $dir: $v Gbit/s"
   stop "$IPERF_PID"
   check_tunnel "iperf3 $key $dir"
 }
-say "throughput, ${T}s per direction"
-TPUT_ROWS=("direct:$IPORT" "socat:$SOCAT_IPERF" "ssh:$SSH_IPERF" "mux:$MUX_IPERF" "nomux:$NOMUX_IPERF")
-CONN_ROWS=("direct:$EPORT" "socat:$SOCAT_ECHO" "ssh:$SSH_ECHO" "mux:$MUX_ECHO" "nomux:$NOMUX_ECHO")
+TPUT_ROWS=("direct:$IPORT" "socat:$SOCAT_IPERF" "ssh:$SSH_IPERF" "mux:$MUX_IPERF"
+  "tlsmux:$TLSMUX_IPERF" "nomux:$NOMUX_IPERF" "tlsnomux:$TLSNOMUX_IPERF")
+CONN_ROWS=("direct:$EPORT" "socat:$SOCAT_ECHO" "ssh:$SSH_ECHO" "mux:$MUX_ECHO"
+  "tlsmux:$TLSMUX_ECHO" "nomux:$NOMUX_ECHO" "tlsnomux:$TLSNOMUX_ECHO")
 for e in "${PEER_ROWS[@]}"; do
   IFS=: read -r key ip ep <<<"$e"
   TPUT_ROWS+=("$key:$ip")
   CONN_ROWS+=("$key:$ep")
 done
-for row in "${TPUT_ROWS[@]}"; do
-  for dir in fwd rev; do iperf_run "${row%%:*}" "$dir" "${row#*:}"; done
-done
 
 # ---------------------------------------------------------------- conn rate
-conn_run() { # KEY PORT
-  local key=$1 port=$2 out rc=0 f
+conn_run() { # KEY PORT ROUND
+  local key=$1 port=$2 r=$3 out rc=0 f tag=$1-r$3
   if [ -z "$port" ]; then
     put "conn.$key.rate" n/a
     return
   fi
   # Warm-up (not measured), then the measured run; both time-bounded.
-  timeout 60 "$CR" -n "$WARM" -c "$C" -t 30 "127.0.0.1:$port" >/dev/null 2>"$work/conn-$key-warm.err" || true
-  out=$(timeout 120 "$CR" -n "$N" -c "$C" -t 90 "127.0.0.1:$port" 2>"$work/conn-$key.err") || rc=$?
+  timeout 60 "$CR" -n "$WARM" -c "$C" -t 30 "127.0.0.1:$port" >/dev/null 2>"$work/conn-$tag-warm.err" || true
+  out=$(timeout 120 "$CR" -n "$N" -c "$C" -t 90 "127.0.0.1:$port" 2>"$work/conn-$tag.err") || rc=$?
   # A run shorter than a second is noisy: do two more, keep the median rate.
   local secs
   secs=$(echo "$out" | tr ' ' '\n' | sed -n 's/^seconds=//p')
   if [ $rc = 0 ] && awk -v s="${secs:-9}" 'BEGIN {exit !(s < 1)}'; then
     local o2 o3
-    o2=$(timeout 120 "$CR" -n "$N" -c "$C" -t 90 "127.0.0.1:$port" 2>>"$work/conn-$key.err") || rc=$?
-    o3=$(timeout 120 "$CR" -n "$N" -c "$C" -t 90 "127.0.0.1:$port" 2>>"$work/conn-$key.err") || rc=$?
+    o2=$(timeout 120 "$CR" -n "$N" -c "$C" -t 90 "127.0.0.1:$port" 2>>"$work/conn-$tag.err") || rc=$?
+    o3=$(timeout 120 "$CR" -n "$N" -c "$C" -t 90 "127.0.0.1:$port" 2>>"$work/conn-$tag.err") || rc=$?
     if [ $rc = 0 ]; then
       out=$(printf '%s\n%s\n%s\n' "$out" "$o2" "$o3" |
         awk '{for (i = 1; i <= NF; i++) if ($i ~ /^rate=/) r = substr($i, 6); print r, $0}' |
@@ -615,19 +656,62 @@ conn_run() { # KEY PORT
   for f in rate p50 p99; do
     local v
     v=$(echo "$out" | tr ' ' '\n' | sed -n "s/^${f}\(_ms\)\?=//p")
-    put "conn.$key.$f" "${v:-err}"
+    put "conn.$key.$f#$r" "${v:-err}"
   done
   if [ $rc != 0 ]; then
-    say "conn rate $key: failures ($out) $(cat "$work/conn-$key.err")"
-    put "note.conn-$key" "conn rate $key: $(echo "$out" | cut -d' ' -f1-2) $(head -n 2 "$work/conn-$key.err" | tr '\n' ' ')"
+    say "conn rate $key (round $r): failures ($out) $(cat "$work/conn-$tag.err")"
+    put "note.conn-$tag" "conn rate $key (round $r): $(echo "$out" | cut -d' ' -f1-2) $(head -n 2 "$work/conn-$tag.err" | tr '\n' ' ')"
   fi
   say "  $key: $out"
   check_tunnel "conn rate $key"
 }
-say "new-connection rate, $N connections, $C concurrent"
-for row in "${CONN_ROWS[@]}"; do
-  conn_run "${row%%:*}" "${row#*:}"
+
+for ((round = 1; round <= ROUNDS; round++)); do
+  say "round $round of $ROUNDS: throughput, ${T}s per direction"
+  for row in "${TPUT_ROWS[@]}"; do
+    for dir in fwd rev; do iperf_run "${row%%:*}" "$dir" "${row#*:}" "$round"; done
+  done
+  say "round $round of $ROUNDS: new-connection rate, $N connections, $C concurrent"
+  for row in "${CONN_ROWS[@]}"; do
+    conn_run "${row%%:*}" "${row#*:}" "$round"
+  done
 done
+
+# How TLS no-mux work connections are set up: the measured server logs
+# warnings only, so a second one with debug logs (where each TLS handshake
+# is named full or resumed) serves one no-mux TLS client for WARM visitors.
+tls_resume_check() {
+  local line ctl pin port full resumed
+  start server-debug "$BIN/tunnel-server" --control 127.0.0.1:0 --bind 127.0.0.1 \
+    --ports 30000-30999 --token "$token" -v -v
+  local spid=$LASTPID
+  line=$(wait_line "$work/server-debug.out" "$spid" 10) || return 1
+  ctl=${line#listening on }
+  pin=""
+  for _ in $(seq 1 20); do
+    pin=$(sed -n 's/^tls certificate.* sha256 \([0-9A-Fa-f:]*\)$/\1/p' "$work/server-debug.out")
+    [ -n "$pin" ] && break
+    sleep 0.05
+  done
+  [ -n "$pin" ] || { stop "$spid"; return 1; }
+  start tls-debug "$BIN/tunnel-client" --server "$ctl" --token "$token" --no-mux \
+    --tls --tls-pin "$pin" tcp "127.0.0.1:$EPORT" --name tls-debug
+  local cpid=$LASTPID
+  if line=$(wait_line "$work/tls-debug.out" "$cpid" 10); then
+    port=${line##*:}
+    timeout 60 "$CR" -n "$WARM" -c "$C" -t 30 "127.0.0.1:$port" >/dev/null 2>&1 || true
+  fi
+  stop "$cpid"
+  stop "$spid"
+  [ -n "${port:-}" ] || return 1
+  full=$(grep -c "server: TLS from .*, full handshake" "$work/server-debug.err" || true)
+  resumed=$(grep -c "server: TLS from .*, resumed handshake" "$work/server-debug.err" || true)
+  put note.tls-resume "TLS no-mux, $WARM visitors through a second server with debug logs: $((full + resumed)) TLS handshakes (control connection included), $resumed resumed, $full full"
+}
+if [ -n "$TLSNOMUX_ECHO" ]; then
+  say "TLS no-mux: counting full and resumed handshakes"
+  tls_resume_check || put note.tls-resume "TLS no-mux: the handshake count (second server, debug logs) did not come up"
+fi
 
 # ---------------------------------------------------------------- HTTP
 # wrk, keep-alive, HC connections over 2 threads, GET / of the same HTTP
@@ -659,24 +743,27 @@ http_run() { # KEY PORT HOST
   say "  $key: $rps req/s, p50 $p50 ms, p99 $p99 ms, $errs errors"
   check_tunnel "wrk $key"
 }
-say "HTTP, wrk -t2 -c$HC -d${T}s keep-alive"
-HTTP_ROWS=("direct:$HPORT:127.0.0.1:$HPORT" "socat:$SOCAT_HTTP:127.0.0.1:$SOCAT_HTTP")
-HTTP_ROWS+=("ssh:$SSH_HTTP:127.0.0.1:$SSH_HTTP")
-HTTP_ROWS+=("mux:$THTTP:$MUX_HTTP_HOST")
-if [ -n "$NOMUX_HTTP_HOST" ]; then HTTP_ROWS+=("nomux:$THTTP:$NOMUX_HTTP_HOST"); else HTTP_ROWS+=("nomux::"); fi
-HTTP_ROWS+=("tcpmux:$MUX_HTTPTCP:127.0.0.1:$MUX_HTTPTCP")
-if [ $FRP_HAVE = 1 ]; then
-  if [ -n "$FRP_HTTP" ]; then HTTP_ROWS+=("frp:$FRP_HTTP"); else HTTP_ROWS+=("frp::"); fi
+if [ "$QUICK" = 0 ]; then
+  say "HTTP, wrk -t2 -c$HC -d${T}s keep-alive"
+  HTTP_ROWS=("direct:$HPORT:127.0.0.1:$HPORT" "socat:$SOCAT_HTTP:127.0.0.1:$SOCAT_HTTP")
+  HTTP_ROWS+=("ssh:$SSH_HTTP:127.0.0.1:$SSH_HTTP")
+  HTTP_ROWS+=("mux:$THTTP:$MUX_HTTP_HOST")
+  if [ -n "$NOMUX_HTTP_HOST" ]; then HTTP_ROWS+=("nomux:$THTTP:$NOMUX_HTTP_HOST"); else HTTP_ROWS+=("nomux::"); fi
+  HTTP_ROWS+=("tcpmux:$MUX_HTTPTCP:127.0.0.1:$MUX_HTTPTCP")
+  if [ $FRP_HAVE = 1 ]; then
+    if [ -n "$FRP_HTTP" ]; then HTTP_ROWS+=("frp:$FRP_HTTP"); else HTTP_ROWS+=("frp::"); fi
+  fi
+  for row in "${HTTP_ROWS[@]}"; do
+    IFS=: read -r key port host <<<"$row"
+    # A row whose port is missing (its path did not come up) reads n/a.
+    [ -z "$port" ] && host=""
+    http_run "$key" "$port" "$host"
+  done
 fi
-for row in "${HTTP_ROWS[@]}"; do
-  IFS=: read -r key port host <<<"$row"
-  # A row whose port is missing (its path did not come up) reads n/a.
-  [ -z "$port" ] && host=""
-  http_run "$key" "$port" "$host"
-done
 
 put hwm.client_mux "$(hwm "$MUX_PID")"
 [ -n "$NOMUX_PID" ] && put hwm.client_nomux "$(hwm "$NOMUX_PID")"
+[ -n "$TLSMUX_PID" ] && put hwm.client_tlsmux "$(hwm "$TLSMUX_PID")"
 check_tunnel "the end of the run"
 # Reconnects of a tunnel-client mean its control connection broke mid-run.
 for e in "${TUNNEL_PROCS[@]}"; do

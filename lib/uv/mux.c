@@ -14,6 +14,11 @@
 #define OUT_HIGH (2u * 1024u * 1024u)
 #define OUT_LOW (512u * 1024u)
 #define MAX_IOV 64
+/* Writes up to this size are queued and leave together at the end of the
+ * loop iteration: under load one writev carries the frames of every
+ * stream that had something to say, instead of one syscall each. Larger
+ * ones go to the socket at once, header and payload uncopied. */
+#define COALESCE_MAX (16u * 1024u)
 
 struct tunnel__mux {
   uv_tcp_t *tcp;       /* until started: then the link owns it */
@@ -249,9 +254,14 @@ static void feed(tunnel__mux *m, const uint8_t *data, size_t n) {
   if (rc)
     tunnel__log(&m->log, TUNNEL_LOG_WARN, "mux: closing session: %s",
                 tunnel_strerror(rc));
-  flush(m); /* replies, window updates, and the GoAway on error */
-  if (rc)
+  /* Replies and window updates leave with the iteration's other frames;
+   * the GoAway on error at once, before the transport goes. */
+  if (rc) {
+    flush(m);
     end(m, rc);
+  } else if (tunnel__ymx_out_pending(m->ymx)) {
+    tunnel__mux_flush_soon(m);
+  }
 }
 
 /* The session consumes each read synchronously and streams copy what
@@ -374,7 +384,7 @@ int tunnel__mux_send(tunnel__mux *m, uint32_t id, const uint8_t *data,
                      size_t len, size_t *done) {
   tunnel__ymx *y = m->ymx;
   *done = 0;
-  while (len && !m->writing && m->started && !m->ended &&
+  while (len > COALESCE_MAX && !m->writing && m->started && !m->ended &&
          tunnel__ymx_out_pending(y) == 0) {
     uint8_t hdr[TUNNEL__YMX_HEADER_SIZE];
     size_t n;

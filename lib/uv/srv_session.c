@@ -570,7 +570,12 @@ static void on_new_work_conn(tunnel_server *srv, srv_sess *sess,
   if (ctl->waiting) {
     srv_waiter *w = ctl->waiting;
     tunnel__srv_cancel_work(ctl, w);
-    req_work_conn(ctl); /* keep the pool at its size */
+    /* It came for this visitor (asked for when the visitor arrived): the
+     * pool was not drawn, so ask again only if what is pooled and on its
+     * way no longer covers the pool and the visitors still waiting. Over
+     * TLS each extra work connection would cost a handshake. */
+    if (ctl->pooled + ctl->requested < ctl->pool_count + ctl->nwaiting)
+      req_work_conn(ctl);
     w->got(w, st);
     return;
   }
