@@ -27,6 +27,7 @@ typedef struct tls_link {
   int uv_reading;
   int established;
   int tcp_eof;   /* the socket ended (with or without close_notify) */
+  int marker;    /* frp's 0x17 still to send, ahead of the ClientHello */
   int pending_input; /* the engine may hold records not yet read */
   tunnel__task task;
   /* Ciphertext accounting: `sent` bytes reached the socket ever. */
@@ -119,48 +120,58 @@ static void shut_cb(uv_shutdown_t *req, int status) {
     cb(l, status == 0 ? 0 : tunnel__uv_err(status), l->shut_ud);
 }
 
+/* The iovecs of what is to send: frp's marker first while it is pending,
+ * then the engine's queue. Returns the engine's bytes among them. */
+static size_t out_bufs(tls_link *t, uv_buf_t *bufs, unsigned *n) {
+  tunnel__iov iov[MAX_IOV];
+  size_t k = tunnel__tls_out_iov(t->tls, iov, MAX_IOV);
+  size_t total = 0;
+  *n = 0;
+  if (t->marker)
+    bufs[(*n)++] = uv_buf_init((char *)&t->marker_byte, 1);
+  for (size_t i = 0; i < k; i++) {
+    bufs[(*n)++] = uv_buf_init((char *)iov[i].base, (unsigned)iov[i].len);
+    total += iov[i].len;
+  }
+  return total;
+}
+
 /* Hands queued ciphertext to the socket: at once what it takes, the rest
  * through one uv_write at a time. */
 static void flush_sock(tls_link *t) {
   tunnel__link *l = &t->l;
   while (!t->sock_writing && !l->closing && !l->error) {
-    uv_buf_t bufs[MAX_IOV];
-    tunnel__iov iov[MAX_IOV];
-    size_t n = tunnel__tls_out_iov(t->tls, iov, MAX_IOV);
-    size_t total = 0;
-    for (size_t i = 0; i < n; i++) {
-      bufs[i] = uv_buf_init((char *)iov[i].base, (unsigned)iov[i].len);
-      total += iov[i].len;
-    }
-    if (total == 0)
+    uv_buf_t bufs[MAX_IOV + 1];
+    unsigned n;
+    size_t total = out_bufs(t, bufs, &n);
+    if (total == 0 && !t->marker)
       return;
-    int w = uv_try_write((uv_stream_t *)l->tcp, bufs, (unsigned)n);
+    int w = uv_try_write((uv_stream_t *)l->tcp, bufs, n);
     if (w < 0 && w != UV_EAGAIN && w != UV_ENOSYS) {
       fail(t, tunnel__uv_err(w));
       return;
     }
-    if (w > 0) {
-      tunnel__tls_out_consume(t->tls, (size_t)w);
-      t->sent += (size_t)w;
-      if ((size_t)w == total)
-        continue;
+    size_t done = w > 0 ? (size_t)w : 0;
+    if (t->marker && done) {
+      t->marker = 0;
+      done--;
     }
+    tunnel__tls_out_consume(t->tls, done);
+    t->sent += done;
+    if (w > 0 && done == total && !t->marker)
+      continue;
     /* The socket is full: one request for the rest. */
-    n = tunnel__tls_out_iov(t->tls, iov, MAX_IOV);
-    total = 0;
-    for (size_t i = 0; i < n; i++) {
-      bufs[i] = uv_buf_init((char *)iov[i].base, (unsigned)iov[i].len);
-      total += iov[i].len;
-    }
+    total = out_bufs(t, bufs, &n);
     t->sreq.data = t;
-    int rc = uv_write(&t->sreq, (uv_stream_t *)l->tcp, bufs, (unsigned)n,
+    int rc = uv_write(&t->sreq, (uv_stream_t *)l->tcp, bufs, n,
                       sock_write_cb);
     if (rc) {
       fail(t, tunnel__uv_err(rc));
       return;
     }
+    t->marker = 0; /* in this request, if it was pending */
     t->sock_writing = 1;
-    t->inflight = total;
+    t->inflight = total; /* the engine's bytes only */
   }
 }
 
@@ -502,19 +513,9 @@ int tunnel__link_new_tls(tunnel__link **out, tunnel__sched *sched,
   t->pending_input = 1;
   tcp->data = t;
   uv_tcp_nodelay(tcp, 1);
-  if (marker) {
-    /* frp's marker goes first, alone; a fresh socket always takes it. */
-    t->marker_byte = 0x17;
-    uv_buf_t b = uv_buf_init((char *)&t->marker_byte, 1);
-    int w = uv_try_write((uv_stream_t *)tcp, &b, 1);
-    if (w != 1) {
-      t->sreq.data = t;
-      if (uv_write(&t->sreq, (uv_stream_t *)tcp, &b, 1, sock_write_cb) == 0)
-        t->sock_writing = 1; /* inflight 0: not the engine's bytes */
-      else
-        l->error = TUNNEL_EIO;
-    }
-  }
+  /* frp's marker leaves in the same write as the ClientHello. */
+  t->marker = marker;
+  t->marker_byte = 0x17;
   /* The handshake starts from the loop, never inside this call. */
   tunnel__sched_post(sched, &t->task, task_cb);
   tls_read_sync(l);
