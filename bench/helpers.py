@@ -278,22 +278,31 @@ def http_report(r, ratio, rcell):
         return fmt % n if n is not None else v
 
     d50 = num(r.get("http.direct.p50"))
+    d50_1 = num(r.get("http.direct.p50_1"))
     print()
     print("HTTP: wrk -t2 -c%s -d%ss, keep-alive, GET / of a 13-byte body "
           "(bench/httpd.c)" % (r.get("meta.http_conns"), r.get("meta.seconds")))
     print()
-    hdr = "%-34s %9s %8s %8s %12s %7s" % ("path", "req/s", "p50 ms", "p99 ms",
-                                          "p50 added ms", "errors")
+    hdr = "%-34s %9s %8s %8s %12s %7s %10s %10s" % (
+        "path", "req/s", "p50 ms", "p99 ms", "p50 added ms", "errors",
+        "1-conn p50", "1c added")
     print(hdr)
     print("-" * len(hdr))
     for key, label in rows:
         p50 = num(r.get("http.%s.p50" % key))
         added = "" if key == "direct" else (
             "n/a" if p50 is None or d50 is None else "%+.3f" % (p50 - d50))
-        print("%-34s %9s %8s %8s %12s %7s" % (
+        p50_1 = num(r.get("http.%s.p50_1" % key))
+        added_1 = "" if key == "direct" else (
+            "n/a" if p50_1 is None or d50_1 is None else
+            "%+.3f" % (p50_1 - d50_1))
+        print("%-34s %9s %8s %8s %12s %7s %10s %10s" % (
             label, cell("http.%s.rps" % key, "%.0f"),
             cell("http.%s.p50" % key, "%.3f"), cell("http.%s.p99" % key, "%.3f"),
-            added, r.get("http.%s.errs" % key, "")))
+            added, r.get("http.%s.errs" % key, ""),
+            cell("http.%s.p50_1" % key, "%.3f"), added_1))
+    print("(1-conn: wrk -t1 -c1, one request at a time: what the path adds "
+          "to a request, without queueing)")
     print()
     hdr = "%-40s %8s %9s %9s" % ("ratio (req/s; latency: tunnel / other)",
                                  "req/s", "p50", "p99")

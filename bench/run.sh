@@ -741,6 +741,17 @@ http_run() { # KEY PORT HOST
   put "http.$key.errs" "$errs"
   [ "$errs" != 0 ] && put "note.http-$key" "wrk $key: $errs failed requests ($(grep -E 'Socket errors|Non-2xx' "$work/wrk-$key.out" | tr -s ' ' | tr '\n' ';'))"
   say "  $key: $rps req/s, p50 $p50 ms, p99 $p99 ms, $errs errors"
+  # One connection, one request at a time: the latency a path adds to a
+  # request, without the queueing of HC connections in flight.
+  if timeout $((T + 60)) wrk -t1 -c1 -d"${T}s" --latency -H "Host: $host" \
+    "http://127.0.0.1:$port/" >"$work/wrk1-$key.out" 2>&1 &&
+    v=$($H wrk "$work/wrk1-$key.out"); then
+    read -r rps p50 p99 errs <<<"$v"
+    put "http.$key.p50_1" "$p50"
+    say "  $key, 1 connection: p50 $p50 ms"
+  else
+    put "http.$key.p50_1" err
+  fi
   check_tunnel "wrk $key"
 }
 if [ "$QUICK" = 0 ]; then

@@ -18,12 +18,19 @@
 #define OUT_HIGH (256u * 1024u)
 /* Plaintext encrypted per engine call. */
 #define ENCRYPT_STEP (64u * 1024u)
+/* The largest plaintext of one record. */
+#define RECORD_MAX 16384u
 #define MAX_IOV 16
 
 typedef struct tls_link {
   tunnel__link l;
   tunnel__tls *tls;
   uint8_t *pbuf;
+  /* Plaintext gathered into one record: a frame header and the frames of
+   * several streams share a record instead of one each (a record costs a
+   * header, a tag and a cipher setup). Empty between calls. */
+  uint8_t *stage;
+  size_t stage_len;
   int uv_reading;
   int established;
   int tcp_eof;   /* the socket ended (with or without close_notify) */
@@ -175,34 +182,76 @@ static void flush_sock(tls_link *t) {
   }
 }
 
+static int stage_flush(tls_link *t) {
+  if (!t->stage_len)
+    return 0;
+  size_t taken;
+  int rc = tunnel__tls_write(t->tls, t->stage, t->stage_len, &taken);
+  t->stage_len = 0;
+  return rc;
+}
+
+/* Takes up to `n` bytes for encryption, fewer when the ciphertext queue is
+ * full (*took). Whole records go straight to the engine; pieces gather in
+ * the stage, which the caller flushes before it returns. */
+static int seal(tls_link *t, const uint8_t *p, size_t n, size_t *took) {
+  *took = 0;
+  while (n && tunnel__tls_out_pending(t->tls) < OUT_HIGH) {
+    size_t k;
+    if (t->stage_len == 0 && n >= RECORD_MAX) {
+      size_t len = n - n % RECORD_MAX;
+      if (len > ENCRYPT_STEP)
+        len = ENCRYPT_STEP;
+      int rc = tunnel__tls_write(t->tls, p, len, &k);
+      if (rc)
+        return rc;
+      k = len;
+    } else {
+      k = RECORD_MAX - t->stage_len;
+      if (k > n)
+        k = n;
+      memcpy(t->stage + t->stage_len, p, k);
+      t->stage_len += k;
+      if (t->stage_len == RECORD_MAX) {
+        int rc = stage_flush(t);
+        if (rc)
+          return rc;
+      }
+    }
+    p += k;
+    n -= k;
+    *took += k;
+  }
+  return 0;
+}
+
 /* Encrypts request bytes while the ciphertext queue has room. */
 static int encrypt_reqs(tls_link *t) {
-  for (tunnel__link_wreq *r = t->head; r; r = r->next) {
+  int rc = 0;
+  for (tunnel__link_wreq *r = t->head; r && rc == 0; r = r->next) {
     if (r->encrypted)
       continue;
     while (r->idx < r->nbufs) {
-      if (tunnel__tls_out_pending(t->tls) >= OUT_HIGH)
-        return 0;
       const uv_buf_t *b = &r->bufs[r->idx];
-      size_t len = b->len - r->off;
-      if (len > ENCRYPT_STEP)
-        len = ENCRYPT_STEP;
-      size_t taken = 0;
-      int rc = len ? tunnel__tls_write(t->tls, (const uint8_t *)b->base + r->off,
-                                       len, &taken)
-                   : 0;
+      size_t took = 0;
+      rc = seal(t, (const uint8_t *)b->base + r->off, b->len - r->off, &took);
       if (rc)
-        return rc;
-      r->off += taken;
-      if (r->off == b->len) {
-        r->idx++;
-        r->off = 0;
-      }
+        break;
+      r->off += took;
+      if (r->off < b->len)
+        break; /* the queue is full */
+      r->idx++;
+      r->off = 0;
     }
+    if (rc || r->idx < r->nbufs)
+      break;
+    if ((rc = stage_flush(t)) != 0)
+      break;
     r->encrypted = 1;
     r->end = t->sent + tunnel__tls_out_pending(t->tls);
   }
-  return 0;
+  int frc = stage_flush(t);
+  return rc ? rc : frc;
 }
 
 static int has_unencrypted(const tls_link *t) {
@@ -365,27 +414,20 @@ static int tls_try_write(tunnel__link *l, const uv_buf_t *bufs, unsigned n) {
   tls_link *t = T(l);
   if (!t->established || t->head || t->shut_wanted)
     return 0;
-  size_t pending = tunnel__tls_out_pending(t->tls);
   size_t taken_total = 0;
-  for (unsigned i = 0; i < n && pending < OUT_HIGH; i++) {
-    size_t off = 0;
-    while (off < bufs[i].len && pending < OUT_HIGH) {
-      size_t len = bufs[i].len - off;
-      if (len > ENCRYPT_STEP)
-        len = ENCRYPT_STEP;
-      size_t taken = 0;
-      int rc = tunnel__tls_write(t->tls, (const uint8_t *)bufs[i].base + off,
-                                 len, &taken);
-      if (rc) {
-        fail(t, rc);
-        return rc;
-      }
-      off += taken;
-      taken_total += taken;
-      pending = tunnel__tls_out_pending(t->tls);
-    }
-    if (off < bufs[i].len)
+  int rc = 0;
+  for (unsigned i = 0; i < n; i++) {
+    size_t took = 0;
+    rc = seal(t, (const uint8_t *)bufs[i].base, bufs[i].len, &took);
+    taken_total += took;
+    if (rc || took < bufs[i].len)
       break;
+  }
+  if (rc == 0)
+    rc = stage_flush(t);
+  if (rc) {
+    fail(t, rc);
+    return rc;
   }
   flush_sock(t);
   return l->error ? l->error : (int)taken_total;
@@ -464,6 +506,7 @@ static void tls_free(tunnel__link *l) {
   tunnel__sched *sched = l->sched;
   tunnel__tls_free(t->tls);
   tunnel__free(&mem, t->pbuf);
+  tunnel__free(&mem, t->stage);
   tunnel__free(&mem, l->rbuf);
   tunnel__free(&mem, l->tcp);
   tunnel__free(&mem, t);
@@ -487,10 +530,12 @@ int tunnel__link_new_tls(tunnel__link **out, tunnel__sched *sched,
   tls_link *t = tunnel__calloc(mem, 1, sizeof *t);
   uint8_t *rbuf = t ? tunnel__malloc(mem, READ_BUF) : NULL;
   uint8_t *pbuf = rbuf ? tunnel__malloc(mem, PLAIN_BUF) : NULL;
-  int rc = pbuf ? 0 : TUNNEL_ENOMEM;
+  uint8_t *stage = pbuf ? tunnel__malloc(mem, RECORD_MAX) : NULL;
+  int rc = stage ? 0 : TUNNEL_ENOMEM;
   if (rc == 0 && len)
     rc = tunnel__tls_feed(tls, prefix, len);
   if (rc) {
+    tunnel__free(mem, stage);
     tunnel__free(mem, pbuf);
     tunnel__free(mem, rbuf);
     tunnel__free(mem, t);
@@ -510,6 +555,7 @@ int tunnel__link_new_tls(tunnel__link **out, tunnel__sched *sched,
   l->tls = tls;
   t->tls = tls;
   t->pbuf = pbuf;
+  t->stage = stage;
   t->pending_input = 1;
   tcp->data = t;
   uv_tcp_nodelay(tcp, 1);
