@@ -1,7 +1,5 @@
 #include "crypto.h"
 
-#include <inttypes.h>
-#include <stdio.h>
 #include <string.h>
 
 #include <mbedtls/md.h>
@@ -25,11 +23,30 @@
 static const char frp_salt[] = "frp";
 enum { FRP_PBKDF2_ITERATIONS = 64 };
 
+/* Decimal text of v into buf (at least 21 bytes), NUL-terminated; returns
+ * its length. Not printf: newlib-nano's has no 64-bit conversions (it would
+ * print "ld"), and its <inttypes.h> may lack PRId64 under GCC's <stdint.h>. */
+static size_t fmt_i64(char *buf, int64_t v) {
+  char rev[20];
+  uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+  size_t n = 0, len = 0;
+  do {
+    rev[n++] = (char)('0' + (int)(u % 10));
+    u /= 10;
+  } while (u);
+  if (v < 0)
+    buf[len++] = '-';
+  while (n)
+    buf[len++] = rev[--n];
+  buf[len] = '\0';
+  return len;
+}
+
 int tunnel__privilege_key(const char *token, size_t token_len,
                           int64_t timestamp, char out_hex[33]) {
   static const char hex[] = "0123456789abcdef";
   char num[24];
-  int nl = snprintf(num, sizeof num, "%" PRId64, timestamp);
+  size_t nl = fmt_i64(num, timestamp);
   uint8_t d[16];
   mbedtls_md5_context ctx;
   mbedtls_md5_init(&ctx);
@@ -37,7 +54,7 @@ int tunnel__privilege_key(const char *token, size_t token_len,
   if (!rc && token_len)
     rc = md5_update(&ctx, (const unsigned char *)token, token_len);
   if (!rc)
-    rc = md5_update(&ctx, (const unsigned char *)num, (size_t)nl);
+    rc = md5_update(&ctx, (const unsigned char *)num, nl);
   if (!rc)
     rc = md5_finish(&ctx, d);
   mbedtls_md5_free(&ctx);

@@ -1,7 +1,6 @@
 #include "msg.h"
 
 #include <cjson/cJSON.h>
-#include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -516,6 +515,25 @@ static int field_empty(const tunnel__msg *m, const field_desc *f) {
   }
 }
 
+/* Decimal text of v into buf (at least 21 bytes), NUL-terminated; returns
+ * its length. Not printf: newlib-nano's has no 64-bit conversions (it would
+ * print "ld"), and its <inttypes.h> may lack PRId64 under GCC's <stdint.h>. */
+static size_t fmt_i64(char *buf, int64_t v) {
+  char rev[20];
+  uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+  size_t n = 0, len = 0;
+  do {
+    rev[n++] = (char)('0' + (int)(u % 10));
+    u /= 10;
+  } while (u);
+  if (v < 0)
+    buf[len++] = '-';
+  while (n)
+    buf[len++] = rev[--n];
+  buf[len] = '\0';
+  return len;
+}
+
 static void jb_field(jbuf *b, const tunnel__msg *m, const field_desc *f) {
   char num[24];
   jb_str(b, f->name);
@@ -525,8 +543,7 @@ static void jb_field(jbuf *b, const tunnel__msg *m, const field_desc *f) {
     jb_str(b, *CAT(m, f, char *));
     break;
   case K_I64:
-    snprintf(num, sizeof num, "%" PRId64, *CAT(m, f, int64_t));
-    jb_put(b, num, strlen(num));
+    jb_put(b, num, fmt_i64(num, *CAT(m, f, int64_t)));
     break;
   case K_U16:
     snprintf(num, sizeof num, "%u", (unsigned)*CAT(m, f, uint16_t));

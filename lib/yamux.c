@@ -378,7 +378,8 @@ static ymx_stream *incoming(tunnel__ymx *s, uint32_t id, int *err) {
     return NULL;
   }
   if (s->local_goaway || s->nstreams >= s->max_streams || over_budget(s)) {
-    tunnel__log(s->log, TUNNEL_LOG_DEBUG, "yamux: refusing stream %u", id);
+    tunnel__log(s->log, TUNNEL_LOG_DEBUG, "yamux: refusing stream %lu",
+                (unsigned long)id);
     *err = emit_reply(s, TUNNEL__YMX_WINDOW_UPDATE, TUNNEL__YMX_RST, id, 0);
     if (*err)
       *err = fail(s, *err, "refusals piling up");

@@ -2,6 +2,7 @@
  * portable to strict consumers and binding generators. */
 #include <tunnel/tunnel.h>
 #include <tunnel/tunnel.h> /* include guards */
+#include <tunnel/engine.h>
 
 #include <stdio.h>
 #include <string.h>

@@ -1,5 +1,6 @@
 // The public headers must be usable from C++ (extern "C", no C-only syntax).
 #include <tunnel/tunnel.h>
+#include <tunnel/engine.h>
 #include <tunnel/uv.h>
 
 #include <cstring>
