@@ -918,6 +918,9 @@ static int session_new(tunnel_engine *e, eng_session **out) {
     tunnel__ymx_config yc;
     memset(&yc, 0, sizeof yc);
     yc.is_client = 1;
+    /* The program copies output out in pieces of its own size anyway; an
+     * idle session keeps one chunk. */
+    yc.out_chunk = 4096;
     yc.max_streams = e->cfg.max_streams;
     yc.window = e->cfg.stream_window;
     yc.max_backlog = e->cfg.max_control_backlog;

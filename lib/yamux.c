@@ -302,7 +302,8 @@ int tunnel__ymx_new(tunnel__ymx **out, const tunnel__ymx_config *cfg,
   s->budget = cfg->budget;
   s->shared = cfg->shared;
   s->next_id = cfg->is_client ? 1 : 2;
-  tunnel__bufq_init(&s->out, &s->mem, 64u * 1024u);
+  tunnel__bufq_init(&s->out, &s->mem,
+                    cfg->out_chunk ? cfg->out_chunk : 64u * 1024u);
   *out = s;
   return 0;
 }

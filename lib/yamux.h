@@ -113,6 +113,9 @@ typedef struct tunnel__ymx_config {
   uint64_t budget;           /* receive credit the session holds; 0: none */
   /* Counter shared with other sessions, or NULL; must outlive the session. */
   tunnel__ymx_budget *shared;
+  /* Chunk size of the output queue (0: 64 KiB, large writes in few
+   * iovecs). A small device picks a few KiB: an idle session keeps one. */
+  uint32_t out_chunk;
 } tunnel__ymx_config;
 
 int tunnel__ymx_new(tunnel__ymx **out, const tunnel__ymx_config *cfg,
