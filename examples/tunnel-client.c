@@ -9,9 +9,10 @@
 #include <tunnel/uv.h>
 
 #include "cli_common.h"
+#include "cli_config.h"
 
 static const char usage[] =
-    "usage: tunnel-client [--server HOST:PORT]\n"
+    "usage: tunnel-client [-c FILE] [--server HOST:PORT]\n"
     "                     [--token TOKEN | --token-file FILE] [--no-mux]\n"
     "                     [--pool N] [--verbose]\n"
     "                     [--tls [--ca FILE | --tls-pin SHA256 |\n"
@@ -23,6 +24,10 @@ static const char usage[] =
     "                       [--name NAME]\n"
     "                   | https LOCAL [--subdomain NAME | --hostname FQDN ...]\n"
     "                       [--name NAME]\n"
+    "                     [tcp|http|https LOCAL [...] ...]\n"
+    "  -c, --config FILE  frp client configuration, INI (frpc.ini) or JSON\n"
+    "                 (frpc.json); flags, then environment variables, then\n"
+    "                 the file; its proxies run next to those given here\n"
     "  --server       default 127.0.0.1:7000 or $TUNNEL_SERVER\n"
     "  --token        shared secret; visible to other local users in the\n"
     "                 process list: prefer --token-file\n"
@@ -51,11 +56,65 @@ static const char usage[] =
     "                 without either, the server picks an unguessable name\n"
     "  --host-rewrite Host header the local service sees\n"
     "  --basic-auth   visitors must log in with these credentials\n"
+    "Each tcp, http or https word starts another proxy; the options after it\n"
+    "(--name, --remote-port, ...) are that proxy's.\n"
     "On success the public address is printed alone on stdout: tcp://HOST:PORT,\n"
     "or http(s)://NAME[:PORT], one line per name\n"
     "(again after a reconnection). A lost connection is re-established with\n"
     "backoff; a refused login or proxy, or a first connection that fails,\n"
-    "ends the program with status 1.\n";
+    "ends the program with status 1.\n"
+    "\n"
+    "Example INI file (frp's legacy format):\n"
+    "  [common]\n"
+    "  server_addr = tunnel.example.com\n"
+    "  server_port = 7000\n"
+    "  token = SECRET                 ; keep the file mode 600\n"
+    "  tcp_mux = true\n"
+    "  pool_count = 1\n"
+    "  tls_enable = true\n"
+    "  tls_trusted_ca_file = ca.pem   ; also tls_cert_file, tls_key_file,\n"
+    "                                 ; tls_server_name\n"
+    "  heartbeat_interval = 30\n"
+    "  heartbeat_timeout = 90\n"
+    "  log_level = info\n"
+    "  [ssh]\n"
+    "  type = tcp\n"
+    "  local_ip = 127.0.0.1\n"
+    "  local_port = 22\n"
+    "  remote_port = 6000\n"
+    "  [web]\n"
+    "  type = http\n"
+    "  local_port = 8080\n"
+    "  subdomain = web\n"
+    "  custom_domains = www.example.com, example.com\n"
+    "  locations = /, /api\n"
+    "  host_header_rewrite = app.internal\n"
+    "  http_user = admin\n"
+    "  http_pwd = PASSWORD\n"
+    "  header_X-From-Tunnel = yes\n"
+    "  [site]\n"
+    "  type = https\n"
+    "  local_port = 8443\n"
+    "  custom_domains = secure.example.com\n"
+    "\n"
+    "The same as JSON (frp's current format):\n"
+    "  {\"serverAddr\": \"tunnel.example.com\", \"serverPort\": 7000,\n"
+    "   \"auth\": {\"token\": \"SECRET\"}, \"log\": {\"level\": \"info\"},\n"
+    "   \"transport\": {\"tcpMux\": true, \"poolCount\": 1,\n"
+    "     \"heartbeatInterval\": 30, \"heartbeatTimeout\": 90,\n"
+    "     \"tls\": {\"enable\": true, \"trustedCaFile\": \"ca.pem\"}},\n"
+    "   \"proxies\": [\n"
+    "     {\"name\": \"ssh\", \"type\": \"tcp\", \"localIP\": \"127.0.0.1\",\n"
+    "      \"localPort\": 22, \"remotePort\": 6000},\n"
+    "     {\"name\": \"web\", \"type\": \"http\", \"localPort\": 8080,\n"
+    "      \"subdomain\": \"web\",\n"
+    "      \"customDomains\": [\"www.example.com\", \"example.com\"],\n"
+    "      \"locations\": [\"/\", \"/api\"], \"hostHeaderRewrite\": \"app.internal\",\n"
+    "      \"httpUser\": \"admin\", \"httpPassword\": \"PASSWORD\",\n"
+    "      \"requestHeaders\": {\"set\": {\"X-From-Tunnel\": \"yes\"}}},\n"
+    "     {\"name\": \"site\", \"type\": \"https\", \"localPort\": 8443,\n"
+    "      \"customDomains\": [\"secure.example.com\"]}]}\n"
+    "Unknown keys are warned about; TOML files are not read.\n";
 
 static tunnel_client *client;
 static uv_signal_t sigint_h, sigterm_h;
@@ -170,36 +229,130 @@ static int fail(const char *what, int rc) {
   return 1;
 }
 
-int main(int argc, char **argv) {
-  char shost[256] = "127.0.0.1", lhost[256] = "127.0.0.1";
-  uint16_t sport = 7000, lport = 0, rport = 0;
+static const char *const kind_names[] = {"", "tcp", "http", "https"};
+
+/* The proxy the command line's proxy options apply to: the one its last
+ * tcp/http/https word started, or (options before any such word) a new one
+ * whose kind that word gives later. */
+static cli_proxy_conf *cli_proxy(cli_client_conf *fc, long *cur) {
+  if (*cur < 0) {
+    if (!cli_client_conf_add_proxy(fc))
+      return NULL;
+    *cur = (long)fc->nproxies - 1;
+  }
+  return &fc->proxies[*cur];
+}
+
+static int set_str_arg(char **dst, const char *v) {
+  char *s = strdup(v);
+  if (!s)
+    return -1;
+  free(*dst);
+  *dst = s;
+  return 0;
+}
+
+/* Registers one proxy with the client. 0, or 1 after printing why. */
+static int add_proxy(const cli_proxy_conf *pc) {
+  tunnel_proxy *p;
+  int rc;
+  const char *kind = kind_names[pc->type];
+  if ((rc = tunnel_proxy_new(&p, client, pc->name, pc->type)) != 0 ||
+      (rc = tunnel_proxy_set_local(p, pc->local_ip ? pc->local_ip
+                                                   : "127.0.0.1",
+                                   (uint16_t)pc->local_port)) != 0 ||
+      (pc->type == TUNNEL_PROXY_TCP &&
+       (rc = tunnel_proxy_set_remote_port(
+            p, (uint16_t)(pc->remote_port < 0 ? 0 : pc->remote_port))) !=
+           0) ||
+      (rc = tunnel_proxy_set_status_cb(p, on_proxy, (void *)kind)) != 0)
+    return fail("proxy", rc);
+  if (pc->subdomain && (rc = tunnel_proxy_set_subdomain(p, pc->subdomain)))
+    return fail("subdomain", rc);
+  for (size_t i = 0; i < pc->ndomains; i++)
+    if ((rc = tunnel_proxy_add_domain(p, pc->domains[i])) != 0)
+      return fail("hostname", rc);
+  for (size_t i = 0; i < pc->nlocations; i++)
+    if ((rc = tunnel_proxy_add_location(p, pc->locations[i])) != 0)
+      return fail("location", rc);
+  for (size_t i = 0; i < pc->nheaders; i++)
+    if ((rc = tunnel_proxy_set_header(p, pc->header_names[i],
+                                      pc->header_values[i])) != 0)
+      return fail("header", rc);
+  if (pc->host_rewrite &&
+      (rc = tunnel_proxy_set_host_rewrite(p, pc->host_rewrite)) != 0)
+    return fail("host rewrite", rc);
+  if (pc->http_user && (rc = tunnel_proxy_set_basic_auth(
+                            p, pc->http_user, pc->http_password)) != 0)
+    return fail("basic auth", rc);
+  if ((rc = tunnel_proxy_start(p)) != 0)
+    return fail("proxy", rc);
+  return 0;
+}
+
+static int run(int argc, char **argv, cli_client_conf *fc) {
+  char shost[256] = "127.0.0.1";
+  uint16_t sport = 7000;
   const char *env_server = getenv("TUNNEL_SERVER");
   char *token_arg = NULL;
   const char *token_file = NULL;
-  const char *name = NULL;
-  const char *kind = NULL, *subdomain = NULL, *host_rewrite = NULL,
-             *basic_auth = NULL;
-  const char *hostnames[16];
-  size_t nhostnames = 0;
   uint32_t pool = 1, v32;
   int mux = 1, verbose = 0;
   int tls = 0, tls_insecure = 0, tls_marker = 1;
   const char *tls_ca = NULL, *tls_pin = NULL, *tls_cert = NULL,
              *tls_key = NULL, *tls_name = NULL;
+  uint32_t hb_interval = 30, hb_timeout = 90;
+  const char *config = NULL;
+  /* The file first, so that the environment and the flags override it. */
+  for (int i = 1; i + 1 < argc; i++)
+    if (!strcmp(argv[i], "-c") || !strcmp(argv[i], "--config"))
+      config = argv[i + 1];
+  size_t nfile = 0;
+  if (config) {
+    if (cli_client_conf_load("tunnel-client", config, fc) != 0)
+      return 2;
+    nfile = fc->nproxies;
+    if (fc->server_addr)
+      snprintf(shost, sizeof shost, "%s", fc->server_addr);
+    if (fc->server_port >= 0)
+      sport = (uint16_t)fc->server_port;
+    if (fc->pool_count >= 0)
+      pool = (uint32_t)fc->pool_count;
+    if (fc->tcp_mux >= 0)
+      mux = fc->tcp_mux;
+    if (fc->tls >= 0)
+      tls = fc->tls;
+    if (fc->tls_marker >= 0)
+      tls_marker = fc->tls_marker;
+    tls_ca = fc->tls_ca;
+    tls_cert = fc->tls_cert;
+    tls_key = fc->tls_key;
+    tls_name = fc->tls_server_name;
+    if (fc->heartbeat_interval >= 0)
+      hb_interval = (uint32_t)fc->heartbeat_interval;
+    if (fc->heartbeat_timeout >= 0)
+      hb_timeout = (uint32_t)fc->heartbeat_timeout;
+    if (fc->verbose >= 0)
+      verbose = fc->verbose;
+  }
   if (env_server && *env_server &&
       cli_parse_hostport(env_server, shost, sizeof shost, &sport) != 0) {
     fprintf(stderr, "tunnel-client: bad $TUNNEL_SERVER '%s'\n", env_server);
     return 2;
   }
+  long cur = -1; /* the command line's current proxy */
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+    cli_proxy_conf *pc = NULL;
     if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
       fputs(usage, stdout);
       return 0;
     } else if (!strcmp(a, "--version")) {
       printf("tunnel-client %s\n", tunnel_version_string());
       return 0;
+    } else if ((!strcmp(a, "-c") || !strcmp(a, "--config")) && v) {
+      i++; /* read above */
     } else if (!strcmp(a, "--verbose") || !strcmp(a, "-v")) {
       verbose++;
     } else if (!strcmp(a, "--server") && v) {
@@ -243,40 +396,66 @@ int main(int argc, char **argv) {
       i++;
     } else if ((!strcmp(a, "tcp") || !strcmp(a, "http") ||
                 !strcmp(a, "https")) &&
-               v && !kind) {
-      kind = a;
+               v) {
+      /* A kind word starts a proxy, unless options before it began one. */
+      if (cur >= 0 && fc->proxies[cur].type)
+        cur = -1;
+      uint16_t lport;
+      char lhost[256] = "127.0.0.1";
+      if (!(pc = cli_proxy(fc, &cur)))
+        goto oom;
+      pc->type = a[0] == 't' ? TUNNEL_PROXY_TCP
+                 : a[4]      ? TUNNEL_PROXY_HTTPS
+                             : TUNNEL_PROXY_HTTP;
       if (cli_parse_hostport(v, lhost, sizeof lhost, &lport) != 0 ||
           lport == 0) {
         fprintf(stderr, "tunnel-client: bad LOCAL '%s' (PORT or HOST:PORT)\n",
                 v);
         return 2;
       }
+      pc->local_port = lport;
+      if (set_str_arg(&pc->local_ip, lhost))
+        goto oom;
       i++;
     } else if (!strcmp(a, "--remote-port") && v) {
       if (cli_parse_u32(v, 65535, &v32) != 0) {
         fprintf(stderr, "tunnel-client: bad --remote-port '%s'\n", v);
         return 2;
       }
-      rport = (uint16_t)v32;
+      if (!(pc = cli_proxy(fc, &cur)))
+        goto oom;
+      pc->remote_port = (int32_t)v32;
       i++;
-    } else if (!strcmp(a, "--name") && v) {
-      name = v;
-      i++;
-    } else if (!strcmp(a, "--subdomain") && v) {
-      subdomain = v;
+    } else if ((!strcmp(a, "--name") || !strcmp(a, "--subdomain") ||
+                !strcmp(a, "--host-rewrite")) &&
+               v) {
+      if (!(pc = cli_proxy(fc, &cur)) ||
+          set_str_arg(a[2] == 'n'   ? &pc->name
+                      : a[2] == 's' ? &pc->subdomain
+                                    : &pc->host_rewrite,
+                      v))
+        goto oom;
       i++;
     } else if (!strcmp(a, "--hostname") && v) {
-      if (nhostnames == sizeof hostnames / sizeof hostnames[0]) {
-        fprintf(stderr, "tunnel-client: too many --hostname\n");
-        return 2;
-      }
-      hostnames[nhostnames++] = v;
-      i++;
-    } else if (!strcmp(a, "--host-rewrite") && v) {
-      host_rewrite = v;
+      if (!(pc = cli_proxy(fc, &cur)) ||
+          cli_conf_list_add(&pc->domains, &pc->ndomains, v))
+        goto oom;
       i++;
     } else if (!strcmp(a, "--basic-auth") && v && strchr(v, ':')) {
-      basic_auth = v;
+      size_t ulen = (size_t)(strchr(v, ':') - v);
+      if (ulen == 0 || ulen >= 256) {
+        fprintf(stderr, "tunnel-client: --basic-auth: %s\n",
+                tunnel_strerror(TUNNEL_EINVAL));
+        return 1;
+      }
+      if (!(pc = cli_proxy(fc, &cur)))
+        goto oom;
+      free(pc->http_user);
+      free(pc->http_password);
+      pc->http_user = strndup(v, ulen);
+      pc->http_password = strdup(v + ulen + 1);
+      if (!pc->http_user || !pc->http_password)
+        goto oom;
       i++;
     } else {
       fprintf(stderr, "tunnel-client: unknown or incomplete argument '%s'\n%s",
@@ -284,25 +463,33 @@ int main(int argc, char **argv) {
       return 2;
     }
   }
-  if (!kind) {
+  if (fc->nproxies == 0 || fc->proxies[fc->nproxies - 1].type == 0) {
     fprintf(stderr, "tunnel-client: nothing to expose\n%s", usage);
     return 2;
   }
-  int is_tcp = !strcmp(kind, "tcp");
-  if ((is_tcp && (subdomain || nhostnames || host_rewrite || basic_auth)) ||
-      (!is_tcp && rport) ||
-      (!strcmp(kind, "https") && (host_rewrite || basic_auth))) {
-    fprintf(stderr, "tunnel-client: option not valid for a %s proxy\n%s",
-            kind, usage);
-    return 2;
-  }
-  char gen_name[64];
-  if (!name) {
-    uint8_t r[3] = {0};
-    uv_random(NULL, NULL, r, sizeof r, 0, NULL);
-    snprintf(gen_name, sizeof gen_name, "%s-%u-%02x%02x%02x", kind, lport,
-             r[0], r[1], r[2]);
-    name = gen_name;
+  /* The file's proxies were checked as it was read; these are the
+   * command line's. */
+  for (size_t k = nfile; k < fc->nproxies; k++) {
+    cli_proxy_conf *pc = &fc->proxies[k];
+    int type = pc->type;
+    if ((type == TUNNEL_PROXY_TCP &&
+         (pc->subdomain || pc->ndomains || pc->host_rewrite ||
+          pc->http_user)) ||
+        (type != TUNNEL_PROXY_TCP && pc->remote_port >= 0) ||
+        (type == TUNNEL_PROXY_HTTPS && (pc->host_rewrite || pc->http_user))) {
+      fprintf(stderr, "tunnel-client: option not valid for a %s proxy\n%s",
+              kind_names[type], usage);
+      return 2;
+    }
+    if (!pc->name) {
+      char gen[64];
+      uint8_t r[3] = {0};
+      uv_random(NULL, NULL, r, sizeof r, 0, NULL);
+      snprintf(gen, sizeof gen, "%s-%d-%02x%02x%02x", kind_names[type],
+               (int)pc->local_port, r[0], r[1], r[2]);
+      if (set_str_arg(&pc->name, gen))
+        goto oom;
+    }
   }
 
   if (!tls_cert != !tls_key) {
@@ -321,6 +508,11 @@ int main(int argc, char **argv) {
   char *token;
   if (cli_token("tunnel-client", token_arg, token_file, &token) != 0)
     return 2;
+  if (!token && fc->token) {
+    /* Neither a flag nor the environment: the file's. */
+    token = fc->token;
+    fc->token = NULL;
+  }
 
   /* A visitor resetting mid-write must not kill the process. */
   signal(SIGPIPE, SIG_IGN);
@@ -341,6 +533,7 @@ int main(int argc, char **argv) {
   if (rc != 0 ||
       (rc = tunnel_config_set_pool_count(cfg, pool)) != 0 ||
       (rc = tunnel_config_set_tcp_mux(cfg, mux)) != 0 ||
+      (rc = tunnel_config_set_heartbeat(cfg, hb_interval, hb_timeout)) != 0 ||
       (rc = tunnel_config_set_tls(cfg, tls)) != 0 ||
       (rc = tunnel_config_set_tls_insecure(cfg, tls_insecure)) != 0 ||
       (rc = tunnel_config_set_tls_marker(cfg, tls_marker)) != 0)
@@ -370,35 +563,9 @@ int main(int argc, char **argv) {
   if (rc)
     return fail("client", rc);
   tunnel_client_set_state_cb(client, on_state, NULL);
-  tunnel_proxy *p;
-  int type = is_tcp                    ? TUNNEL_PROXY_TCP
-             : !strcmp(kind, "http") ? TUNNEL_PROXY_HTTP
-                                     : TUNNEL_PROXY_HTTPS;
-  if ((rc = tunnel_proxy_new(&p, client, name, type)) != 0 ||
-      (rc = tunnel_proxy_set_local(p, lhost, lport)) != 0 ||
-      (is_tcp && (rc = tunnel_proxy_set_remote_port(p, rport)) != 0) ||
-      (rc = tunnel_proxy_set_status_cb(p, on_proxy, (void *)kind)) != 0)
-    return fail("proxy", rc);
-  if (subdomain && (rc = tunnel_proxy_set_subdomain(p, subdomain)) != 0)
-    return fail("--subdomain", rc);
-  for (size_t i = 0; i < nhostnames; i++)
-    if ((rc = tunnel_proxy_add_domain(p, hostnames[i])) != 0)
-      return fail("--hostname", rc);
-  if (host_rewrite &&
-      (rc = tunnel_proxy_set_host_rewrite(p, host_rewrite)) != 0)
-    return fail("--host-rewrite", rc);
-  if (basic_auth) {
-    char user[256];
-    size_t ulen = (size_t)(strchr(basic_auth, ':') - basic_auth);
-    if (ulen == 0 || ulen >= sizeof user)
-      return fail("--basic-auth", TUNNEL_EINVAL);
-    memcpy(user, basic_auth, ulen);
-    user[ulen] = '\0';
-    if ((rc = tunnel_proxy_set_basic_auth(p, user, basic_auth + ulen + 1)))
-      return fail("--basic-auth", rc);
-  }
-  if ((rc = tunnel_proxy_start(p)) != 0)
-    return fail("proxy", rc);
+  for (size_t k = 0; k < fc->nproxies; k++)
+    if (add_proxy(&fc->proxies[k]) != 0)
+      return 1;
   uv_signal_init(loop, &sigint_h);
   uv_signal_init(loop, &sigterm_h);
   uv_timer_init(loop, &retry_timer);
@@ -416,4 +583,16 @@ int main(int argc, char **argv) {
   if (uv_loop_close(loop) != 0)
     return 1;
   return exit_code;
+
+oom:
+  fprintf(stderr, "tunnel-client: out of memory\n");
+  return 1;
+}
+
+int main(int argc, char **argv) {
+  cli_client_conf fc;
+  cli_client_conf_init(&fc);
+  int rc = run(argc, argv, &fc);
+  cli_client_conf_free(&fc);
+  return rc;
 }

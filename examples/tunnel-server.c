@@ -8,17 +8,20 @@
 #include <tunnel/uv.h>
 
 #include "cli_common.h"
+#include "cli_config.h"
 
 static const char usage[] =
-    "usage: tunnel-server [--control HOST:PORT] [--bind HOST] [--ports LO-HI]\n"
+    "usage: tunnel-server [-c FILE] [--control HOST:PORT] [--bind HOST] [--ports LO-HI]\n"
     "                     [--token TOKEN | --token-file FILE]\n"
     "                     [--max-clients N] [--max-proxies N]\n"
     "                     [--heartbeat-timeout S] [--auth-max-skew S]\n"
     "                     [--login-limit N/S] [--require-signed-work-conns]\n"
-    "                     [--http HOST:PORT]\n"
+    "                     [--http HOST:PORT] [--metrics HOST:PORT]\n"
     "                     [--https HOST:PORT] [--domain DOMAIN]\n"
     "                     [--tls-cert FILE --tls-key FILE] [--tls-ca FILE]\n"
     "                     [--tls-only | --no-tls] [--verbose]\n"
+    "  -c, --config FILE  frp server configuration, INI (frps.ini) or JSON\n"
+    "             (frps.json); flags, then $TUNNEL_TOKEN, then the file\n"
     "  --control  where clients connect (default 0.0.0.0:7000; repeat for\n"
     "             more addresses, up to 4: --control 0.0.0.0:7000\n"
     "             --control [::]:7000)\n"
@@ -43,13 +46,49 @@ static const char usage[] =
     "  --http HOST:PORT  public HTTP port: requests routed by Host\n"
     "  --https HOST:PORT public HTTPS port: TLS routed by server name (SNI)\n"
     "  --domain   names NAME.DOMAIN go to subdomain NAME (default localhost)\n"
+    "  --metrics HOST:PORT  GET /metrics (Prometheus) and /api/status (JSON)\n"
+    "             for operators; keep it off public addresses\n"
     "  --tls-cert FILE, --tls-key FILE  certificate chain and key (PEM) for\n"
     "             TLS clients; without them a self-signed certificate is\n"
     "             made at start and its fingerprint printed (for --tls-pin)\n"
     "  --tls-ca FILE  require client certificates signed by this CA (PEM)\n"
     "  --tls-only refuse clients that do not use TLS\n"
     "  --no-tls   plain connections only\n"
-    "  --verbose  log connections and proxies (twice: debug)\n";
+    "  --verbose  log connections and proxies (twice: debug)\n"
+    "\n"
+    "Example INI file (frp's legacy format):\n"
+    "  [common]\n"
+    "  bind_addr = 0.0.0.0\n"
+    "  bind_port = 7000\n"
+    "  proxy_bind_addr = 0.0.0.0\n"
+    "  vhost_http_port = 80\n"
+    "  vhost_https_port = 443\n"
+    "  subdomain_host = tunnel.example.com\n"
+    "  allow_ports = 2000-3000, 3001, 3002-9000   ; one range once joined\n"
+    "  max_ports_per_client = 10\n"
+    "  token = SECRET                 ; keep the file mode 600\n"
+    "  authenticate_new_work_conns = true\n"
+    "  tls_only = true\n"
+    "  tls_cert_file = server.crt\n"
+    "  tls_key_file = server.key\n"
+    "  tls_trusted_ca_file = ca.pem\n"
+    "  heartbeat_timeout = 90\n"
+    "  log_level = info\n"
+    "\n"
+    "The same as JSON (frp's current format):\n"
+    "  {\"bindAddr\": \"0.0.0.0\", \"bindPort\": 7000,\n"
+    "   \"proxyBindAddr\": \"0.0.0.0\",\n"
+    "   \"vhostHTTPPort\": 80, \"vhostHTTPSPort\": 443,\n"
+    "   \"subDomainHost\": \"tunnel.example.com\",\n"
+    "   \"allowPorts\": [{\"start\": 2000, \"end\": 3000}, {\"single\": 3001},\n"
+    "                  {\"start\": 3002, \"end\": 9000}],\n"
+    "   \"maxPortsPerClient\": 10,\n"
+    "   \"auth\": {\"token\": \"SECRET\", \"additionalScopes\": [\"NewWorkConns\"]},\n"
+    "   \"transport\": {\"heartbeatTimeout\": 90,\n"
+    "     \"tls\": {\"force\": true, \"certFile\": \"server.crt\",\n"
+    "             \"keyFile\": \"server.key\", \"trustedCaFile\": \"ca.pem\"}},\n"
+    "   \"log\": {\"level\": \"info\"}}\n"
+    "Unknown keys are warned about; TOML files are not read.\n";
 
 static tunnel_server *server;
 static uv_signal_t sigint_h, sigterm_h;
@@ -67,7 +106,7 @@ static int fail(const char *what, int rc) {
   return 1;
 }
 
-int main(int argc, char **argv) {
+static int run(int argc, char **argv, cli_server_conf *fc) {
   char hosts[4][256] = {"0.0.0.0"};
   uint16_t ports[4] = {7000};
   int ncontrol = 0;
@@ -80,11 +119,56 @@ int main(int argc, char **argv) {
            skew = 900;
   int require_signed = 0;
   char http_host[256] = "", https_host[256] = "";
+  char metrics_host[256] = "";
+  uint16_t metrics_port = 0;
   uint16_t http_port = 0, https_port = 0;
   const char *domain = NULL;
   const char *tls_cert = NULL, *tls_key = NULL, *tls_ca = NULL;
   int use_tls = 1, tls_only = 0;
   int verbose = 0;
+  const char *config = NULL;
+  /* The file first, so that the flags override it. */
+  for (int i = 1; i + 1 < argc; i++)
+    if (!strcmp(argv[i], "-c") || !strcmp(argv[i], "--config"))
+      config = argv[i + 1];
+  if (config) {
+    if (cli_server_conf_load("tunnel-server", config, fc) != 0)
+      return 2;
+    if (fc->bind_addr)
+      snprintf(hosts[0], sizeof hosts[0], "%s", fc->bind_addr);
+    if (fc->bind_port >= 0)
+      ports[0] = (uint16_t)fc->bind_port;
+    bind = fc->proxy_bind_addr;
+    /* frp serves its HTTP(S) ports on the proxies' address. */
+    const char *vh = bind ? bind : hosts[0];
+    if (fc->vhost_http_port > 0) {
+      snprintf(http_host, sizeof http_host, "%s", vh);
+      http_port = (uint16_t)fc->vhost_http_port;
+    }
+    if (fc->vhost_https_port > 0) {
+      snprintf(https_host, sizeof https_host, "%s", vh);
+      https_port = (uint16_t)fc->vhost_https_port;
+    }
+    domain = fc->subdomain_host;
+    if (fc->ports_lo > 0) {
+      lo = (uint32_t)fc->ports_lo;
+      hi = (uint32_t)fc->ports_hi;
+    }
+    if (fc->max_proxies > 0)
+      max_proxies = (uint32_t)fc->max_proxies;
+    if (fc->tls_only >= 0)
+      tls_only = fc->tls_only;
+    tls_cert = fc->tls_cert;
+    tls_key = fc->tls_key;
+    tls_ca = fc->tls_ca;
+    if (fc->heartbeat_timeout >= 0)
+      hb_timeout = (uint32_t)fc->heartbeat_timeout;
+    if (fc->require_signed >= 0)
+      require_signed = fc->require_signed;
+    if (fc->verbose >= 0)
+      verbose = fc->verbose;
+  }
+  int file_control = 1; /* the file's address until --control is given */
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -94,9 +178,16 @@ int main(int argc, char **argv) {
     } else if (!strcmp(a, "--version")) {
       printf("tunnel-server %s\n", tunnel_version_string());
       return 0;
+    } else if ((!strcmp(a, "-c") || !strcmp(a, "--config")) && v) {
+      i++; /* read above */
     } else if (!strcmp(a, "--verbose") || !strcmp(a, "-v")) {
       verbose++;
     } else if (!strcmp(a, "--control") && v) {
+      if (file_control) {
+        /* Flags replace the file's address rather than add to it. */
+        file_control = 0;
+        ncontrol = 0;
+      }
       if (ncontrol == 4 || cli_parse_hostport(v, hosts[ncontrol],
                                               sizeof hosts[0],
                                               &ports[ncontrol]) != 0) {
@@ -148,6 +239,13 @@ int main(int argc, char **argv) {
         return 2;
       }
       i++;
+    } else if (!strcmp(a, "--metrics") && v) {
+      if (cli_parse_hostport(v, metrics_host, sizeof metrics_host,
+                             &metrics_port) != 0) {
+        fprintf(stderr, "tunnel-server: bad --metrics '%s'\n", v);
+        return 2;
+      }
+      i++;
     } else if (!strcmp(a, "--domain") && v) {
       domain = v;
       i++;
@@ -191,6 +289,11 @@ int main(int argc, char **argv) {
   char *token;
   if (cli_token("tunnel-server", token_arg, token_file, &token) != 0)
     return 2;
+  if (!token && fc->token) {
+    /* Neither a flag nor the environment: the file's. */
+    token = fc->token;
+    fc->token = NULL;
+  }
   if (!token || !*token)
     fprintf(stderr, "tunnel-server: warning: no token set, any client may "
                     "log in\n");
@@ -284,6 +387,21 @@ int main(int argc, char **argv) {
     printf(strchr(h, ':') ? "%s on [%s]:%u\n" : "%s on %s:%u\n",
            tls ? "https" : "http", h, vp);
   }
+  if (*metrics_host) {
+    rc = tunnel_server_listen_metrics(server, metrics_host, metrics_port);
+    if (rc == 0)
+      rc = tunnel_server_metrics_port(server, &metrics_port);
+    if (rc) {
+      fprintf(stderr, "tunnel-server: cannot listen for metrics on %s: %s\n",
+              metrics_host, tunnel_strerror(rc));
+      tunnel_server_close(server, NULL, NULL);
+      uv_run(loop, UV_RUN_DEFAULT);
+      return 1;
+    }
+    printf(strchr(metrics_host, ':') ? "metrics on [%s]:%u\n"
+                                     : "metrics on %s:%u\n",
+           metrics_host, metrics_port);
+  }
   char fp[96];
   if (use_tls && tunnel_server_tls_fingerprint(server, fp, sizeof fp) == 0)
     printf("tls certificate%s sha256 %s\n", tls_cert ? "" : " (generated)",
@@ -296,4 +414,12 @@ int main(int argc, char **argv) {
   uv_signal_start(&sigterm_h, on_signal, SIGTERM);
   uv_run(loop, UV_RUN_DEFAULT);
   return uv_loop_close(loop) == 0 ? 0 : 1;
+}
+
+int main(int argc, char **argv) {
+  cli_server_conf fc;
+  cli_server_conf_init(&fc);
+  int rc = run(argc, argv, &fc);
+  cli_server_conf_free(&fc);
+  return rc;
 }

@@ -125,6 +125,120 @@ TUNNEL_EXTERN int tunnel_server_close(tunnel_server *srv,
                                       tunnel_server_close_cb cb,
                                       void *user_data);
 
+/* ------------------------------------------------------ server metrics */
+
+/* Counters (only ever grow) and gauges (values now) of a server, read with
+ * tunnel_server_stat(). Values are kept on the loop thread: read them from
+ * it. Numbers are fixed; new ones are added at the end. */
+typedef enum tunnel_server_stat_id {
+  /* gauge: clients logged in */
+  TUNNEL_SERVER_STAT_CLIENTS = 0,
+  /* counter: logins accepted */
+  TUNNEL_SERVER_STAT_LOGINS_OK = 1,
+  /* counter: logins refused for a wrong token, a clock out of range or a
+   * replayed login */
+  TUNNEL_SERVER_STAT_LOGINS_REFUSED_AUTH = 2,
+  /* counter: logins refused because their address failed too often */
+  TUNNEL_SERVER_STAT_LOGINS_REFUSED_RATE = 3,
+  /* counter: logins refused because max_clients were logged in */
+  TUNNEL_SERVER_STAT_LOGINS_REFUSED_CLIENTS = 4,
+  /* counter: logins refused for any other reason (a second login on a
+   * session, server out of memory) */
+  TUNNEL_SERVER_STAT_LOGINS_REFUSED_OTHER = 5,
+  /* gauges: proxies registered now, by type */
+  TUNNEL_SERVER_STAT_PROXIES_TCP = 6,
+  TUNNEL_SERVER_STAT_PROXIES_HTTP = 7,
+  TUNNEL_SERVER_STAT_PROXIES_HTTPS = 8,
+  /* gauge: visitor connections being carried by a work connection now (an
+   * HTTP connection while a request is in flight) */
+  TUNNEL_SERVER_STAT_VISITORS_OPEN = 9,
+  /* counter: visitors that asked a tunnel for a work connection (for HTTP,
+   * each request that needed a new one) */
+  TUNNEL_SERVER_STAT_VISITORS_TOTAL = 10,
+  /* counter: visitors refused because no proxy serves the port or name */
+  TUNNEL_SERVER_STAT_VISITORS_REFUSED_NO_TUNNEL = 11,
+  /* counter: visitors refused because too many were waiting for work */
+  TUNNEL_SERVER_STAT_VISITORS_REFUSED_LIMIT = 12,
+  /* counters: payload bytes from and to visitors, every proxy (HTTP: the
+   * forwarded request, rewritten head included, and the response) */
+  TUNNEL_SERVER_STAT_BYTES_IN = 13,
+  TUNNEL_SERVER_STAT_BYTES_OUT = 14,
+  /* gauge: multiplexed streams open in client sessions */
+  TUNNEL_SERVER_STAT_STREAMS_OPEN = 15,
+  /* counters: visitors handed a pooled work connection at once, and
+   * visitors that had to wait for one */
+  TUNNEL_SERVER_STAT_POOL_HITS = 16,
+  TUNNEL_SERVER_STAT_POOL_MISSES = 17,
+  /* counters: unauthenticated connections, sessions or channels dropped to
+   * make room for newer ones, and for saying nothing (or not logging in)
+   * in time */
+  TUNNEL_SERVER_STAT_UNAUTH_SHED = 18,
+  TUNNEL_SERVER_STAT_UNAUTH_TIMED_OUT = 19,
+  /* counters: TLS handshakes of clients completed in full, resumed from a
+   * ticket or the cache, and failed */
+  TUNNEL_SERVER_STAT_TLS_FULL = 20,
+  TUNNEL_SERVER_STAT_TLS_RESUMED = 21,
+  TUNNEL_SERVER_STAT_TLS_FAILED = 22,
+  TUNNEL_SERVER_STAT_COUNT_ = 23 /* not an id: the number of ids */
+} tunnel_server_stat_id;
+
+/* One value; TUNNEL_EINVAL for an unknown id or a NULL argument. */
+TUNNEL_EXTERN int tunnel_server_stat(const tunnel_server *srv, int32_t which,
+                                     uint64_t *value);
+
+/* A registered proxy, during a tunnel_server_foreach_proxy() callback
+ * only. */
+typedef struct tunnel_server_proxy_info tunnel_server_proxy_info;
+/* Non-zero stops the walk (tunnel_server_foreach_proxy returns it). */
+typedef int (*tunnel_server_proxy_cb)(const tunnel_server_proxy_info *p,
+                                      void *user_data);
+/* Calls `cb` for each proxy registered now. The callback must not change
+ * the server (close it, or anything of its clients). */
+TUNNEL_EXTERN int tunnel_server_foreach_proxy(const tunnel_server *srv,
+                                              tunnel_server_proxy_cb cb,
+                                              void *user_data);
+TUNNEL_EXTERN const char *
+tunnel_server_proxy_name(const tunnel_server_proxy_info *p);
+/* TUNNEL_PROXY_TCP, _HTTP or _HTTPS. */
+TUNNEL_EXTERN int tunnel_server_proxy_type(const tunnel_server_proxy_info *p);
+/* What the client was told: ":PORT" for TCP, "NAME[:PORT],..." for
+ * HTTP/HTTPS. */
+TUNNEL_EXTERN const char *
+tunnel_server_proxy_public_addr(const tunnel_server_proxy_info *p);
+TUNNEL_EXTERN const char *
+tunnel_server_proxy_run_id(const tunnel_server_proxy_info *p);
+/* Address the client's control connection came from. */
+TUNNEL_EXTERN const char *
+tunnel_server_proxy_client_addr(const tunnel_server_proxy_info *p);
+/* When the proxy was registered: loop time (uv_now, milliseconds) and Unix
+ * time (seconds). */
+TUNNEL_EXTERN uint64_t
+tunnel_server_proxy_since_ms(const tunnel_server_proxy_info *p);
+TUNNEL_EXTERN int64_t
+tunnel_server_proxy_since_unix(const tunnel_server_proxy_info *p);
+/* Bytes from and to its visitors, visitor connections carried now and
+ * visitors ever (as the server-wide stats). */
+TUNNEL_EXTERN uint64_t
+tunnel_server_proxy_bytes_in(const tunnel_server_proxy_info *p);
+TUNNEL_EXTERN uint64_t
+tunnel_server_proxy_bytes_out(const tunnel_server_proxy_info *p);
+TUNNEL_EXTERN uint64_t
+tunnel_server_proxy_visitors_open(const tunnel_server_proxy_info *p);
+TUNNEL_EXTERN uint64_t
+tunnel_server_proxy_visitors_total(const tunnel_server_proxy_info *p);
+
+/* Serves GET /metrics (Prometheus text format) and GET /api/status (JSON)
+ * on host:port (numeric; port 0: ephemeral) over HTTP/1.1, for operators.
+ * Once per server (TUNNEL_ESTATE after). It shares nothing with the
+ * tunnels but the loop: its peers cannot affect them. Closed with the
+ * server. */
+TUNNEL_EXTERN int tunnel_server_listen_metrics(tunnel_server *srv,
+                                               const char *host,
+                                               uint16_t port);
+/* Port bound by tunnel_server_listen_metrics (TUNNEL_ESTATE before). */
+TUNNEL_EXTERN int tunnel_server_metrics_port(const tunnel_server *srv,
+                                             uint16_t *port);
+
 /* ---------------------------------------------------------------- client */
 
 /* The agent: one connection to a server, and the proxies registered over

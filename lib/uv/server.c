@@ -70,6 +70,7 @@ static void sweep(uv_timer_t *t) {
     /* Window withheld for the memory budget goes out as budget frees. */
     tunnel__mux_regrant(sess->mux);
     if (!sess->ctl && now - sess->created > TUNNEL__SRV_SNIFF_TIMEOUT_MS) {
+      TUNNEL__SRV_COUNT(srv, UNAUTH_TIMED_OUT);
       tunnel__log(&srv->cfg.log, TUNNEL_LOG_INFO,
                   "server: session from %s did not log in in time; closed",
                   sess->addr);
@@ -84,6 +85,7 @@ static void sweep(uv_timer_t *t) {
   for (srv_first *f = srv->firsts, *next; f; f = next) {
     next = f->next;
     if (now - f->created > TUNNEL__SRV_SNIFF_TIMEOUT_MS) {
+      TUNNEL__SRV_COUNT(srv, UNAUTH_TIMED_OUT);
       tunnel__log(&srv->cfg.log, TUNNEL_LOG_INFO,
                   "server: channel from %s sent no complete message in "
                   "time; closed",
@@ -129,6 +131,9 @@ int tunnel_server_new(tunnel_server **out, uv_loop_t *loop,
   srv->sched.drained_ud = srv;
   uv_timer_init(loop, &srv->sweep);
   srv->loop = loop;
+  srv->started_ms = uv_now(loop);
+  srv->traffic.all = &srv->traffic; /* the totals: never freed */
+  srv->traffic.refs = 1;
   srv->budget.limit = srv->cfg.total_buffer;
   tunnel__srv_vhost_init(srv, &srv->http, 0);
   tunnel__srv_vhost_init(srv, &srv->https, 1);
@@ -278,6 +283,7 @@ int tunnel_server_close(tunnel_server *srv, tunnel_server_close_cb cb,
     tunnel__srv_ctl_destroy(srv->ctls);
   tunnel__srv_vhost_close(&srv->http);
   tunnel__srv_vhost_close(&srv->https);
+  tunnel__srv_metrics_close(srv);
   /* Non-mux joins are connections of their own: no session end reaches
    * them. */
   tunnel__splice_abort_all(&srv->splices);

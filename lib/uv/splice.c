@@ -13,12 +13,30 @@
 /* Interval of the reset check while the TCP side is not being read. */
 #define WATCH_MS 1000
 
+void tunnel__traffic_hold(tunnel__traffic *t) {
+  t->refs++;
+  t->open++;
+  t->all->open++;
+}
+
+void tunnel__traffic_unref(const tunnel__mem *mem, tunnel__traffic *t) {
+  if (--t->refs == 0)
+    tunnel__free(mem, t);
+}
+
+void tunnel__traffic_release(const tunnel__mem *mem, tunnel__traffic *t) {
+  t->open--;
+  t->all->open--;
+  tunnel__traffic_unref(mem, t);
+}
+
 struct tunnel__splice {
   const tunnel__mem *mem;
   const tunnel__logger *log;
   uv_tcp_t *tcp;
   tunnel_stream *st;
   tunnel__splice_set *set;
+  tunnel__traffic *tr; /* NULL: not counted */
   tunnel__splice *prev, *next; /* in set */
   uint8_t *readbuf;
   size_t readbuf_size;
@@ -59,6 +77,8 @@ static void maybe_free(tunnel__splice *sp) {
   set->count--;
   void (*gone)(void *) = sp->gone;
   void *ud = sp->gone_ud;
+  if (sp->tr)
+    tunnel__traffic_release(sp->mem, sp->tr);
   tunnel__free(sp->mem, sp);
   if (gone)
     gone(ud);
@@ -176,6 +196,8 @@ static void tcp_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
       finish(sp, rc);
     return;
   }
+  if (sp->tr)
+    tunnel__traffic_in(sp->tr, (size_t)nread);
   int rc = tunnel_stream_write(sp->st, sp->readbuf, (size_t)nread, st_write_cb,
                                sp);
   if (rc) {
@@ -268,6 +290,8 @@ static void st_read_cb(tunnel_stream *st, int status, const uint8_t *data,
     finish(sp, status);
     return;
   }
+  if (sp->tr)
+    tunnel__traffic_out(sp->tr, len);
   int rc = tcp_send(sp, data, len);
   if (rc) {
     finish(sp, rc);
@@ -291,6 +315,18 @@ int tunnel__splice_start(const tunnel__mem *mem, const tunnel__logger *log,
                          uint8_t *readbuf, size_t readbuf_size,
                          tunnel__splice_set *set, void (*gone)(void *ud),
                          void *gone_ud) {
+  return tunnel__splice_start_counted(mem, log, tcp, st, prefix, prefix_len,
+                                      readbuf, readbuf_size, set, gone,
+                                      gone_ud, NULL);
+}
+
+int tunnel__splice_start_counted(const tunnel__mem *mem,
+                                 const tunnel__logger *log, uv_tcp_t *tcp,
+                                 tunnel_stream *st, const uint8_t *prefix,
+                                 size_t prefix_len, uint8_t *readbuf,
+                                 size_t readbuf_size, tunnel__splice_set *set,
+                                 void (*gone)(void *ud), void *gone_ud,
+                                 tunnel__traffic *tr) {
   tunnel__splice *sp = tunnel__calloc(mem, 1, sizeof *sp);
   if (!sp) {
     tunnel__tcp_close_free(mem, tcp);
@@ -305,6 +341,9 @@ int tunnel__splice_start(const tunnel__mem *mem, const tunnel__logger *log,
   sp->readbuf_size = readbuf_size;
   sp->gone = gone;
   sp->gone_ud = gone_ud;
+  sp->tr = tr;
+  if (tr)
+    tunnel__traffic_hold(tr);
   uv_timer_init(tcp->loop, &sp->watch);
   sp->watch.data = sp;
   sp->set = set;

@@ -45,6 +45,7 @@ typedef struct srv_work srv_work;
 typedef struct srv_waiter srv_waiter;
 typedef struct srv_vhost srv_vhost;
 typedef struct srv_vconn srv_vconn;
+typedef struct srv_metrics srv_metrics;
 
 /* A visitor connection on a public HTTP/HTTPS port. */
 struct srv_vconn {
@@ -101,7 +102,15 @@ struct tunnel_server {
   int closing;
   tunnel_server_close_cb close_cb;
   void *close_ud;
+  /* Counters of tunnel_server_stat (the gauges are computed when read),
+   * and the byte and open-visitor totals of every proxy. */
+  uint64_t stats[TUNNEL_SERVER_STAT_COUNT_];
+  tunnel__traffic traffic;
+  uint64_t started_ms; /* loop time at creation */
+  srv_metrics *metrics; /* srv_metrics.c; NULL when not listening */
 };
+
+#define TUNNEL__SRV_COUNT(srv, id) ((srv)->stats[TUNNEL_SERVER_STAT_##id]++)
 
 /* A multiplexed connection from a client. */
 struct srv_sess {
@@ -224,6 +233,13 @@ struct srv_proxy {
   const srv_kind *kind;
   char *name;
   void *kind_data;
+  /* What its visitors moved, shared with their joins (which may outlive
+   * the proxy); what the client was told; when. */
+  tunnel__traffic *traffic;
+  uint64_t visitors_total;
+  char *public_addr;
+  uint64_t since_ms;
+  int64_t since_unix;
 };
 
 #define TUNNEL__CONTAINER(ptr, type, field)                                    \
@@ -266,10 +282,11 @@ int tunnel__srv_want_work(srv_ctl *ctl, srv_waiter *w);
 void tunnel__srv_cancel_work(srv_ctl *ctl, srv_waiter *w);
 /* Joins a visitor's connection to a work stream of `ctl`'s (both owned by
  * the join from now on): see tunnel__splice_start. `ctl` NULL: a join
- * tied to no client (it ends with the server). */
+ * tied to no client (it ends with the server). Bytes are counted in `tr`
+ * (a proxy's; may be NULL). */
 void tunnel__srv_join(tunnel_server *srv, srv_ctl *ctl, uv_tcp_t *tcp,
                       tunnel_stream *st, const uint8_t *prefix,
-                      size_t prefix_len);
+                      size_t prefix_len, tunnel__traffic *tr);
 
 /* srv_proxy.c */
 void tunnel__srv_on_new_proxy(srv_ctl *ctl, const tunnel__msg *m);
@@ -303,6 +320,9 @@ void tunnel__srv_vconn_remove(srv_vconn *c);
 srv_proxy *tunnel__srv_vhost_route(srv_vhost *vh, const char *host,
                                    size_t host_len, const char *path,
                                    size_t path_len);
+
+/* srv_metrics.c: closes the metrics listener and its connections. */
+void tunnel__srv_metrics_close(tunnel_server *srv);
 
 /* Proxy kinds. */
 extern const srv_kind tunnel__srv_kind_tcp;

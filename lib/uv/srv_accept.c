@@ -48,6 +48,7 @@ void tunnel__srv_conn_done(srv_conn *c, int keep_tcp) {
 
 static void conn_timeout(uv_timer_t *t) {
   srv_conn *c = t->data;
+  TUNNEL__SRV_COUNT(c->srv, UNAUTH_TIMED_OUT);
   tunnel__log(&c->srv->cfg.log, TUNNEL_LOG_INFO,
               "server: connection from %s silent for too long; closed",
               c->anon.addr);
@@ -56,6 +57,7 @@ static void conn_timeout(uv_timer_t *t) {
 
 static void conn_shed(tunnel__anon *a) {
   srv_conn *c = CONTAINER(a, srv_conn, anon);
+  TUNNEL__SRV_COUNT(c->srv, UNAUTH_SHED);
   tunnel__log(&c->srv->cfg.log, TUNNEL_LOG_INFO,
               "server: unidentified connection from %s shed to make room",
               a->addr);
@@ -64,6 +66,7 @@ static void conn_shed(tunnel__anon *a) {
 
 static void sess_shed(tunnel__anon *a) {
   srv_sess *sess = CONTAINER(a, srv_sess, anon);
+  TUNNEL__SRV_COUNT(sess->srv, UNAUTH_SHED);
   tunnel__log(&sess->srv->cfg.log, TUNNEL_LOG_INFO,
               "server: session from %s not logged in yet shed to make room",
               a->addr);
@@ -149,6 +152,7 @@ static void tls_first_read(tunnel__link *l, int status, const uint8_t *data,
   srv_conn *c = ud;
   tunnel_server *srv = c->srv;
   if (status) {
+    TUNNEL__SRV_COUNT(srv, TLS_FAILED);
     const char *why = l->tls ? tunnel__tls_error_text(l->tls) : "";
     tunnel__log(&srv->cfg.log, TUNNEL_LOG_INFO,
                 "server: TLS connection from %s failed: %s", c->anon.addr,
@@ -157,6 +161,10 @@ static void tls_first_read(tunnel__link *l, int status, const uint8_t *data,
     return;
   }
   tunnel__link_read_stop(l);
+  if (tunnel__tls_resumed(l->tls))
+    TUNNEL__SRV_COUNT(srv, TLS_RESUMED);
+  else
+    TUNNEL__SRV_COUNT(srv, TLS_FULL);
   char addr[TUNNEL__ADDR_MAX];
   memcpy(addr, c->anon.addr, sizeof addr);
   tunnel__log(&srv->cfg.log, TUNNEL_LOG_DEBUG,

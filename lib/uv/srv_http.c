@@ -69,6 +69,7 @@ typedef struct http_conn {
   srv_proxy *p;      /* its proxy; NULL once the proxy went away */
   srv_proxy *want;   /* proxy whose work stream is awaited */
   tunnel_stream *st;
+  tunnel__traffic *tr; /* held with `st`: the proxy's counters */
   int st_reading;
   int st_eof;
   http_parser resp;
@@ -124,6 +125,10 @@ static void drop_upstream(http_conn *c) {
     tunnel_stream_set_user_data(c->st, NULL);
     tunnel_stream_close(c->st, NULL, NULL);
     c->st = NULL;
+  }
+  if (c->tr) {
+    tunnel__traffic_release(MEM(c->srv), c->tr);
+    c->tr = NULL;
   }
   c->p = NULL;
 }
@@ -431,6 +436,8 @@ static void st_read_cb(tunnel_stream *st, int status, const uint8_t *data,
     c->resp_started = 1;
     uv_timer_stop(&c->timer);
   }
+  if (c->tr)
+    tunnel__traffic_out(c->tr, len);
   size_t used = len;
   if (!c->resp_done && !c->upgraded) {
     used = http_parser_execute(&c->resp, &resp_settings, (const char *)data,
@@ -518,6 +525,11 @@ static void maybe_handover(http_conn *c) {
     conn_close(c);
     return;
   }
+  if (c->tr)
+    tunnel__traffic_in(c->tr, c->in_len);
+  /* The join counts from now on; this connection's hold ends below. */
+  tunnel__traffic *tr = c->tr;
+  c->tr = NULL;
   c->in_len = 0;
   uv_read_stop((uv_stream_t *)tcp);
   c->reading = 0;
@@ -530,8 +542,10 @@ static void maybe_handover(http_conn *c) {
   c->handover = NULL;
   c->handover_len = 0;
   conn_close(c); /* the record only: tcp and stream are handed on */
-  tunnel__srv_join(srv, ctl, tcp, st, prefix, prefix_len);
+  tunnel__srv_join(srv, ctl, tcp, st, prefix, prefix_len, tr);
   tunnel__free(MEM(srv), prefix);
+  if (tr)
+    tunnel__traffic_release(MEM(srv), tr);
 }
 
 /* ---------------------------------------------------------- requests */
@@ -581,6 +595,8 @@ static void forward_head(http_conn *c) {
     tunnel__iov iov;
     tunnel__bufq_iov(&q, &iov, 1);
     rc = tunnel_stream_write(c->st, iov.base, iov.len, NULL, NULL);
+    if (rc == 0 && c->tr)
+      tunnel__traffic_in(c->tr, iov.len);
     tunnel__bufq_consume(&q, iov.len);
   }
   tunnel__bufq_free(&q);
@@ -634,6 +650,8 @@ static void got_work(srv_waiter *w, tunnel_stream *st) {
   }
   c->p = p;
   c->st = st;
+  c->tr = p->traffic;
+  tunnel__traffic_hold(c->tr);
   c->st_reading = 0;
   c->st_eof = 0;
   tunnel_stream_set_user_data(st, c);
@@ -667,6 +685,7 @@ static void on_head(http_conn *c) {
   srv_proxy *p = tunnel__srv_vhost_route(c->vc.vh, h->host, h->host_len,
                                          h->path, h->path_len);
   if (!p) {
+    TUNNEL__SRV_COUNT(srv, VISITORS_REFUSED_NO_TUNNEL);
     answer(c, 404, "no tunnel for this name");
     return;
   }
@@ -753,6 +772,8 @@ static void process(http_conn *c) {
         conn_close(c);
         return;
       }
+      if (c->tr)
+        tunnel__traffic_in(c->tr, used);
       consume(c, used);
       break;
     case TUNNEL__HTTPREQ_END:

@@ -81,7 +81,7 @@ static void got_work(srv_waiter *w, tunnel_stream *st) {
     return;
   }
   conn_end(c, 1);
-  tunnel__srv_join(srv, p->ctl, tcp, st, NULL, 0);
+  tunnel__srv_join(srv, p->ctl, tcp, st, NULL, 0, p->traffic);
 }
 
 static void work_dropped(srv_waiter *w) {
@@ -122,6 +122,7 @@ static void route(https_conn *c) {
   srv_proxy *p = tunnel__srv_vhost_route(c->vc.vh, c->sni.host,
                                          c->sni.host_len, NULL, 0);
   if (!p) {
+    TUNNEL__SRV_COUNT(srv, VISITORS_REFUSED_NO_TUNNEL);
     tunnel__log(&srv->cfg.log, TUNNEL_LOG_INFO,
                 "server: HTTPS visitor %s:%u asked for [%s]: no such name",
                 c->peer, c->peer_port, c->sni.host);

@@ -81,7 +81,11 @@ void tunnel__srv_on_new_proxy(srv_ctl *ctl, const tunnel__msg *m) {
     return;
   }
   srv_proxy *p = tunnel__calloc(MEM(srv), 1, sizeof *p);
-  if (!p || !(p->name = tunnel__strdup(MEM(srv), name))) {
+  if (p)
+    p->traffic = tunnel__calloc(MEM(srv), 1, sizeof *p->traffic);
+  if (!p || !p->traffic || !(p->name = tunnel__strdup(MEM(srv), name))) {
+    if (p)
+      tunnel__free(MEM(srv), p->traffic);
     tunnel__free(MEM(srv), p);
     reply_proxy(ctl, name, NULL, "server out of memory");
     return;
@@ -89,6 +93,8 @@ void tunnel__srv_on_new_proxy(srv_ctl *ctl, const tunnel__msg *m) {
   p->srv = srv;
   p->ctl = ctl;
   p->kind = kind;
+  p->traffic->refs = 1;
+  p->traffic->all = &srv->traffic;
   char addr[300] = "";
   err[0] = '\0';
   int rc = kind->open(p, m, addr, sizeof addr, err, sizeof err);
@@ -96,11 +102,17 @@ void tunnel__srv_on_new_proxy(srv_ctl *ctl, const tunnel__msg *m) {
     if (!err[0])
       snprintf(err, sizeof err, "cannot open the proxy: %s",
                tunnel_strerror(rc));
+    tunnel__free(MEM(srv), p->traffic);
     tunnel__free(MEM(srv), p->name);
     tunnel__free(MEM(srv), p);
     reply_proxy(ctl, name, NULL, err);
     return;
   }
+  /* Without it the status shows an empty address: not worth refusing. */
+  p->public_addr = tunnel__strdup(MEM(srv), addr);
+  p->since_ms = uv_now(srv->loop);
+  uv_timeval64_t tv;
+  p->since_unix = uv_gettimeofday(&tv) == 0 ? tv.tv_sec : 0;
   srv->objects++;
   p->next = ctl->proxies;
   ctl->proxies = p;
@@ -140,6 +152,8 @@ void tunnel__srv_close_proxies(srv_ctl *ctl) {
 
 void tunnel__srv_proxy_free(srv_proxy *p) {
   tunnel_server *srv = p->srv;
+  tunnel__traffic_unref(MEM(srv), p->traffic);
+  tunnel__free(MEM(srv), p->public_addr);
   tunnel__free(MEM(srv), p->name);
   tunnel__free(MEM(srv), p);
   srv->objects--;

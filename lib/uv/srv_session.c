@@ -84,6 +84,7 @@ static void drain_then_close(tunnel_stream *st, int status,
 }
 
 static void drain_shed(tunnel__anon *a) {
+  TUNNEL__SRV_COUNT(CONTAINER(a, srv_drain, anon)->srv, UNAUTH_SHED);
   tunnel__srv_drain_end(CONTAINER(a, srv_drain, anon));
 }
 
@@ -128,7 +129,11 @@ static srv_work *pool_pop(srv_ctl *ctl) {
 
 int tunnel__srv_want_work(srv_ctl *ctl, srv_waiter *w) {
   srv_work *pw = pool_pop(ctl);
+  srv_proxy *p = w->proxy;
   if (pw) {
+    TUNNEL__SRV_COUNT(ctl->srv, POOL_HITS);
+    TUNNEL__SRV_COUNT(ctl->srv, VISITORS_TOTAL);
+    p->visitors_total++;
     tunnel_stream *st = pw->st;
     tunnel__free(MEM(ctl->srv), pw);
     tunnel_stream_read_stop(st);
@@ -137,8 +142,13 @@ int tunnel__srv_want_work(srv_ctl *ctl, srv_waiter *w) {
     w->got(w, st);
     return 0;
   }
-  if (ctl->nwaiting >= MAX_WAITING)
+  if (ctl->nwaiting >= MAX_WAITING) {
+    TUNNEL__SRV_COUNT(ctl->srv, VISITORS_REFUSED_LIMIT);
     return TUNNEL_ELIMIT;
+  }
+  TUNNEL__SRV_COUNT(ctl->srv, POOL_MISSES);
+  TUNNEL__SRV_COUNT(ctl->srv, VISITORS_TOTAL);
+  p->visitors_total++;
   w->next = NULL;
   if (ctl->waiting_tail)
     ctl->waiting_tail->next = w;
@@ -225,15 +235,16 @@ static void srv_splice_gone(void *ud) { tunnel__srv_maybe_finish_close(ud); }
 
 void tunnel__srv_join(tunnel_server *srv, srv_ctl *ctl, uv_tcp_t *tcp,
                       tunnel_stream *st, const uint8_t *prefix,
-                      size_t prefix_len) {
+                      size_t prefix_len, tunnel__traffic *tr) {
   if (ctl && ctl->dead)
     ctl = NULL;
   srv->handles--; /* the join owns the visitor's handle now */
-  tunnel__splice_start(MEM(srv), &srv->cfg.log, tcp, st, prefix, prefix_len,
-                       srv->readbuf, TUNNEL__SRV_READBUF_SIZE,
-                       ctl ? &ctl->splices : &srv->splices,
-                       ctl ? ctl_splice_gone : srv_splice_gone,
-                       ctl ? (void *)ctl : (void *)srv);
+  tunnel__splice_start_counted(MEM(srv), &srv->cfg.log, tcp, st, prefix,
+                               prefix_len, srv->readbuf,
+                               TUNNEL__SRV_READBUF_SIZE,
+                               ctl ? &ctl->splices : &srv->splices,
+                               ctl ? ctl_splice_gone : srv_splice_gone,
+                               ctl ? (void *)ctl : (void *)srv, tr);
 }
 
 /* The client is gone: its proxies, pool, waiting visitors and session. */
@@ -295,8 +306,10 @@ static void send_refusal(tunnel_server *srv, tunnel_stream *st,
   drain_start(srv, st, addr);
 }
 
+/* `stat`: the refusal's counter. */
 static void refuse_login(tunnel_server *srv, tunnel_stream *st,
-                         const char *addr, const char *why) {
+                         const char *addr, const char *why, int32_t stat) {
+  srv->stats[stat]++;
   tunnel__log(&srv->cfg.log, TUNNEL_LOG_WARN,
               "server: login from %s refused: %s", addr, why);
   send_refusal(srv, st, addr, why);
@@ -338,6 +351,7 @@ static int refuse_if_blocked(tunnel_server *srv, tunnel_stream *st,
                                              uv_now(srv->loop), &report);
   if (!wait_ms)
     return 0;
+  TUNNEL__SRV_COUNT(srv, LOGINS_REFUSED_RATE);
   uint32_t wait_s = (wait_ms + 999u) / 1000u;
   char why[96];
   snprintf(why, sizeof why,
@@ -395,13 +409,14 @@ static void on_login(tunnel_server *srv, srv_sess *sess, tunnel_stream *st,
   if (refuse_if_blocked(srv, st, addr))
     return;
   if (sess && sess->ctl) {
-    refuse_login(srv, st, addr, "session already logged in");
+    refuse_login(srv, st, addr, "session already logged in",
+                 TUNNEL_SERVER_STAT_LOGINS_REFUSED_OTHER);
     return;
   }
   const char *why = check_key(srv, m->privilege_key, m->timestamp);
   if (why) {
     count_failure(srv, addr);
-    refuse_login(srv, st, addr, why);
+    refuse_login(srv, st, addr, why, TUNNEL_SERVER_STAT_LOGINS_REFUSED_AUTH);
     return;
   }
   srv_ctl *old = find_ctl(srv, m->run_id);
@@ -412,18 +427,21 @@ static void on_login(tunnel_server *srv, srv_sess *sess, tunnel_stream *st,
       count_failure(srv, addr);
       refuse_login(srv, st, addr,
                    "authorization failed: login not newer than the "
-                   "session it would replace (replayed)");
+                   "session it would replace (replayed)",
+                   TUNNEL_SERVER_STAT_LOGINS_REFUSED_AUTH);
       return;
     }
     tunnel__srv_ctl_destroy(old);
   }
   if (srv->nctl >= srv->cfg.max_clients) {
-    refuse_login(srv, st, addr, "too many clients");
+    refuse_login(srv, st, addr, "too many clients",
+                 TUNNEL_SERVER_STAT_LOGINS_REFUSED_CLIENTS);
     return;
   }
   srv_ctl *ctl = tunnel__calloc(MEM(srv), 1, sizeof *ctl);
   if (!ctl) {
-    refuse_login(srv, st, addr, "server out of memory");
+    refuse_login(srv, st, addr, "server out of memory",
+                 TUNNEL_SERVER_STAT_LOGINS_REFUSED_OTHER);
     return;
   }
   ctl->srv = srv;
@@ -438,7 +456,8 @@ static void on_login(tunnel_server *srv, srv_sess *sess, tunnel_stream *st,
     snprintf(ctl->run_id, sizeof ctl->run_id, "%s", m->run_id);
   else if (gen_run_id(ctl->run_id) != 0) {
     tunnel__free(MEM(srv), ctl);
-    refuse_login(srv, st, addr, "server cannot generate a run id");
+    refuse_login(srv, st, addr, "server cannot generate a run id",
+                 TUNNEL_SERVER_STAT_LOGINS_REFUSED_OTHER);
     return;
   }
   tunnel__ctlchan_init(&ctl->ch, st, MEM(srv), srv->cfg.max_message_size);
@@ -473,6 +492,7 @@ static void on_login(tunnel_server *srv, srv_sess *sess, tunnel_stream *st,
     srv->ctls->prev = ctl;
   srv->ctls = ctl;
   srv->nctl++;
+  TUNNEL__SRV_COUNT(srv, LOGINS_OK);
   tunnel__log(&srv->cfg.log, TUNNEL_LOG_INFO,
               "server: [%s] client logged in from %s (version %.32s, pool "
               "%u)",
@@ -655,6 +675,7 @@ void tunnel__srv_first_end(srv_first *f) {
 
 static void first_shed(tunnel__anon *a) {
   srv_first *f = CONTAINER(a, srv_first, anon);
+  TUNNEL__SRV_COUNT(f->srv, UNAUTH_SHED);
   tunnel__log(&f->srv->cfg.log, TUNNEL_LOG_INFO,
               "server: unauthenticated channel from %s shed to make room",
               f->addr);

@@ -43,7 +43,7 @@ static void join(tcp_proxy *tp, tunnel_stream *st, uv_tcp_t *vis) {
   if (tunnel__srv_start_work(tp->p, st, src, src_port, tp->bind_host,
                              tp->port) == 0) {
     /* The join owns both now and tears them down even if it fails. */
-    tunnel__srv_join(srv, tp->p->ctl, vis, st, NULL, 0);
+    tunnel__srv_join(srv, tp->p->ctl, vis, st, NULL, 0, tp->p->traffic);
     return;
   }
   tunnel_stream_close(st, NULL, NULL);

@@ -38,6 +38,8 @@ static void on_visitor(uv_stream_t *l, int status) {
   tcp->data = srv;
   if (uv_accept(l, (uv_stream_t *)tcp) != 0 ||
       vh->nconns >= srv->cfg.http_max_visitors) {
+    if (vh->nconns >= srv->cfg.http_max_visitors)
+      TUNNEL__SRV_COUNT(srv, VISITORS_REFUSED_LIMIT);
     uv_close((uv_handle_t *)tcp, tunnel__srv_free_tcp_closed);
     return;
   }
