@@ -9,8 +9,8 @@
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
-#include <http_parser.h>
 
+#include "../reqhead.h"
 #include "dial.h"
 #include "srv.h"
 #include "uverr.h"
@@ -24,7 +24,6 @@
 #define TIMEOUT_MS 10000u
 /* A peer that does not read its answers is dropped past this. */
 #define MAX_PENDING (4u * 1024u * 1024u)
-#define MAX_URL 256u
 
 typedef struct mconn mconn;
 
@@ -41,12 +40,7 @@ struct mconn {
   mconn *prev, *next;
   uv_tcp_t tcp;
   uv_timer_t timer;
-  http_parser parser;
-  char url[MAX_URL];
-  size_t url_len;
-  int url_long;
-  int complete; /* a whole request was parsed */
-  size_t req_bytes;
+  tunnel__reqhead req;
   int closing;
   int handles;
   char buf[4096];
@@ -465,15 +459,16 @@ static void respond_text(mconn *c, int code, const char *reason,
 /* A whole request was parsed: answer it. */
 static void serve(mconn *c) {
   tunnel_server *srv = c->m->srv;
-  int keep = http_should_keep_alive(&c->parser);
-  if (c->url_long) {
+  int keep = tunnel__reqhead_keep_alive(&c->req);
+  const char *target = c->req.target;
+  if (c->req.target_long) {
     respond_text(c, 400, "Bad Request", "request target too long\n");
     return;
   }
-  size_t path_len = strcspn(c->url, "?#");
-  int is_get = c->parser.method == HTTP_GET;
-  int metrics = path_len == 8 && memcmp(c->url, "/metrics", 8) == 0;
-  int status = path_len == 11 && memcmp(c->url, "/api/status", 11) == 0;
+  size_t path_len = strcspn(target, "?#");
+  int is_get = tunnel__reqhead_method(&c->req) == HTTP_GET;
+  int metrics = path_len == 8 && memcmp(target, "/metrics", 8) == 0;
+  int status = path_len == 11 && memcmp(target, "/api/status", 11) == 0;
   if (!is_get || (!metrics && !status)) {
     respond(c, 404, "Not Found", "text/plain; charset=utf-8", "not found\n",
             10, keep);
@@ -497,39 +492,6 @@ static void serve(mconn *c) {
   tunnel__free(MEM(srv), b.p);
 }
 
-static int on_message_begin(http_parser *p) {
-  mconn *c = p->data;
-  c->url_len = 0;
-  c->url_long = 0;
-  c->url[0] = '\0';
-  return 0;
-}
-
-static int on_url(http_parser *p, const char *at, size_t len) {
-  mconn *c = p->data;
-  if (c->url_len + len >= sizeof c->url) {
-    c->url_long = 1;
-    return 0;
-  }
-  memcpy(c->url + c->url_len, at, len);
-  c->url_len += len;
-  c->url[c->url_len] = '\0';
-  return 0;
-}
-
-static int on_message_complete(http_parser *p) {
-  mconn *c = p->data;
-  c->complete = 1;
-  http_parser_pause(p, 1); /* one request at a time */
-  return 0;
-}
-
-static const http_parser_settings parser_settings = {
-    .on_message_begin = on_message_begin,
-    .on_url = on_url,
-    .on_message_complete = on_message_complete,
-};
-
 static void on_timeout(uv_timer_t *t) { conn_close(t->data); }
 
 static void alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
@@ -550,30 +512,21 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   const char *data = c->buf;
   size_t len = (size_t)nread;
   while (len && !c->closing) {
-    size_t n = http_parser_execute(&c->parser, &parser_settings, data, len);
-    enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
-    c->req_bytes += n;
-    data += n;
-    len -= n;
-    if (e != HPE_OK && e != HPE_PAUSED) {
-      respond_text(c, 400, "Bad Request", "malformed request\n");
+    size_t used;
+    tunnel__reqhead_event ev = tunnel__reqhead_feed(&c->req, data, len, &used);
+    data += used;
+    len -= used;
+    if (ev == TUNNEL__REQHEAD_MORE)
+      break;
+    if (ev != TUNNEL__REQHEAD_REQUEST) {
+      respond_text(c, 400, "Bad Request",
+                   ev == TUNNEL__REQHEAD_TOO_LARGE ? "request too large\n"
+                                                   : "malformed request\n");
       return;
     }
-    if (c->req_bytes > MAX_REQUEST) {
-      respond_text(c, 400, "Bad Request", "request too large\n");
-      return;
-    }
-    if (!c->complete) {
-      if (n == 0)
-        break; /* the parser took nothing: it would not later either */
-      continue;
-    }
-    c->complete = 0;
-    c->req_bytes = 0;
-    http_parser_pause(&c->parser, 0);
     uv_timer_start(&c->timer, on_timeout, TIMEOUT_MS, 0);
     serve(c);
-    if (!c->closing && !http_should_keep_alive(&c->parser))
+    if (!c->closing && !tunnel__reqhead_keep_alive(&c->req))
       return; /* closing after the answer */
   }
 }
@@ -602,8 +555,7 @@ static void on_connection(uv_stream_t *l, int status) {
     conn_close(c);
     return;
   }
-  http_parser_init(&c->parser, HTTP_REQUEST);
-  c->parser.data = c;
+  tunnel__reqhead_init(&c->req, MAX_REQUEST);
   uv_timer_start(&c->timer, on_timeout, TIMEOUT_MS, 0);
   if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) != 0)
     conn_close(c);
