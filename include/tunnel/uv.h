@@ -186,6 +186,34 @@ typedef enum tunnel_server_stat_id {
 TUNNEL_EXTERN int tunnel_server_stat(const tunnel_server *srv, int32_t which,
                                      uint64_t *value);
 
+/* A logged-in client, during a tunnel_server_foreach_client() callback
+ * only (also those with no proxy). */
+typedef struct tunnel_server_client_info tunnel_server_client_info;
+/* Non-zero stops the walk (tunnel_server_foreach_client returns it). */
+typedef int (*tunnel_server_client_cb)(const tunnel_server_client_info *c,
+                                       void *user_data);
+/* Calls `cb` for each client logged in now; the callback must not change
+ * the server. */
+TUNNEL_EXTERN int tunnel_server_foreach_client(const tunnel_server *srv,
+                                               tunnel_server_client_cb cb,
+                                               void *user_data);
+/* Its run id, the address its control connection came from, the version
+ * it announced, when it logged in (loop milliseconds, and Unix seconds by
+ * the server's clock), and how many proxies it holds. Strings are valid
+ * during the callback. */
+TUNNEL_EXTERN const char *
+tunnel_server_client_run_id(const tunnel_server_client_info *c);
+TUNNEL_EXTERN const char *
+tunnel_server_client_addr(const tunnel_server_client_info *c);
+TUNNEL_EXTERN const char *
+tunnel_server_client_version(const tunnel_server_client_info *c);
+TUNNEL_EXTERN uint64_t
+tunnel_server_client_since_ms(const tunnel_server_client_info *c);
+TUNNEL_EXTERN int64_t
+tunnel_server_client_since_unix(const tunnel_server_client_info *c);
+TUNNEL_EXTERN uint32_t
+tunnel_server_client_proxies(const tunnel_server_client_info *c);
+
 /* A registered proxy, during a tunnel_server_foreach_proxy() callback
  * only. */
 typedef struct tunnel_server_proxy_info tunnel_server_proxy_info;

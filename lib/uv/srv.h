@@ -193,6 +193,9 @@ struct srv_ctl {
   char run_id[33];
   char addr[TUNNEL__ADDR_MAX]; /* where the control connection came from */
   int64_t login_ts;   /* timestamp of the login that made this control */
+  uint64_t since_ms;  /* loop time of the login */
+  int64_t since_unix; /* and the server's wall clock then */
+  char version[33];   /* what the client said it runs */
   uint32_t requested; /* work connections asked for and not yet arrived */
   srv_proxy *proxies;
   uint32_t nproxies;

@@ -318,25 +318,20 @@ static int status_proxy(const tunnel_server_proxy_info *p, void *ud) {
 
 /* Clients are those of the proxies (run id, address), with a count of
  * all, proxies or not. */
-static int status_client(const tunnel_server_proxy_info *p, void *ud) {
+static int status_client(const tunnel_server_client_info *c, void *ud) {
   cJSON *arr = ud;
-  const char *run_id = tunnel_server_proxy_run_id(p);
-  cJSON *c;
-  cJSON_ArrayForEach(c, arr) {
-    cJSON *id = cJSON_GetObjectItemCaseSensitive(c, "run_id");
-    if (cJSON_IsString(id) && strcmp(id->valuestring, run_id) == 0) {
-      cJSON *n = cJSON_GetObjectItemCaseSensitive(c, "proxies");
-      cJSON_SetNumberValue(n, n->valuedouble + 1);
-      return 0;
-    }
-  }
-  c = cJSON_CreateObject();
-  if (!c || !cJSON_AddItemToArray(arr, c))
-    return c ? (cJSON_Delete(c), TUNNEL_ENOMEM) : TUNNEL_ENOMEM;
-  int ok = cJSON_AddStringToObject(c, "run_id", run_id) &&
-           cJSON_AddStringToObject(c, "addr",
-                                   tunnel_server_proxy_client_addr(p)) &&
-           cJSON_AddNumberToObject(c, "proxies", 1);
+  cJSON *o = cJSON_CreateObject();
+  if (!o || !cJSON_AddItemToArray(arr, o))
+    return o ? (cJSON_Delete(o), TUNNEL_ENOMEM) : TUNNEL_ENOMEM;
+  int ok =
+      cJSON_AddStringToObject(o, "run_id", tunnel_server_client_run_id(c)) &&
+      cJSON_AddStringToObject(o, "addr", tunnel_server_client_addr(c)) &&
+      cJSON_AddStringToObject(o, "version",
+                              tunnel_server_client_version(c)) &&
+      cJSON_AddNumberToObject(
+          o, "since", (double)tunnel_server_client_since_unix(c)) &&
+      cJSON_AddNumberToObject(o, "proxies",
+                              (double)tunnel_server_client_proxies(c));
   return ok ? 0 : TUNNEL_ENOMEM;
 }
 
@@ -352,7 +347,7 @@ static void render_status(mbuf *b, const tunnel_server *srv,
                               (double)get_stat(srv, TUNNEL_SERVER_STAT_CLIENTS)) &&
       (clients = cJSON_AddArrayToObject(root, "clients")) != NULL &&
       (proxies = cJSON_AddArrayToObject(root, "proxies")) != NULL &&
-      tunnel_server_foreach_proxy(srv, status_client, clients) == 0 &&
+      tunnel_server_foreach_client(srv, status_client, clients) == 0 &&
       tunnel_server_foreach_proxy(srv, status_proxy, proxies) == 0;
   char *text = ok ? cJSON_PrintUnformatted(root) : NULL;
   cJSON_Delete(root);

@@ -448,6 +448,10 @@ static void on_login(tunnel_server *srv, srv_sess *sess, tunnel_stream *st,
   ctl->sess = sess;
   ctl->st = st;
   ctl->login_ts = m->timestamp;
+  ctl->since_ms = uv_now(srv->loop);
+  ctl->since_unix = now_seconds();
+  snprintf(ctl->version, sizeof ctl->version, "%s",
+           m->version ? m->version : "");
   snprintf(ctl->addr, sizeof ctl->addr, "%s", addr);
   ctl->pool_count = m->pool_count < 0 ? 0 : (uint32_t)m->pool_count;
   if (ctl->pool_count > MAX_POOL_COUNT)

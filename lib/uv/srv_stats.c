@@ -9,6 +9,10 @@ struct tunnel_server_proxy_info {
   const srv_proxy *p;
 };
 
+struct tunnel_server_client_info {
+  const srv_ctl *c;
+};
+
 static uint64_t count_proxies(const tunnel_server *srv, const srv_kind *k) {
   uint64_t n = 0;
   for (const srv_ctl *c = srv->ctls; c; c = c->next)
@@ -73,6 +77,43 @@ int tunnel_server_foreach_proxy(const tunnel_server *srv,
     }
   }
   return 0;
+}
+
+int tunnel_server_foreach_client(const tunnel_server *srv,
+                                 tunnel_server_client_cb cb, void *user_data) {
+  if (!srv || !cb)
+    return TUNNEL_EINVAL;
+  for (const srv_ctl *c = srv->ctls; c; c = c->next) {
+    tunnel_server_client_info info = {c};
+    int rc = cb(&info, user_data);
+    if (rc)
+      return rc;
+  }
+  return 0;
+}
+
+const char *tunnel_server_client_run_id(const tunnel_server_client_info *i) {
+  return i ? i->c->run_id : "";
+}
+
+const char *tunnel_server_client_addr(const tunnel_server_client_info *i) {
+  return i ? i->c->addr : "";
+}
+
+const char *tunnel_server_client_version(const tunnel_server_client_info *i) {
+  return i ? i->c->version : "";
+}
+
+uint64_t tunnel_server_client_since_ms(const tunnel_server_client_info *i) {
+  return i ? i->c->since_ms : 0;
+}
+
+int64_t tunnel_server_client_since_unix(const tunnel_server_client_info *i) {
+  return i ? i->c->since_unix : 0;
+}
+
+uint32_t tunnel_server_client_proxies(const tunnel_server_client_info *i) {
+  return i ? i->c->nproxies : 0;
 }
 
 const char *tunnel_server_proxy_name(const tunnel_server_proxy_info *i) {

@@ -441,6 +441,19 @@ static void status_names(uint16_t port, char *out, size_t cap) {
   assert_non_null(j);
   assert_true(cJSON_IsString(cJSON_GetObjectItem(j, "version")));
   assert_true(cJSON_IsNumber(cJSON_GetObjectItem(j, "uptime_s")));
+  /* Every logged-in client is listed, with or without proxies. */
+  cJSON *clients = cJSON_GetObjectItem(j, "clients");
+  assert_true(cJSON_IsArray(clients));
+  assert_int_equal(
+      cJSON_GetArraySize(clients),
+      (int)cJSON_GetObjectItem(j, "clients_connected")->valuedouble);
+  cJSON *c;
+  cJSON_ArrayForEach(c, clients) {
+    assert_true(cJSON_IsString(cJSON_GetObjectItem(c, "run_id")));
+    assert_true(cJSON_IsString(cJSON_GetObjectItem(c, "version")));
+    assert_true(cJSON_GetObjectItem(c, "since")->valuedouble > 1e9);
+    assert_true(cJSON_IsNumber(cJSON_GetObjectItem(c, "proxies")));
+  }
   cJSON *arr = cJSON_GetObjectItem(j, "proxies");
   assert_true(cJSON_IsArray(arr));
   const char *names[16];
