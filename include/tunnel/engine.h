@@ -145,6 +145,16 @@ typedef int64_t (*tunnel_engine_time_cb)(void *user_data);
 TUNNEL_EXTERN int tunnel_engine_set_time_cb(tunnel_engine *e,
                                             tunnel_engine_time_cb cb);
 
+/* Who the client is, sent in every later Login as frp's hostname, os and
+ * arch (the server shows them; frp's own client sends its GOOS and
+ * GOARCH, e.g. "linux" and "amd64"). The strings are copied, at most 255
+ * bytes each; NULL or "" leaves a field out. TUNNEL_ENOMEM keeps the
+ * previous identity. */
+TUNNEL_EXTERN int tunnel_engine_set_identity(tunnel_engine *e,
+                                             const char *hostname,
+                                             const char *os,
+                                             const char *arch);
+
 /* Declares a proxy (registered at every login; names are unique on the
  * server). Options are set before the login that registers it; a proxy
  * added during a session is registered by the next

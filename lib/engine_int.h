@@ -1,0 +1,167 @@
+/* The client protocol engine's internals, shared by lib/engine.c (the API,
+ * sessions, login, control messages, heartbeats) and lib/engine_stream.c
+ * (streams, work channels, the yamux glue, connections without
+ * multiplexing). */
+#ifndef TUNNEL_ENGINE_INT_H
+#define TUNNEL_ENGINE_INT_H
+
+#include "tunnel/engine.h"
+
+#include "config.h"
+#include "ctlcodec.h"
+#include "crypto.h"
+#include "msg.h"
+#include "yamux.h"
+
+/* frp's run ids are 16 hex digits; a longer one is not a run id. */
+#define TUNNEL__ENG_RUN_ID_MAX 64
+/* Queue chunks: small for control bytes (an idle engine stays small),
+ * larger appends get a chunk of their own size anyway. */
+#define TUNNEL__ENG_CTL_CHUNK 256
+#define TUNNEL__ENG_CONN_CHUNK 1024
+
+enum { TUNNEL__E_IDLE, TUNNEL__E_LOGIN, TUNNEL__E_READY, TUNNEL__E_DOWN };
+
+enum {
+  TUNNEL__ST_CONNECTING, /* non-mux: the program is opening the connection */
+  TUNNEL__ST_WORK,       /* NewWorkConn sent, waiting for StartWorkConn */
+  TUNNEL__ST_OPEN,       /* a visitor's stream, the program's */
+  TUNNEL__ST_DRAIN       /* non-mux: finished, its last bytes not yet sent */
+};
+
+typedef struct tunnel__eng_proxy {
+  struct tunnel__eng_proxy *next;
+  uint32_t id;
+  int32_t type;
+  uint16_t remote_port;
+  uint8_t sent; /* NewProxy queued in the running session */
+  char *name;
+  /* HTTP/HTTPS options, kept as the NewProxy fields they travel in. */
+  tunnel__msg opts;
+} tunnel__eng_proxy;
+
+typedef struct tunnel__eng_session tunnel__eng_session;
+
+typedef struct tunnel__eng_stream {
+  /* The session's list, newest first: the order streams end in when the
+   * session goes down. */
+  struct tunnel__eng_stream *next, *prev;
+  tunnel__eng_session *s;
+  uint32_t num; /* the program's stream number; non-mux: connection too */
+  uint32_t id;  /* yamux stream id (mux mode) */
+  uint8_t state;
+  uint8_t local_fin;
+  uint8_t remote_fin;
+  uint8_t ymx_gone;      /* the yamux session forgot the stream */
+  uint8_t want_writable; /* non-mux: a write was cut short */
+  tunnel__msg_reader reader; /* ST_WORK: StartWorkConn */
+  tunnel__bufq out;          /* non-mux: bytes for the connection */
+} tunnel__eng_stream;
+
+/* Streams by number: open addressing with linear probing, sized to a power
+ * of two and kept at most half full, so a program naming one of thousands
+ * of streams finds it in a probe or two. */
+typedef struct tunnel__eng_table {
+  tunnel__eng_stream **slot; /* NULL: empty */
+  uint32_t cap;              /* 0 or a power of two */
+  uint32_t count;
+} tunnel__eng_table;
+
+struct tunnel__eng_session {
+  tunnel_engine *e;
+  tunnel__eng_session *next_dead;
+  int dead;
+  int err; /* why it ended */
+  int mux;
+  tunnel__ymx *ymx;
+  uint32_t ctl_id;
+  tunnel__ctlcodec ctl;
+  /* Mux: control bytes waiting for window. Non-mux: connection 1's
+   * output. */
+  tunnel__bufq ctl_out;
+  tunnel__eng_stream *streams;
+  tunnel__eng_table table;
+  uint32_t nworks; /* work channels waiting for a visitor */
+};
+
+struct tunnel_engine {
+  struct tunnel_config cfg;
+  void *ud;
+  tunnel_engine_state_cb state_cb;
+  tunnel_engine_proxy_cb proxy_cb;
+  tunnel_engine_stream_open_cb open_cb;
+  tunnel_engine_stream_data_cb data_cb;
+  tunnel_engine_stream_end_cb end_cb;
+  tunnel_engine_stream_writable_cb writable_cb;
+  tunnel_engine_connect_cb connect_cb;
+  tunnel_engine_disconnect_cb disconnect_cb;
+  tunnel_engine_random_cb random_cb;
+  tunnel_engine_time_cb time_cb;
+  tunnel__eng_proxy *proxies;
+  uint32_t next_proxy;
+  uint32_t next_num;
+  int state;
+  tunnel__eng_session *s;    /* the running session */
+  tunnel__eng_session *dead; /* ended, freed when no call is under way */
+  unsigned depth;            /* engine calls under way (callbacks re-enter) */
+  uint64_t now;
+  uint64_t login_deadline;
+  uint64_t last_heard;
+  uint64_t next_ping;
+  /* Sent in Login; NULL: left out. */
+  char *hostname;
+  char *os;
+  char *arch;
+  uint8_t key[TUNNEL__FRP_KEY_SIZE];
+  char run_id[TUNNEL__ENG_RUN_ID_MAX + 1];
+};
+
+static inline const tunnel__mem *tunnel__eng_mem(const tunnel_engine *e) {
+  return &e->cfg.mem;
+}
+
+/* A connection number the engine handed out (and may since have finished
+ * with). */
+static inline int tunnel__eng_known_conn(const tunnel_engine *e,
+                                         uint32_t conn) {
+  return conn >= 2 && conn < e->next_num;
+}
+
+/* engine.c */
+
+/* Engine calls nest through callbacks; sessions that ended are freed when
+ * the outermost returns. */
+void tunnel__eng_enter(tunnel_engine *e);
+void tunnel__eng_leave(tunnel_engine *e);
+void tunnel__eng_session_down(tunnel__eng_session *s, int err,
+                              const char *why);
+void tunnel__eng_flush_ctl(tunnel__eng_session *s);
+void tunnel__eng_ctl_input(tunnel__eng_session *s, const uint8_t *data,
+                           size_t len);
+tunnel__eng_proxy *tunnel__eng_proxy_by_name(tunnel_engine *e,
+                                             const char *name);
+/* NewWorkConn, appended to `out`. */
+int tunnel__eng_encode_work_conn(tunnel_engine *e, tunnel__bufq *out);
+
+/* engine_stream.c */
+
+extern const tunnel__ymx_callbacks tunnel__eng_ymx_cb;
+tunnel__eng_stream *tunnel__eng_find_stream(tunnel__eng_session *s,
+                                            uint32_t num);
+/* Frees every stream of a session that is going away; no callback. */
+void tunnel__eng_streams_free(tunnel__eng_session *s);
+/* The server asked for a work channel. */
+void tunnel__eng_new_work(tunnel__eng_session *s);
+/* Non-mux connections other than the control one. */
+int tunnel__eng_conn_recv(tunnel__eng_session *s, uint32_t conn,
+                          const uint8_t *data, size_t len);
+size_t tunnel__eng_conn_send(tunnel__eng_session *s, uint32_t conn,
+                             uint8_t *buf, size_t cap);
+/* The lowest connection above `after` and below `best` with bytes to send,
+ * else `best`. */
+uint32_t tunnel__eng_conn_next(tunnel__eng_session *s, uint32_t after,
+                               uint32_t best);
+/* Copies up to `cap` queued bytes into `buf`. */
+size_t tunnel__eng_copy_out(tunnel__bufq *q, uint8_t *buf, size_t cap);
+
+#endif /* TUNNEL_ENGINE_INT_H */
