@@ -19,7 +19,7 @@ static const char usage[] =
     "                     [--http HOST:PORT] [--metrics HOST:PORT]\n"
     "                     [--https HOST:PORT] [--domain DOMAIN]\n"
     "                     [--tls-cert FILE --tls-key FILE] [--tls-ca FILE]\n"
-    "                     [--tls-only | --no-tls] [--verbose]\n"
+    "                     [--tls-only | --no-tls] [--drain-ms N] [--verbose]\n"
     "  -c, --config FILE  frp server configuration, INI (frps.ini) or JSON\n"
     "             (frps.json); flags, then $TUNNEL_TOKEN, then the file\n"
     "  --control  where clients connect (default 0.0.0.0:7000; repeat for\n"
@@ -54,6 +54,9 @@ static const char usage[] =
     "  --tls-ca FILE  require client certificates signed by this CA (PEM)\n"
     "  --tls-only refuse clients that do not use TLS\n"
     "  --no-tls   plain connections only\n"
+    "  --drain-ms N  on SIGINT/SIGTERM, let transfers under way finish for up\n"
+    "             to N ms (default 5000; 0: close at once); a second signal\n"
+    "             closes at once\n"
     "  --verbose  log connections and proxies (twice: debug)\n"
     "\n"
     "Example INI file (frp's legacy format):\n"
@@ -93,11 +96,37 @@ static const char usage[] =
 static tunnel_server *server;
 static uv_signal_t sigint_h, sigterm_h;
 
+static uint32_t drain_ms = 5000;
+static int draining;
+
+static void close_signals(void) {
+  if (!uv_is_closing((uv_handle_t *)&sigint_h)) {
+    uv_close((uv_handle_t *)&sigint_h, NULL);
+    uv_close((uv_handle_t *)&sigterm_h, NULL);
+  }
+}
+
+/* The drain has ended and the server is gone: nothing keeps the loop. */
+static void on_drained(tunnel_server *srv, void *ud) {
+  (void)srv, (void)ud;
+  close_signals();
+}
+
+/* The first signal drains: transfers under way finish, nothing new is
+ * taken. A second one (or --drain-ms 0) closes at once. */
 static void on_signal(uv_signal_t *h, int signum) {
   (void)h;
+  if (!draining && drain_ms) {
+    draining = 1;
+    fprintf(stderr,
+            "tunnel-server: signal %d, draining (up to %lu ms; signal again "
+            "to stop now)\n",
+            signum, (unsigned long)drain_ms);
+    if (tunnel_server_shutdown(server, drain_ms, on_drained, NULL) == 0)
+      return;
+  }
   fprintf(stderr, "tunnel-server: signal %d, shutting down\n", signum);
-  uv_close((uv_handle_t *)&sigint_h, NULL);
-  uv_close((uv_handle_t *)&sigterm_h, NULL);
+  close_signals();
   tunnel_server_close(server, NULL, NULL);
 }
 
@@ -262,6 +291,12 @@ static int run(int argc, char **argv, cli_server_conf *fc) {
       use_tls = 0;
     } else if (!strcmp(a, "--require-signed-work-conns")) {
       require_signed = 1;
+    } else if (!strcmp(a, "--drain-ms") && v) {
+      if (cli_parse_u32(v, 86400000u, &drain_ms) != 0) {
+        fprintf(stderr, "tunnel-server: bad --drain-ms '%s'\n", v);
+        return 2;
+      }
+      i++;
     } else if ((!strcmp(a, "--max-clients") || !strcmp(a, "--max-proxies") ||
                 !strcmp(a, "--heartbeat-timeout") ||
                 !strcmp(a, "--auth-max-skew")) &&

@@ -124,6 +124,21 @@ TUNNEL_EXTERN uint32_t tunnel_server_client_count(const tunnel_server *srv);
 TUNNEL_EXTERN int tunnel_server_close(tunnel_server *srv,
                                       tunnel_server_close_cb cb,
                                       void *user_data);
+/* Graceful close. Stops accepting at once (control and public listeners,
+ * new logins, visitors, proxies and work connections), closes every
+ * public proxy port, and tells multiplexing clients to open no more
+ * streams (GoAway); visitors already joined to a client and HTTP requests
+ * under way run on for at most `drain_ms`. Then, or as soon as none is
+ * left, it does what tunnel_server_close() does (non-multiplexing clients'
+ * control connections close then) and frees the server after `cb` (may be
+ * NULL), which fires once. `drain_ms` 0: tunnel_server_close() now.
+ * tunnel_server_close() during the drain ends it at once; its own callback
+ * then fires too, before this one. TUNNEL_ESTATE when already closing or
+ * draining. */
+TUNNEL_EXTERN int tunnel_server_shutdown(tunnel_server *srv,
+                                         uint32_t drain_ms,
+                                         tunnel_server_close_cb cb,
+                                         void *user_data);
 
 /* ------------------------------------------------------ server metrics */
 

@@ -138,7 +138,9 @@ int tunnel_server_new(tunnel_server **out, uv_loop_t *loop,
   tunnel__srv_vhost_init(srv, &srv->http, 0);
   tunnel__srv_vhost_init(srv, &srv->https, 1);
   srv->sweep.data = srv;
-  srv->handles = 1;
+  uv_timer_init(loop, &srv->drain_timer);
+  srv->drain_timer.data = srv;
+  srv->handles = 2;
   uv_timer_start(&srv->sweep, sweep, 1000, 1000);
   *out = srv;
   return 0;
@@ -147,7 +149,7 @@ int tunnel_server_new(tunnel_server **out, uv_loop_t *loop,
 int tunnel_server_listen(tunnel_server *srv, const char *host, uint16_t port) {
   if (!srv || !host)
     return TUNNEL_EINVAL;
-  if (srv->closing)
+  if (srv->closing || srv->draining)
     return TUNNEL_ESTATE;
   if (srv->listening == TUNNEL__SRV_MAX_LISTENERS)
     return TUNNEL_ELIMIT;
@@ -194,6 +196,8 @@ int tunnel_server_listen_http(tunnel_server *srv, const char *host,
                               uint16_t port) {
   if (!srv || !host)
     return TUNNEL_EINVAL;
+  if (srv->draining)
+    return TUNNEL_ESTATE;
   return tunnel__srv_vhost_listen(&srv->http, host, port);
 }
 
@@ -201,6 +205,8 @@ int tunnel_server_listen_https(tunnel_server *srv, const char *host,
                                uint16_t port) {
   if (!srv || !host)
     return TUNNEL_EINVAL;
+  if (srv->draining)
+    return TUNNEL_ESTATE;
   return tunnel__srv_vhost_listen(&srv->https, host, port);
 }
 
@@ -240,8 +246,8 @@ uint32_t tunnel_server_client_count(const tunnel_server *srv) {
 
 static void sched_closed(uv_handle_t *h) {
   tunnel_server *srv = TUNNEL__CONTAINER(h, tunnel_server, sched.idle);
-  tunnel_server_close_cb cb = srv->close_cb;
-  void *ud = srv->close_ud;
+  tunnel_server_close_cb cb = srv->close_cb, dcb = srv->drain_cb;
+  void *ud = srv->close_ud, *dud = srv->drain_ud;
   tunnel__mem mem = srv->cfg.mem;
   tunnel__free(&mem, srv->readbuf);
   tunnel__ratelimit_free(srv->logins);
@@ -250,13 +256,50 @@ static void sched_closed(uv_handle_t *h) {
   tunnel__free(&mem, srv);
   if (cb)
     cb(srv, ud);
+  if (dcb)
+    dcb(srv, dud);
+}
+
+/* Whether a drain has nothing left to wait for: no visitor joined to a
+ * work stream, no HTTP exchange under way. Nothing new starts while the
+ * server drains, so once true it stays true. */
+static int drain_idle(const tunnel_server *srv) {
+  if (srv->splices.count || srv->http.conns || srv->https.conns)
+    return 0;
+  for (const srv_ctl *c = srv->ctls; c; c = c->next)
+    if (c->splices.count)
+      return 0;
+  return 1;
+}
+
+static void drain_over(uv_timer_t *t) {
+  tunnel_server *srv = t->data;
+  if (srv->closing)
+    return;
+  tunnel__log(&srv->cfg.log, TUNNEL_LOG_INFO,
+              drain_idle(srv) ? "server: drained; closing"
+                              : "server: drain time is up; closing");
+  tunnel_server_close(srv, NULL, NULL);
 }
 
 void tunnel__srv_maybe_finish_close(tunnel_server *srv) {
+  if (srv->draining && !srv->closing) {
+    /* Closing from here would pull the server from under the caller: the
+     * loop does it next. */
+    if (drain_idle(srv) && uv_timer_get_due_in(&srv->drain_timer) > 0)
+      uv_timer_start(&srv->drain_timer, drain_over, 0, 0);
+    return;
+  }
   if (!srv->closing || srv->handles || srv->splices.count || srv->objects ||
       srv->sched.refs || srv->sched.closing)
     return;
   tunnel__sched_close(&srv->sched, sched_closed);
+}
+
+static void close_listeners(tunnel_server *srv) {
+  for (int i = 0; i < srv->listening; i++)
+    uv_close((uv_handle_t *)srv->listeners[i], tunnel__srv_free_tcp_closed);
+  srv->listening = 0;
 }
 
 int tunnel_server_close(tunnel_server *srv, tunnel_server_close_cb cb,
@@ -268,9 +311,9 @@ int tunnel_server_close(tunnel_server *srv, tunnel_server_close_cb cb,
   srv->closing = 1;
   srv->close_cb = cb;
   srv->close_ud = ud;
-  for (int i = 0; i < srv->listening; i++)
-    uv_close((uv_handle_t *)srv->listeners[i], tunnel__srv_free_tcp_closed);
+  close_listeners(srv);
   uv_close((uv_handle_t *)&srv->sweep, handle_closed);
+  uv_close((uv_handle_t *)&srv->drain_timer, handle_closed);
   while (srv->conns)
     tunnel__srv_conn_done(srv->conns, 0);
   while (srv->firsts)
@@ -287,6 +330,43 @@ int tunnel_server_close(tunnel_server *srv, tunnel_server_close_cb cb,
   /* Non-mux joins are connections of their own: no session end reaches
    * them. */
   tunnel__splice_abort_all(&srv->splices);
+  tunnel__srv_maybe_finish_close(srv);
+  return 0;
+}
+
+int tunnel_server_shutdown(tunnel_server *srv, uint32_t drain_ms,
+                           tunnel_server_close_cb cb, void *ud) {
+  if (!srv)
+    return TUNNEL_EINVAL;
+  if (srv->closing || srv->draining)
+    return TUNNEL_ESTATE;
+  if (drain_ms == 0)
+    return tunnel_server_close(srv, cb, ud);
+  srv->draining = 1;
+  srv->drain_cb = cb;
+  srv->drain_ud = ud;
+  tunnel__log(&srv->cfg.log, TUNNEL_LOG_INFO,
+              "server: draining (up to %lu ms)", (unsigned long)drain_ms);
+  close_listeners(srv);
+  /* Whatever has not logged in or been joined yet goes now. */
+  while (srv->conns)
+    tunnel__srv_conn_done(srv->conns, 0);
+  while (srv->firsts)
+    tunnel__srv_first_end(srv->firsts);
+  while (srv->drains)
+    tunnel__srv_drain_end(srv->drains);
+  for (srv_sess *sess = srv->sessions, *next; sess; sess = next) {
+    next = sess->next;
+    if (!sess->ctl)
+      tunnel__srv_sess_destroy(sess);
+  }
+  /* Proxies first: closing them answers HTTP visitors still waiting for a
+   * work stream, so that the vhosts see who is under way. */
+  for (srv_ctl *ctl = srv->ctls; ctl; ctl = ctl->next)
+    tunnel__srv_ctl_drain(ctl);
+  tunnel__srv_vhost_drain(&srv->http);
+  tunnel__srv_vhost_drain(&srv->https);
+  uv_timer_start(&srv->drain_timer, drain_over, drain_ms, 0);
   tunnel__srv_maybe_finish_close(srv);
   return 0;
 }

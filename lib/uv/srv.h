@@ -55,6 +55,9 @@ struct srv_vconn {
   void (*close)(srv_vconn *c);
   /* `p` is going away: forget it, and close if waiting on it. */
   void (*proxy_gone)(srv_vconn *c, srv_proxy *p);
+  /* The server drains: close now unless a request is under way, which
+   * then ends the connection when done. NULL: close now. */
+  void (*drain)(srv_vconn *c);
 };
 
 /* A public HTTP or HTTPS port shared by every client's proxies of that
@@ -102,6 +105,13 @@ struct tunnel_server {
   int closing;
   tunnel_server_close_cb close_cb;
   void *close_ud;
+  /* tunnel_server_shutdown: nothing new is accepted while what is under
+   * way runs on, until it has all ended or the deadline (drain_timer);
+   * then the server closes, and calls drain_cb after close_cb. */
+  int draining;
+  uv_timer_t drain_timer;
+  tunnel_server_close_cb drain_cb;
+  void *drain_ud;
   /* Counters of tunnel_server_stat (the gauges are computed when read),
    * and the byte and open-visitor totals of every proxy. */
   uint64_t stats[TUNNEL_SERVER_STAT_COUNT_];
@@ -252,6 +262,9 @@ struct srv_proxy {
 static inline const tunnel__mem *tunnel__srv_mem(tunnel_server *srv) {
   return &srv->cfg.mem;
 }
+/* Frees the server once closing and everything has gone; while it
+ * drains, closes it (from the loop) once nothing is under way. Called
+ * whenever something of the server ends. */
 void tunnel__srv_maybe_finish_close(tunnel_server *srv);
 /* Close callback for a uv_tcp_t allocated with the server's allocator
  * whose data is the server; counts in srv->handles. */
@@ -271,6 +284,10 @@ void tunnel__srv_first_start(tunnel_server *srv, srv_sess *sess,
 void tunnel__srv_first_end(srv_first *f);
 void tunnel__srv_drain_end(srv_drain *d);
 void tunnel__srv_ctl_destroy(srv_ctl *ctl);
+/* The server drains: the client's proxies close (joined visitors run on),
+ * its parked work streams go, and a multiplexing client is told (GoAway)
+ * to open no more streams. Its control channel stays until the close. */
+void tunnel__srv_ctl_drain(srv_ctl *ctl);
 /* Creates srv->logins from the configuration, with a random seed. */
 int tunnel__srv_logins_init(tunnel_server *srv);
 /* Sends a control message; a client that does not read its replies is
@@ -308,6 +325,9 @@ void tunnel__srv_vhost_init(tunnel_server *srv, srv_vhost *vh, int https);
 int tunnel__srv_vhost_listen(srv_vhost *vh, const char *host, uint16_t port);
 /* Closes the listener and every visitor connection. */
 void tunnel__srv_vhost_close(srv_vhost *vh);
+/* Closes the listener and drains every visitor connection (see
+ * srv_vconn.drain). */
+void tunnel__srv_vhost_drain(srv_vhost *vh);
 /* Registers the names `m` asks for (subdomain, custom domains, HTTP
  * locations; an unguessable subdomain when it asks for none) to `p`. Fills
  * `remote_addr` with "NAME[:PORT],..." or `err`. All or nothing. */

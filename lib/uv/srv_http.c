@@ -158,6 +158,15 @@ static void conn_close(http_conn *c) {
 
 static void vc_close(srv_vconn *vc) { conn_close(CONTAINER(vc, http_conn, vc)); }
 
+/* Between requests nothing is lost by closing (a kept-alive visitor
+ * retries); a request under way is served, and response_done() then ends
+ * the connection. */
+static void vc_drain(srv_vconn *vc) {
+  http_conn *c = CONTAINER(vc, http_conn, vc);
+  if (c->state == S_HEAD)
+    conn_close(c);
+}
+
 /* ------------------------------------------------------ visitor side */
 
 static void read_sync(http_conn *c);
@@ -374,7 +383,7 @@ static void response_done(http_conn *c) {
   if (!c->req_done)
     return; /* the request body still flows: its END comes later */
   int keep = c->req_keep && http_should_keep_alive(&c->resp) && !c->st_eof &&
-             !c->vis_eof;
+             !c->vis_eof && !c->srv->draining;
   if (!keep) {
     drop_upstream(c);
     c->state = S_FINISH;
@@ -820,6 +829,7 @@ void tunnel__srv_http_accept(srv_vhost *vh, uv_tcp_t *tcp) {
   tcp->data = c;
   c->vc.close = vc_close;
   c->vc.proxy_gone = vc_proxy_gone;
+  c->vc.drain = vc_drain;
   struct sockaddr_storage peer;
   int len = sizeof peer;
   if (uv_tcp_getpeername(tcp, (struct sockaddr *)&peer, &len) == 0)

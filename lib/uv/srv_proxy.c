@@ -56,6 +56,10 @@ void tunnel__srv_on_new_proxy(srv_ctl *ctl, const tunnel__msg *m) {
     reply_proxy(ctl, name, NULL, "proxy name is empty");
     return;
   }
+  if (srv->draining) {
+    reply_proxy(ctl, name, NULL, "server is shutting down");
+    return;
+  }
   if (strlen(name) > MAX_PROXY_NAME) {
     snprintf(err, sizeof err, "proxy name is longer than %d bytes",
              MAX_PROXY_NAME);

@@ -227,8 +227,11 @@ static void ctl_free_task(tunnel__task *t) {
 
 static void ctl_splice_gone(void *ud) {
   srv_ctl *ctl = ud;
+  tunnel_server *srv = ctl->srv;
   if (ctl->free_due && ctl->splices.count == 0)
     ctl_free_task(&ctl->free_task);
+  else
+    tunnel__srv_maybe_finish_close(srv); /* a drain may be waiting on it */
 }
 
 static void srv_splice_gone(void *ud) { tunnel__srv_maybe_finish_close(ud); }
@@ -281,6 +284,20 @@ void tunnel__srv_ctl_destroy(srv_ctl *ctl) {
     tunnel__srv_sess_destroy(ctl->sess);
   }
   tunnel__sched_post(&srv->sched, &ctl->free_task, ctl_free_task);
+}
+
+void tunnel__srv_ctl_drain(srv_ctl *ctl) {
+  if (ctl->dead)
+    return;
+  tunnel__srv_close_proxies(ctl);
+  srv_work *w;
+  while ((w = pool_pop(ctl)) != NULL) {
+    tunnel_stream_close(w->st, NULL, NULL);
+    tunnel__free(MEM(ctl->srv), w);
+  }
+  /* Streams already open (visitors joined to them) carry on. */
+  if (ctl->sess)
+    tunnel__mux_goaway(ctl->sess->mux);
 }
 
 static srv_ctl *find_ctl(tunnel_server *srv, const char *run_id) {
@@ -716,6 +733,11 @@ void tunnel__srv_first_start(tunnel_server *srv, srv_sess *sess,
 static void on_stream(tunnel__mux *mux, tunnel_stream *st, void *ud) {
   srv_sess *sess = ud;
   (void)mux;
+  /* Draining: told by GoAway to open none; nothing new is taken. */
+  if (sess->srv->draining) {
+    tunnel_stream_close(st, NULL, NULL);
+    return;
+  }
   /* Before its login a session needs one stream; a few spare allow for a
    * retry, more are only a way to make the server hold memory. */
   if (!sess->authed && sess->nfirst >= sess->srv->cfg.unauth_streams) {

@@ -114,6 +114,21 @@ void tunnel__srv_vhost_close(srv_vhost *vh) {
   vh->router = NULL;
 }
 
+void tunnel__srv_vhost_drain(srv_vhost *vh) {
+  if (vh->listening) {
+    vh->listening = 0;
+    uv_close((uv_handle_t *)&vh->listener, listener_closed);
+  }
+  /* The router stays: the close frees it. */
+  for (srv_vconn *c = vh->conns, *next; c; c = next) {
+    next = c->next;
+    if (c->drain)
+      c->drain(c);
+    else
+      c->close(c);
+  }
+}
+
 int tunnel__srv_vconn_add(srv_vhost *vh, srv_vconn *c) {
   c->vh = vh;
   c->prev = NULL;

@@ -446,8 +446,11 @@ static uint64_t run_once(ctx *c, int run) {
   char ports[32], control[32], local[32], name[32];
   snprintf(ports, sizeof ports, "%u-%u", c->lo, c->hi);
   snprintf(control, sizeof control, "127.0.0.1:0");
+  /* These cases are about stopping at once; draining has its own tests
+   * (tests/close/drain). */
   char *sargs[] = {server_path, "--control", control, "--bind", "127.0.0.1",
-                   "--ports", ports, "--token", c->token, NULL};
+                   "--ports", ports, "--token", c->token, "--drain-ms", "0",
+                   NULL};
   spawn(c, &c->srv, "tunnel-server", sargs);
   wait_for(c, server_ready, START_MS);
   uint16_t sport = find_addr_line(c->srv.obuf, "listening on ");
