@@ -94,3 +94,12 @@ size_t tunnel__link_queued(const tunnel__link *l) {
 }
 
 int tunnel__link_is_tls(const tunnel__link *l) { return l->tls != NULL; }
+
+size_t tunnel__link_bufs(const tunnel__iov *iov, size_t n, uv_buf_t *bufs) {
+  size_t total = 0;
+  for (size_t i = 0; i < n; i++) {
+    bufs[i] = uv_buf_init((char *)iov[i].base, (unsigned)iov[i].len);
+    total += iov[i].len;
+  }
+  return total;
+}

@@ -7,6 +7,7 @@
 
 #include <uv.h>
 
+#include "../bufq.h"
 #include "../mem.h"
 #include "sched.h"
 
@@ -107,6 +108,8 @@ void tunnel__link_close(tunnel__link *l, int reset, tunnel__link_done_cb cb,
 int tunnel__link_check(tunnel__link *l);
 /* Bytes accepted but not yet on the socket. */
 size_t tunnel__link_queued(const tunnel__link *l);
+/* libuv buffers over `n` queue iovecs; returns their total length. */
+size_t tunnel__link_bufs(const tunnel__iov *iov, size_t n, uv_buf_t *bufs);
 /* Whether the peer connection uses TLS. */
 int tunnel__link_is_tls(const tunnel__link *l);
 

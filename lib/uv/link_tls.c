@@ -132,15 +132,11 @@ static void shut_cb(uv_shutdown_t *req, int status) {
 static size_t out_bufs(tls_link *t, uv_buf_t *bufs, unsigned *n) {
   tunnel__iov iov[MAX_IOV];
   size_t k = tunnel__tls_out_iov(t->tls, iov, MAX_IOV);
-  size_t total = 0;
-  *n = 0;
+  unsigned m = 0;
   if (t->marker)
-    bufs[(*n)++] = uv_buf_init((char *)&t->marker_byte, 1);
-  for (size_t i = 0; i < k; i++) {
-    bufs[(*n)++] = uv_buf_init((char *)iov[i].base, (unsigned)iov[i].len);
-    total += iov[i].len;
-  }
-  return total;
+    bufs[m++] = uv_buf_init((char *)&t->marker_byte, 1);
+  *n = m + (unsigned)k;
+  return tunnel__link_bufs(iov, k, bufs + m);
 }
 
 /* Hands queued ciphertext to the socket: at once what it takes, the rest

@@ -346,11 +346,7 @@ static void flush(tunnel__mux *m) {
     tunnel__iov iov[MAX_IOV];
     uv_buf_t bufs[MAX_IOV];
     size_t n = tunnel__ymx_out_iov(m->ymx, iov, MAX_IOV);
-    size_t total = 0;
-    for (size_t i = 0; i < n; i++) {
-      bufs[i] = uv_buf_init((char *)iov[i].base, (unsigned)iov[i].len);
-      total += iov[i].len;
-    }
+    size_t total = tunnel__link_bufs(iov, n, bufs);
     /* Try the cheap path first: most writes complete at once. */
     int w = tunnel__link_try_write(m->link, bufs, (unsigned)n);
     if (w > 0) {
@@ -362,11 +358,7 @@ static void flush(tunnel__mux *m) {
       return;
     }
     n = tunnel__ymx_out_iov(m->ymx, iov, MAX_IOV);
-    total = 0;
-    for (size_t i = 0; i < n; i++) {
-      bufs[i] = uv_buf_init((char *)iov[i].base, (unsigned)iov[i].len);
-      total += iov[i].len;
-    }
+    total = tunnel__link_bufs(iov, n, bufs);
     int rc = tunnel__link_write(&m->wreq, m->link, bufs, (unsigned)n,
                                 write_cb);
     if (rc) {
