@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "engine_int.h"
+#include "engine_io.h"
 #include "log.h"
 
 /* The frp protocol level we speak, sent as Login.version: stock frps
@@ -128,7 +129,7 @@ static int queue_ctl(eng_session *s, const tunnel__msg *m) {
   return rc;
 }
 
-static int send_ctl(eng_session *s, const tunnel__msg *m) {
+int tunnel__eng_send_ctl(eng_session *s, const tunnel__msg *m) {
   int rc = queue_ctl(s, m);
   if (rc)
     tunnel__eng_session_down(s, rc,
@@ -155,30 +156,25 @@ static void send_new_proxy(eng_session *s, eng_proxy *p) {
   m.proxy_name = p->name;
   m.proxy_type = (char *)type_name(p->type);
   m.remote_port = p->type == TUNNEL_ENGINE_PROXY_TCP ? p->remote_port : 0;
-  if (send_ctl(s, &m) == 0)
+  if (tunnel__eng_send_ctl(s, &m) == 0)
     p->sent = 1;
 }
 
 /* Registers the proxies declared since the login. */
 static void register_pending(tunnel_engine *e) {
-  for (eng_proxy *p = e->proxies; p && e->s && e->state == TUNNEL__E_READY;
-       p = p->next)
-    if (!p->sent)
-      send_new_proxy(e->s, p);
-}
-
-eng_proxy *tunnel__eng_proxy_by_name(tunnel_engine *e, const char *name) {
-  for (eng_proxy *p = e->proxies; p && name; p = p->next)
-    if (strcmp(p->name, name) == 0)
-      return p;
-  return NULL;
-}
-
-static eng_proxy *proxy_by_id(tunnel_engine *e, uint32_t id) {
-  for (eng_proxy *p = e->proxies; p; p = p->next)
-    if (p->id == id)
-      return p;
-  return NULL;
+  /* From the head each time: a callback run by a failed send may remove
+   * any proxy, this one included. */
+  for (;;) {
+    if (!e->s || e->state != TUNNEL__E_READY)
+      return;
+    eng_proxy *p = e->proxies;
+    while (p && (p->sent || p->held))
+      p = p->next;
+    if (!p)
+      return;
+    /* Sent, or the session went down (the check above ends it then). */
+    send_new_proxy(e->s, p);
+  }
 }
 
 int tunnel__eng_encode_work_conn(tunnel_engine *e, tunnel__bufq *out) {
@@ -292,7 +288,7 @@ static void heartbeat(eng_session *s) {
   tunnel__msg_init(&m, TUNNEL__MSG_PING);
   int rc = sign(e, &m);
   if (rc == 0)
-    send_ctl(s, &m);
+    tunnel__eng_send_ctl(s, &m);
   else
     tunnel__eng_session_down(s, rc, "cannot sign a heartbeat");
   clear_signed(e, &m);
@@ -333,12 +329,6 @@ int tunnel_engine_new(tunnel_engine **out, const tunnel_config *cfg,
   return 0;
 }
 
-static void proxy_free(tunnel_engine *e, eng_proxy *p) {
-  tunnel__msg_clear(MEM(e), &p->opts);
-  tunnel__free(MEM(e), p->name);
-  tunnel__free(MEM(e), p);
-}
-
 void tunnel_engine_free(tunnel_engine *e) {
   if (!e)
     return;
@@ -352,7 +342,7 @@ void tunnel_engine_free(tunnel_engine *e) {
   while (e->proxies) {
     eng_proxy *p = e->proxies;
     e->proxies = p->next;
-    proxy_free(e, p);
+    tunnel__eng_proxy_free(e, p);
   }
   tunnel__free(MEM(e), e->hostname);
   tunnel__free(MEM(e), e->os);
@@ -450,93 +440,6 @@ int tunnel_engine_set_identity(tunnel_engine *e, const char *hostname,
   e->os = o;
   e->arch = a;
   return 0;
-}
-
-int tunnel_engine_add_proxy(tunnel_engine *e, const char *name, int32_t type,
-                            uint32_t *proxy_out) {
-  if (!e || !name || !*name || strlen(name) > 255)
-    return TUNNEL_EINVAL;
-  if (type != TUNNEL_ENGINE_PROXY_TCP && type != TUNNEL_ENGINE_PROXY_HTTP &&
-      type != TUNNEL_ENGINE_PROXY_HTTPS)
-    return TUNNEL_ENOTSUP;
-  if (tunnel__eng_proxy_by_name(e, name))
-    return TUNNEL_EEXIST;
-  eng_proxy *p = tunnel__calloc(MEM(e), 1, sizeof *p);
-  if (!p || !(p->name = tunnel__strdup(MEM(e), name))) {
-    tunnel__free(MEM(e), p);
-    return TUNNEL_ENOMEM;
-  }
-  p->id = e->next_proxy++;
-  p->type = type;
-  tunnel__msg_init(&p->opts, TUNNEL__MSG_NEW_PROXY);
-  /* Appended: registrations go out in the order they were declared. */
-  eng_proxy **pp = &e->proxies;
-  while (*pp)
-    pp = &(*pp)->next;
-  *pp = p;
-  if (proxy_out)
-    *proxy_out = p->id;
-  return 0;
-}
-
-/* The proxy whose options may change now. */
-static int proxy_opt(tunnel_engine *e, uint32_t proxy, int http,
-                     eng_proxy **out) {
-  eng_proxy *p = e ? proxy_by_id(e, proxy) : NULL;
-  if (!p)
-    return TUNNEL_EINVAL;
-  if (http != (p->type != TUNNEL_ENGINE_PROXY_TCP))
-    return TUNNEL_ENOTSUP;
-  if (p->sent)
-    return TUNNEL_ESTATE;
-  *out = p;
-  return 0;
-}
-
-int tunnel_engine_proxy_set_remote_port(tunnel_engine *e, uint32_t proxy,
-                                        uint16_t port) {
-  eng_proxy *p;
-  int rc = proxy_opt(e, proxy, 0, &p);
-  if (rc == 0)
-    p->remote_port = port;
-  return rc;
-}
-
-/* A host name as routing tables and peers expect it: letters, digits,
- * hyphens, underscores and dots (and a leading "*." where wildcards are
- * allowed). */
-static int valid_name(const char *s, int wildcard) {
-  size_t n = strlen(s);
-  if (n == 0 || n > 253)
-    return 0;
-  if (wildcard && s[0] == '*' && s[1] == '.')
-    s += 2;
-  if (!*s)
-    return 0;
-  for (; *s; s++)
-    if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
-          (*s >= '0' && *s <= '9') || *s == '-' || *s == '.' || *s == '_'))
-      return 0;
-  return 1;
-}
-
-int tunnel_engine_proxy_set_subdomain(tunnel_engine *e, uint32_t proxy,
-                                      const char *name) {
-  if (!name || !valid_name(name, 0) || strchr(name, '.'))
-    return TUNNEL_EINVAL;
-  eng_proxy *p;
-  int rc = proxy_opt(e, proxy, 1, &p);
-  return rc ? rc : tunnel__msg_set_str(MEM(e), &p->opts.subdomain, name);
-}
-
-int tunnel_engine_proxy_add_domain(tunnel_engine *e, uint32_t proxy,
-                                   const char *fqdn) {
-  if (!fqdn || !valid_name(fqdn, 1))
-    return TUNNEL_EINVAL;
-  eng_proxy *p;
-  int rc = proxy_opt(e, proxy, 1, &p);
-  return rc ? rc
-            : tunnel__msg_strs_push(MEM(e), &p->opts.custom_domains, fqdn);
 }
 
 static int session_new(tunnel_engine *e, eng_session **out) {
@@ -717,6 +620,50 @@ int tunnel_engine_send(tunnel_engine *e, uint32_t conn, uint8_t *buf,
   }
   tunnel__eng_leave(e);
   return 0;
+}
+
+size_t tunnel__engine_out_pending(tunnel_engine *e, uint32_t conn) {
+  eng_session *s = e->s;
+  if (!s)
+    return 0;
+  if (s->mux)
+    return conn == TUNNEL_ENGINE_CONTROL ? tunnel__ymx_out_pending(s->ymx) : 0;
+  if (conn == TUNNEL_ENGINE_CONTROL)
+    return s->ctl_out.size;
+  tunnel__bufq *q = tunnel__eng_conn_queue(s, conn);
+  return q ? q->size : 0;
+}
+
+size_t tunnel__engine_out_iov(tunnel_engine *e, uint32_t conn,
+                              tunnel__iov *iov, size_t max) {
+  eng_session *s = e->s;
+  if (!s)
+    return 0;
+  if (s->mux)
+    return conn == TUNNEL_ENGINE_CONTROL
+               ? tunnel__ymx_out_iov(s->ymx, iov, max)
+               : 0;
+  tunnel__bufq *q = conn == TUNNEL_ENGINE_CONTROL
+                        ? &s->ctl_out
+                        : tunnel__eng_conn_queue(s, conn);
+  return q ? tunnel__bufq_iov(q, iov, max) : 0;
+}
+
+void tunnel__engine_out_consume(tunnel_engine *e, uint32_t conn, size_t n) {
+  eng_session *s = e->s;
+  if (!s || !n)
+    return;
+  tunnel__eng_enter(e);
+  if (s->mux) {
+    if (conn == TUNNEL_ENGINE_CONTROL)
+      tunnel__ymx_out_consume(s->ymx, n);
+  } else if (conn == TUNNEL_ENGINE_CONTROL) {
+    tunnel__bufq_consume(&s->ctl_out,
+                         n < s->ctl_out.size ? n : s->ctl_out.size);
+  } else {
+    tunnel__eng_conn_consume(s, conn, n);
+  }
+  tunnel__eng_leave(e);
 }
 
 int tunnel_engine_tick(tunnel_engine *e, uint64_t now_ms, uint64_t *next_ms) {

@@ -35,6 +35,7 @@ typedef struct tunnel__eng_proxy {
   int32_t type;
   uint16_t remote_port;
   uint8_t sent; /* NewProxy queued in the running session */
+  uint8_t held; /* not registered until released (tunnel__engine_proxy_hold) */
   char *name;
   /* HTTP/HTTPS options, kept as the NewProxy fields they travel in. */
   tunnel__msg opts;
@@ -54,6 +55,7 @@ typedef struct tunnel__eng_stream {
   uint8_t remote_fin;
   uint8_t ymx_gone;      /* the yamux session forgot the stream */
   uint8_t want_writable; /* non-mux: a write was cut short */
+  void *user;            /* tunnel__engine_stream_set_user */
   tunnel__msg_reader reader; /* ST_WORK: StartWorkConn */
   tunnel__bufq out;          /* non-mux: bytes for the connection */
 } tunnel__eng_stream;
@@ -104,6 +106,9 @@ struct tunnel_engine {
   tunnel__eng_session *s;    /* the running session */
   tunnel__eng_session *dead; /* ended, freed when no call is under way */
   unsigned depth;            /* engine calls under way (callbacks re-enter) */
+  /* The stream whose end callback runs after it was freed. */
+  uint32_t ending_num;
+  void *ending_user;
   uint64_t now;
   uint64_t login_deadline;
   uint64_t last_heard;
@@ -138,8 +143,14 @@ void tunnel__eng_session_down(tunnel__eng_session *s, int err,
 void tunnel__eng_flush_ctl(tunnel__eng_session *s);
 void tunnel__eng_ctl_input(tunnel__eng_session *s, const uint8_t *data,
                            size_t len);
+/* Queues a control message; failing to ends the session. */
+int tunnel__eng_send_ctl(tunnel__eng_session *s, const tunnel__msg *m);
+
+/* engine_proxy.c */
+
 tunnel__eng_proxy *tunnel__eng_proxy_by_name(tunnel_engine *e,
                                              const char *name);
+void tunnel__eng_proxy_free(tunnel_engine *e, tunnel__eng_proxy *p);
 /* NewWorkConn, appended to `out`. */
 int tunnel__eng_encode_work_conn(tunnel_engine *e, tunnel__bufq *out);
 
@@ -157,6 +168,11 @@ int tunnel__eng_conn_recv(tunnel__eng_session *s, uint32_t conn,
                           const uint8_t *data, size_t len);
 size_t tunnel__eng_conn_send(tunnel__eng_session *s, uint32_t conn,
                              uint8_t *buf, size_t cap);
+/* The output queue of a connection (NULL: none), and taking bytes off it
+ * once they left. */
+tunnel__bufq *tunnel__eng_conn_queue(tunnel__eng_session *s, uint32_t conn);
+void tunnel__eng_conn_consume(tunnel__eng_session *s, uint32_t conn,
+                              size_t n);
 /* The lowest connection above `after` and below `best` with bytes to send,
  * else `best`. */
 uint32_t tunnel__eng_conn_next(tunnel__eng_session *s, uint32_t after,

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "engine_int.h"
+#include "engine_io.h"
 #include "log.h"
 
 #define MEM(e) tunnel__eng_mem(e)
@@ -136,6 +137,20 @@ static void stream_drop(eng_stream *st) {
   if (st->next)
     st->next->prev = st->prev;
   stream_free(st);
+}
+
+/* The end callback of a stream that is gone: its user pointer is still
+ * found by number for the callback's duration. */
+static void end_gone(tunnel_engine *e, uint32_t num, void *user, int status) {
+  if (!e->end_cb)
+    return;
+  uint32_t prev_num = e->ending_num;
+  void *prev_user = e->ending_user;
+  e->ending_num = num;
+  e->ending_user = user;
+  e->end_cb(e, num, status, e->ud);
+  e->ending_num = prev_num;
+  e->ending_user = prev_user;
 }
 
 static eng_stream *stream_new(eng_session *s) {
@@ -381,11 +396,12 @@ static void ymx_on_rst(tunnel__ymx *y, uint32_t id, void *su, void *ud) {
   eng_stream *st = su;
   tunnel_engine *e = s->e;
   uint32_t num = st->num;
+  void *user = st->user;
   int open = st->state == TUNNEL__ST_OPEN;
   tunnel__ymx_set_user(y, id, NULL);
   stream_drop(st);
-  if (open && e->end_cb)
-    e->end_cb(e, num, TUNNEL_ERESET, e->ud);
+  if (open)
+    end_gone(e, num, user, TUNNEL_ERESET);
 }
 
 static void ymx_on_window(tunnel__ymx *y, uint32_t id, void *su, void *ud) {
@@ -458,13 +474,9 @@ size_t tunnel__eng_copy_out(tunnel__bufq *q, uint8_t *buf, size_t cap) {
   return got;
 }
 
-size_t tunnel__eng_conn_send(eng_session *s, uint32_t conn, uint8_t *buf,
-                             size_t cap) {
-  tunnel_engine *e = s->e;
-  eng_stream *st = tunnel__eng_find_stream(s, conn);
-  if (!st)
-    return 0;
-  size_t len = tunnel__eng_copy_out(&st->out, buf, cap);
+/* `n` bytes of the connection's queue reached the program: a finished
+ * stream whose last bytes left goes, a blocked writer may go on. */
+static void conn_sent(tunnel_engine *e, eng_stream *st) {
   if (st->state == TUNNEL__ST_DRAIN && !st->out.size) {
     stream_drop(st);
   } else if (st->state == TUNNEL__ST_OPEN && st->want_writable &&
@@ -473,7 +485,63 @@ size_t tunnel__eng_conn_send(eng_session *s, uint32_t conn, uint8_t *buf,
     if (e->writable_cb)
       e->writable_cb(e, st->num, e->ud);
   }
+}
+
+size_t tunnel__eng_conn_send(eng_session *s, uint32_t conn, uint8_t *buf,
+                             size_t cap) {
+  eng_stream *st = tunnel__eng_find_stream(s, conn);
+  if (!st)
+    return 0;
+  size_t len = tunnel__eng_copy_out(&st->out, buf, cap);
+  conn_sent(s->e, st);
   return len;
+}
+
+tunnel__bufq *tunnel__eng_conn_queue(eng_session *s, uint32_t conn) {
+  eng_stream *st = tunnel__eng_find_stream(s, conn);
+  return st ? &st->out : NULL;
+}
+
+void tunnel__eng_conn_consume(eng_session *s, uint32_t conn, size_t n) {
+  eng_stream *st = tunnel__eng_find_stream(s, conn);
+  if (!st)
+    return;
+  tunnel__bufq_consume(&st->out, n < st->out.size ? n : st->out.size);
+  conn_sent(s->e, st);
+}
+
+int tunnel__engine_stream_set_user(tunnel_engine *e, uint32_t stream,
+                                   void *user) {
+  eng_stream *st = e ? tunnel__eng_find_stream(e->s, stream) : NULL;
+  if (!st)
+    return TUNNEL_EINVAL;
+  st->user = user;
+  return 0;
+}
+
+void *tunnel__engine_stream_user(tunnel_engine *e, uint32_t stream) {
+  eng_stream *st = tunnel__eng_find_stream(e->s, stream);
+  /* A session going down is already detached; its streams end from the
+   * dead list. */
+  for (eng_session *d = e->dead; !st && d; d = d->next_dead)
+    st = tunnel__eng_find_stream(d, stream);
+  if (!st && stream == e->ending_num)
+    return e->ending_user;
+  return st ? st->user : NULL;
+}
+
+int tunnel_engine_conn_detach(tunnel_engine *e, uint32_t conn) {
+  eng_session *s = e ? e->s : NULL;
+  if (!s || s->mux || conn == TUNNEL_ENGINE_CONTROL)
+    return TUNNEL_EINVAL;
+  eng_stream *st = tunnel__eng_find_stream(s, conn);
+  if (!st)
+    return TUNNEL_EINVAL;
+  if (st->state != TUNNEL__ST_OPEN || st->local_fin || st->remote_fin ||
+      st->out.size)
+    return TUNNEL_ESTATE;
+  stream_drop(st);
+  return 0;
 }
 
 uint32_t tunnel__eng_conn_next(eng_session *s, uint32_t after,
@@ -541,9 +609,9 @@ int tunnel_engine_conn_closed(tunnel_engine *e, uint32_t conn, int status,
         e->end_cb(e, num, 0, e->ud);
     }
   } else {
+    void *user = st->user;
     stream_drop(st);
-    if (e->end_cb)
-      e->end_cb(e, num, TUNNEL_ERESET, e->ud);
+    end_gone(e, num, user, TUNNEL_ERESET);
   }
   tunnel__eng_leave(e);
   return 0;
@@ -598,12 +666,12 @@ int tunnel_engine_stream_shutdown(tunnel_engine *e, uint32_t stream) {
   tunnel__eng_enter(e);
   /* A connection cannot be half-closed from here: it ends as with frp. */
   st->state = TUNNEL__ST_DRAIN;
+  void *user = st->user;
   if (!st->out.size)
     stream_drop(st);
   if (e->disconnect_cb)
     e->disconnect_cb(e, stream, e->ud);
-  if (e->end_cb)
-    e->end_cb(e, stream, TUNNEL_ECLOSED, e->ud);
+  end_gone(e, stream, user, TUNNEL_ECLOSED);
   tunnel__eng_leave(e);
   return 0;
 }

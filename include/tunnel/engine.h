@@ -177,6 +177,31 @@ TUNNEL_EXTERN int tunnel_engine_proxy_add_domain(tunnel_engine *e,
                                                  uint32_t proxy,
                                                  const char *fqdn);
 
+/* HTTP only: a path prefix routed to this proxy (repeatable), the Host
+ * header the local service sees, HTTP basic authentication the server
+ * demands of visitors, and a request header the server sets. Values
+ * cannot contain CR or LF. */
+TUNNEL_EXTERN int tunnel_engine_proxy_add_location(tunnel_engine *e,
+                                                   uint32_t proxy,
+                                                   const char *path);
+TUNNEL_EXTERN int tunnel_engine_proxy_set_host_rewrite(tunnel_engine *e,
+                                                       uint32_t proxy,
+                                                       const char *host);
+TUNNEL_EXTERN int tunnel_engine_proxy_set_basic_auth(tunnel_engine *e,
+                                                     uint32_t proxy,
+                                                     const char *user,
+                                                     const char *password);
+TUNNEL_EXTERN int tunnel_engine_proxy_set_header(tunnel_engine *e,
+                                                 uint32_t proxy,
+                                                 const char *name,
+                                                 const char *value);
+/* Forgets a proxy: the server is told (CloseProxy) if it registered it,
+ * so its port or names are free at once; visitors' streams already open
+ * go on; work channels still waiting for it are dropped. The number is
+ * gone. */
+TUNNEL_EXTERN int tunnel_engine_remove_proxy(tunnel_engine *e,
+                                             uint32_t proxy);
+
 /* Connection 1 is connected: the engine queues the login (and, with
  * multiplexing, the session's first frames). TUNNEL_ESTATE while a
  * session is running. */
@@ -213,6 +238,16 @@ TUNNEL_EXTERN int tunnel_engine_conn_ready(tunnel_engine *e, uint32_t conn,
  * follows): close it. */
 TUNNEL_EXTERN int tunnel_engine_conn_closed(tunnel_engine *e, uint32_t conn,
                                             int status, uint64_t now_ms);
+/* Non-mux: the program takes connection `conn`, which carries the open
+ * stream of the same number, as a plain byte pipe to the visitor: the
+ * engine forgets the stream (no callback fires for it again) and the
+ * program moves the bytes between its socket and the local service
+ * itself, half-closes included — no copy through the engine. Before
+ * either side finished and while tunnel_engine_send() still has bytes for
+ * it (send them first): TUNNEL_ESTATE. Call it once the call that opened
+ * the stream has returned: bytes that came with StartWorkConn arrive
+ * through the data callback right after the open callback. */
+TUNNEL_EXTERN int tunnel_engine_conn_detach(tunnel_engine *e, uint32_t conn);
 /* Runs what is due at `now_ms` (heartbeats, the login deadline, the
  * server's silence limit) and sets *next_ms to when to call again
  * (UINT64_MAX: nothing pending). */

@@ -1,318 +1,261 @@
-/* tunnel_client: logs in to a server, registers proxies, keeps the work
- * stream pool filled, and on StartWorkConn joins each stream to the local
- * service or hands it to the program. */
+/* tunnel_client: the client engine (include/tunnel/engine.h) over libuv.
+ * The engine speaks the protocol; this file owns the sockets (plain or
+ * TLS links), moves bytes between them and the engine, keeps its
+ * deadlines on a timer, and turns its streams into tunnel_streams. */
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
-#include "../config.h"
-#include "../crypto.h"
+#include "../engine_io.h"
 #include "../log.h"
-#include "../msg.h"
-#include "ctlchan.h"
-#include "dial.h"
+#include "client_int.h"
 #include "handle.h"
-#include "link.h"
-#include "mux.h"
-#include "splice.h"
-#include "stream.h"
-#include "tlsconf.h"
 #include "uverr.h"
 
-#define READBUF_SIZE (64u * 1024u)
-/* The frp protocol level we speak, sent as Login.version: stock frps
- * servers check it for compatibility. */
-#define FRP_PROTOCOL_VERSION "0.61.0"
+#define MEM(c) tunnel__client_mem(c)
+/* Engine output marks: above HIGH streams stop handing it data; below LOW
+ * they resume. They bound memory whatever the number of streams or the
+ * size of their windows. */
+#define OUT_HIGH (2u * 1024u * 1024u)
+#define OUT_LOW (512u * 1024u)
+#define MAX_IOV 64
 
-enum { C_IDLE, C_CONNECTING, C_LOGIN, C_READY, C_DOWN };
-
-typedef struct cl_work cl_work;
-
-struct tunnel_client {
-  uv_loop_t *loop;
-  struct tunnel_config cfg;
-  tunnel__sched sched;
-  uv_timer_t hb_timer;
-  uv_timer_t login_timer; /* from connect to LoginResp */
-  tunnel__mux *mux;     /* mux mode */
-  uv_tcp_t *ctl_tcp;    /* non-mux mode: control connection being dialled */
-  tunnel__dial *dial;
-  char *host;
-  uint16_t port;
-  int state;
-  tunnel_stream *ctl_st;
-  tunnel__ctlchan ch;
-  int ch_live;
-  char run_id[64];
-  tunnel_proxy *proxies;
-  cl_work *works; /* waiting for StartWorkConn or a local connection */
-  /* Non-mux streams handed to the program: they fail with the session,
-   * as multiplexed ones do. */
-  tunnel__stream_list handed;
-  uint32_t nworks;
-  uint8_t *readbuf;
-  tunnel_client_state_cb state_cb;
-  void *state_ud;
-  uint64_t last_heard; /* loop time (ms) of the last control message */
-  uint32_t handles;    /* uv handles owned directly */
-  tunnel__splice_set splices;
-  uint32_t objects; /* work records and muxes not yet freed */
-  tunnel__tls_conf *tls; /* NULL: plain connections */
-  int tls_logged;        /* the first handshake was logged */
-  int closing;
-  tunnel_client_close_cb close_cb;
-  void *close_ud;
-};
-
-struct tunnel_proxy {
+/* A connection to the server, by the engine's number: the control one
+ * (1) or, without multiplexing, a work connection. */
+struct tunnel__cl_conn {
   tunnel_client *c;
-  tunnel_proxy *next;
-  char *name;
-  int type;
-  uint16_t remote_port;
-  /* HTTP/HTTPS options, kept as the NewProxy fields they travel in. */
-  tunnel__msg opts;
-  char *local_host;
-  uint16_t local_port;
-  tunnel_proxy_status_cb status_cb;
-  void *status_ud;
-  tunnel_proxy_accept_cb accept_cb;
-  void *accept_ud;
-  int started;
-  int sent; /* NewProxy sent in the current session */
+  tunnel__cl_conn *next;
+  uint32_t num;
+  uv_tcp_t *tcp;        /* while connecting */
+  tunnel__dial *dial;
+  tunnel__link *link;   /* once connected */
+  tunnel__link_wreq wreq;
+  size_t inflight;      /* bytes of the engine's output being written */
+  int writing;
+  int dead;             /* the engine is done with it */
+  /* Non-mux: a visitor's stream opened on it during the engine call under
+   * way; the bytes that came with StartWorkConn. */
+  tunnel_proxy *opened;
+  tunnel__bufq prefix;
 };
 
-struct cl_work {
-  tunnel_client *c;
-  cl_work *next;
-  tunnel_stream *st;
-  tunnel__ctlchan ch;
-  int ch_live;
-  uv_tcp_t *local;
-  tunnel__dial *dial;
-  uv_tcp_t *conn;        /* non-mux: this work stream's own connection */
-  tunnel__dial *conn_dial;
-  tunnel__task free_task;
-};
+typedef struct tunnel__cl_conn cl_conn;
 
 #define CONTAINER(ptr, type, field)                                            \
   ((type *)(void *)((char *)(ptr)-offsetof(type, field)))
 
-static void maybe_finish_close(tunnel_client *c);
+static void flush(tunnel_client *c);
 static void session_down(tunnel_client *c, int err, const char *why);
 
-static const tunnel__mem *MEM(tunnel_client *c) { return &c->cfg.mem; }
+static uint64_t now_ms(tunnel_client *c) { return uv_now(c->loop); }
 
-/* ---------------------------------------------------------- messages */
+/* --------------------------------------------------------- connections */
 
-static int64_t now_seconds(void) {
-  uv_timeval64_t tv;
-  return uv_gettimeofday(&tv) == 0 ? tv.tv_sec : 0;
-}
-
-/* Fills privilege_key and timestamp for the current time. */
-static int sign(tunnel_client *c, tunnel__msg *m) {
-  const char *token = tunnel__config_token(&c->cfg);
-  char key[33];
-  m->timestamp = now_seconds();
-  int rc = tunnel__privilege_key(token, strlen(token), m->timestamp, key);
-  if (rc == 0)
-    rc = tunnel__msg_set_str(MEM(c), &m->privilege_key, key);
-  tunnel__wipe(key, sizeof key);
-  return rc;
-}
-
-static int send_ctl(tunnel_client *c, const tunnel__msg *m) {
-  if (!c->ch_live)
-    return TUNNEL_ESTATE;
-  int rc = tunnel__ctlchan_send(&c->ch, m);
-  if (rc)
-    tunnel__log(&c->cfg.log, TUNNEL_LOG_WARN, "client: cannot send %s: %s",
-                tunnel__msg_type_name(m->type), tunnel_strerror(rc));
-  return rc;
-}
-
-static const char *type_name(int type) {
-  switch (type) {
-  case TUNNEL_PROXY_HTTP:
-    return "http";
-  case TUNNEL_PROXY_HTTPS:
-    return "https";
-  default:
-    return "tcp";
-  }
-}
-
-static int send_new_proxy(tunnel_proxy *p) {
-  tunnel_client *c = p->c;
-  /* The options are borrowed into the message for the encoding only. */
-  tunnel__msg m = p->opts;
-  m.proxy_name = p->name;
-  m.proxy_type = (char *)type_name(p->type);
-  m.remote_port = p->type == TUNNEL_PROXY_TCP ? p->remote_port : 0;
-  int rc = send_ctl(c, &m);
-  if (rc == 0)
-    p->sent = 1;
-  return rc;
-}
-
-static tunnel_proxy *find_proxy(tunnel_client *c, const char *name) {
-  for (tunnel_proxy *p = c->proxies; p && name; p = p->next)
-    if (strcmp(p->name, name) == 0)
-      return p;
+static cl_conn *conn_find(tunnel_client *c, uint32_t num) {
+  for (cl_conn *k = c->conns; k; k = k->next)
+    if (k->num == num && !k->dead)
+      return k;
   return NULL;
 }
 
-static void on_proxy_resp(tunnel_client *c, const tunnel__msg *m) {
-  tunnel_proxy *p = find_proxy(c, m->proxy_name);
-  if (!p || !p->status_cb)
-    return;
-  if (m->error && *m->error) {
-    p->status_cb(p, TUNNEL_EREFUSED, m->error, p->status_ud);
-    return;
-  }
-  const char *ra = m->remote_addr ? m->remote_addr : "";
-  if (p->type != TUNNEL_PROXY_TCP) {
-    /* Names the server routes to this proxy: "NAME[:PORT][,NAME...]". */
-    p->status_cb(p, 0, ra, p->status_ud);
-    return;
-  }
-  /* frp answers ":PORT" (the server's bind address is not meaningful to
-   * the client): the public host is the one we reached the server at. */
-  const char *colon = strrchr(ra, ':');
-  const char *port = colon ? colon + 1 : ra;
-  char addr[300];
-  if (strchr(c->host, ':'))
-    snprintf(addr, sizeof addr, "[%s]:%s", c->host, port);
-  else
-    snprintf(addr, sizeof addr, "%s:%s", c->host, port);
-  p->status_cb(p, 0, addr, p->status_ud);
+static cl_conn *conn_new(tunnel_client *c, uint32_t num) {
+  cl_conn *k = tunnel__calloc(MEM(c), 1, sizeof *k);
+  if (!k)
+    return NULL;
+  k->c = c;
+  k->num = num;
+  tunnel__bufq_init(&k->prefix, MEM(c), 4096);
+  k->next = c->conns;
+  c->conns = k;
+  c->objects++;
+  return k;
 }
 
-/* ------------------------------------------------------- work streams */
-
-static void work_free_task(tunnel__task *t) {
-  cl_work *w = CONTAINER(t, cl_work, free_task);
-  tunnel_client *c = w->c;
-  if (w->ch_live)
-    tunnel__ctlchan_free(&w->ch);
-  tunnel__free(MEM(c), w);
-  c->objects--;
-  maybe_finish_close(c);
-}
-
-static void work_unlink(cl_work *w) {
-  tunnel_client *c = w->c;
-  for (cl_work **pp = &c->works; *pp; pp = &(*pp)->next) {
-    if (*pp == w) {
-      *pp = w->next;
-      c->nworks--;
+static void conn_free(cl_conn *k) {
+  tunnel_client *c = k->c;
+  for (cl_conn **pp = &c->conns; *pp; pp = &(*pp)->next) {
+    if (*pp == k) {
+      *pp = k->next;
       break;
     }
   }
-  tunnel__sched_post(&c->sched, &w->free_task, work_free_task);
+  tunnel__bufq_free(&k->prefix);
+  tunnel__free(MEM(c), k);
+  c->objects--;
+  tunnel__client_maybe_finish_close(c);
 }
 
-static void splice_gone(void *ud) { maybe_finish_close(ud); }
-
-static void local_tcp_closed(uv_handle_t *h) {
-  tunnel_client *c = h->data;
-  tunnel__free(MEM(c), h);
-  c->handles--;
-  maybe_finish_close(c);
+static void link_closed(tunnel__link *l, int status, void *ud) {
+  (void)l, (void)status;
+  conn_free(ud);
 }
 
-static void local_connected(tunnel__dial *d, int status, void *ud) {
-  cl_work *w = ud;
-  tunnel_client *c = w->c;
-  (void)d;
-  w->dial = NULL;
-  if (status) {
-    /* The visitor learns at once: its stream is reset, so the server
-     * closes its connection. */
-    tunnel__log(&c->cfg.log, TUNNEL_LOG_WARN,
-                "client: local service unreachable: %s",
-                tunnel_strerror(status));
-    w->local->data = c;
-    uv_close((uv_handle_t *)w->local, local_tcp_closed);
-    tunnel_stream_close(w->st, NULL, NULL);
+/* Ends a connection now: nothing more is read or written on it. */
+static void conn_kill(cl_conn *k) {
+  if (k->dead)
+    return;
+  k->dead = 1;
+  tunnel_client *c = k->c;
+  if (k->dial) {
+    tunnel__dial_cancel(k->dial);
+    k->dial = NULL;
+  }
+  if (k->tcp) {
+    tunnel__tcp_close_free(MEM(c), k->tcp);
+    k->tcp = NULL;
+  }
+  if (k->link) {
+    /* A write in flight references the engine's queue: closing stops it
+     * before the session's memory goes. */
+    tunnel__link_close(k->link, 0, link_closed, k);
+    k->link = NULL;
+    return;
+  }
+  conn_free(k);
+}
+
+/* Why a link failed, for the program: the TLS reason when there is one. */
+static const char *link_reason(tunnel__link *l, const char *fallback) {
+  if (l && l->tls && *tunnel__tls_error_text(l->tls))
+    return tunnel__tls_error_text(l->tls);
+  return fallback;
+}
+
+/* Non-mux: a visitor's stream opened on `k` during the last engine call.
+ * The engine lets go of the connection and the stream becomes the
+ * connection itself: bytes, half-close and reset without a copy. */
+static void conn_hand_over(cl_conn *k) {
+  tunnel_client *c = k->c;
+  tunnel_proxy *p = k->opened;
+  k->opened = NULL;
+  if (tunnel_engine_conn_detach(c->eng, k->num) != 0) {
+    /* Ended within the same call (the engine said so): nothing to do. */
+    return;
+  }
+  tunnel__link *l = k->link;
+  k->link = NULL;
+  k->dead = 1;
+  tunnel__link_read_stop(l);
+  size_t n = k->prefix.size;
+  uint8_t *pre = n ? tunnel__malloc(MEM(c), n) : NULL;
+  tunnel_stream *st = NULL;
+  if (!n || pre) {
+    tunnel__iov v[16];
+    size_t off = 0;
+    while (off < n) {
+      size_t cnt = tunnel__bufq_iov(&k->prefix, v, 16), used = 0;
+      for (size_t i = 0; i < cnt; i++) {
+        memcpy(pre + off, v[i].base, v[i].len);
+        off += v[i].len;
+        used += v[i].len;
+      }
+      tunnel__bufq_consume(&k->prefix, used);
+    }
+    st = tunnel__stream_new_link(&c->sched, MEM(c), l, pre, n);
   } else {
-    c->handles--; /* the splice owns the handle now */
-    tunnel__splice_start(MEM(c), &c->cfg.log, w->local, w->st, NULL, 0,
-                         c->readbuf, READBUF_SIZE, &c->splices, splice_gone,
-                         c);
+    tunnel__link_close(l, 1, NULL, NULL);
   }
-  w->local = NULL;
-  w->st = NULL;
-  work_unlink(w);
+  tunnel__free(MEM(c), pre);
+  conn_free(k);
+  if (!st) {
+    tunnel__log(&c->cfg.log, TUNNEL_LOG_WARN,
+                "client: no memory for a visitor");
+    return;
+  }
+  tunnel__stream_list_add(&c->handed, st);
+  tunnel__client_visitor(p, st);
 }
 
-static int on_start_work(tunnel__ctlchan *ch, int err, const tunnel__msg *m,
-                         void *ud) {
-  cl_work *w = ud;
-  tunnel_client *c = w->c;
-  (void)ch;
-  tunnel__ctlchan_free(&w->ch);
-  w->ch_live = 0;
-  tunnel_proxy *p = NULL;
-  if (!err && m->type == TUNNEL__MSG_START_WORK_CONN && !(m->error && *m->error))
-    p = find_proxy(c, m->proxy_name);
-  if (!p) {
-    if (err != TUNNEL_ECLOSED)
-      tunnel__log(&c->cfg.log, TUNNEL_LOG_DEBUG,
-                  "client: work stream dropped (%s%s)",
-                  err ? tunnel_strerror(err) : "no such proxy",
-                  !err && m->error ? m->error : "");
-    tunnel_stream_close(w->st, NULL, NULL);
-    w->st = NULL;
-    work_unlink(w);
-    return 0;
+/* After each engine call made from the loop. */
+static void after_engine(tunnel_client *c) {
+  for (cl_conn *k = c->conns; k; k = k->next) {
+    if (k->opened && !k->dead) {
+      conn_hand_over(k);
+      after_engine(c); /* the list changed */
+      return;
+    }
   }
-  if (!p->local_host) {
-    tunnel_stream *st = w->st;
-    w->st = NULL;
-    work_unlink(w);
-    if (st->link)
-      tunnel__stream_list_add(&c->handed, st);
-    if (p->accept_cb)
-      p->accept_cb(p, st, p->accept_ud);
-    else
-      tunnel_stream_close(st, NULL, NULL);
-    return 0;
-  }
-  w->local = tunnel__malloc(MEM(c), sizeof *w->local);
-  int rc = w->local ? 0 : TUNNEL_ENOMEM;
-  if (rc == 0) {
-    uv_tcp_init(c->loop, w->local);
-    c->handles++;
-    rc = tunnel__dial_start(&w->dial, c->loop, MEM(c), w->local,
-                            p->local_host, p->local_port, local_connected, w);
-  }
-  if (rc)
-    local_connected(NULL, rc, w);
-  return 0;
+  tunnel__client_flush_soon(c);
 }
 
-/* Sends NewWorkConn on a fresh stream and waits for StartWorkConn. */
-static void work_begin(cl_work *w, tunnel_stream *st) {
-  tunnel_client *c = w->c;
-  w->st = st;
-  tunnel__ctlchan_init(&w->ch, st, MEM(c), c->cfg.max_message_size);
-  w->ch_live = 1;
-  tunnel__msg m;
-  tunnel__msg_init(&m, TUNNEL__MSG_NEW_WORK_CONN);
-  int rc = tunnel__msg_set_str(MEM(c), &m.run_id, c->run_id);
-  if (rc == 0)
-    rc = sign(c, &m);
-  if (rc == 0)
-    rc = tunnel__ctlchan_send(&w->ch, &m);
-  tunnel__msg_clear(MEM(c), &m);
-  if (rc == 0)
-    rc = tunnel__ctlchan_read(&w->ch, on_start_work, w);
-  if (rc) {
-    tunnel_stream_close(st, NULL, NULL);
-    w->st = NULL;
-    work_unlink(w);
+static void conn_read(tunnel__link *l, int status, const uint8_t *data,
+                      size_t n, void *ud) {
+  cl_conn *k = ud;
+  tunnel_client *c = k->c;
+  (void)l;
+  if (k->dead)
+    return;
+  if (status == 0) {
+    tunnel_engine_recv(c->eng, k->num, data, n, now_ms(c));
+  } else if (k->num == TUNNEL_ENGINE_CONTROL) {
+    tunnel_engine_conn_closed(c->eng, k->num,
+                              status == TUNNEL_EEOF ? TUNNEL_ECONNRESET
+                                                    : status,
+                              now_ms(c));
+  } else {
+    /* A work connection ended before it carried a visitor (after, the
+     * stream reads it): the engine is done with it. */
+    tunnel_engine_conn_closed(c->eng, k->num,
+                              status == TUNNEL_EEOF ? 0 : status, now_ms(c));
+    conn_kill(k);
+  }
+  after_engine(c);
+}
+
+static void conn_write_cb(tunnel__link_wreq *req, int status) {
+  cl_conn *k = CONTAINER(req, cl_conn, wreq);
+  tunnel_client *c = k->c;
+  k->writing = 0;
+  if (k->dead || status == TUNNEL_ECANCELED)
+    return;
+  tunnel__engine_out_consume(c->eng, k->num, k->inflight);
+  k->inflight = 0;
+  if (status < 0) {
+    if (k->num == TUNNEL_ENGINE_CONTROL)
+      tunnel_engine_conn_closed(c->eng, k->num, status, now_ms(c));
+    else {
+      tunnel_engine_conn_closed(c->eng, k->num, status, now_ms(c));
+      conn_kill(k);
+    }
+  }
+  after_engine(c);
+}
+
+/* Sends the engine's output for `k`: what the socket takes at once, then
+ * one write of the rest straight from the engine's queue. */
+static void conn_flush(cl_conn *k) {
+  tunnel_client *c = k->c;
+  while (!k->writing && !k->dead && k->link) {
+    tunnel__iov iov[MAX_IOV];
+    uv_buf_t bufs[MAX_IOV];
+    size_t n = tunnel__engine_out_iov(c->eng, k->num, iov, MAX_IOV);
+    if (!n)
+      return;
+    size_t total = tunnel__link_bufs(iov, n, bufs);
+    int w = tunnel__link_try_write(k->link, bufs, (unsigned)n);
+    if (w > 0) {
+      tunnel__engine_out_consume(c->eng, k->num, (size_t)w);
+      if ((size_t)w == total)
+        continue;
+    } else if (w < 0) {
+      tunnel_engine_conn_closed(c->eng, k->num, w, now_ms(c));
+      if (k->num != TUNNEL_ENGINE_CONTROL)
+        conn_kill(k);
+      return;
+    }
+    if (k->dead)
+      return;
+    n = tunnel__engine_out_iov(c->eng, k->num, iov, MAX_IOV);
+    total = tunnel__link_bufs(iov, n, bufs);
+    int rc = tunnel__link_write(&k->wreq, k->link, bufs, (unsigned)n,
+                                conn_write_cb);
+    if (rc) {
+      tunnel_engine_conn_closed(c->eng, k->num, rc, now_ms(c));
+      if (k->num != TUNNEL_ENGINE_CONTROL)
+        conn_kill(k);
+      return;
+    }
+    k->writing = 1;
+    k->inflight = total;
   }
 }
 
@@ -332,340 +275,350 @@ static int open_link(tunnel_client *c, uv_tcp_t *tcp, tunnel__link **out) {
                               c->cfg.tls.marker, NULL, 0);
 }
 
-/* The link of the current session. */
-static tunnel__link *session_link(tunnel_client *c) {
-  if (c->mux)
-    return tunnel__mux_link(c->mux);
-  return c->ctl_st ? c->ctl_st->link : NULL;
-}
-
-/* Why a link failed, for the program: the TLS reason when there is one. */
-static const char *link_reason(tunnel__link *l, const char *fallback) {
-  if (l && l->tls && *tunnel__tls_error_text(l->tls))
-    return tunnel__tls_error_text(l->tls);
-  return fallback;
-}
-
-static void work_connected(tunnel__dial *d, int status, void *ud) {
-  cl_work *w = ud;
-  tunnel_client *c = w->c;
-  (void)d;
-  w->conn_dial = NULL;
-  uv_tcp_t *tcp = w->conn;
-  w->conn = NULL;
-  if (status) {
-    tunnel__log(&c->cfg.log, TUNNEL_LOG_WARN,
-                "client: cannot open a work connection: %s",
-                tunnel_strerror(status));
-    tunnel__tcp_close_free(MEM(c), tcp);
-    work_unlink(w);
-    return;
-  }
-  tunnel__link *link;
-  tunnel_stream *st = NULL;
-  if (open_link(c, tcp, &link) == 0)
-    st = tunnel__stream_new_link(&c->sched, MEM(c), link, NULL, 0);
-  if (!st) {
-    work_unlink(w);
-    return;
-  }
-  work_begin(w, st);
-}
-
-static void new_work(tunnel_client *c) {
-  /* Each request costs a stream or a socket: a server asking for more
-   * than the limit is not obeyed. */
-  if (c->nworks >= c->cfg.max_work_conns) {
-    tunnel__log(&c->cfg.log, TUNNEL_LOG_WARN,
-                "client: server asked for more than %u pending work "
-                "connections; request ignored",
-                c->cfg.max_work_conns);
-    return;
-  }
-  cl_work *w = tunnel__calloc(MEM(c), 1, sizeof *w);
-  if (!w)
-    return;
-  w->c = c;
-  c->objects++;
-  w->next = c->works;
-  c->works = w;
-  c->nworks++;
-  if (c->mux) {
-    tunnel_stream *st;
-    if (tunnel__mux_open(c->mux, &st) != 0) {
-      work_unlink(w);
-      return;
-    }
-    work_begin(w, st);
-    return;
-  }
-  /* Non-mux: every work stream is a connection of its own. */
-  w->conn = tunnel__malloc(MEM(c), sizeof *w->conn);
-  if (!w->conn) {
-    work_unlink(w);
-    return;
-  }
-  uv_tcp_init(c->loop, w->conn);
-  if (tunnel__dial_start(&w->conn_dial, c->loop, MEM(c), w->conn, c->host,
-                         c->port, work_connected, w) != 0) {
-    tunnel__tcp_close_free(MEM(c), w->conn);
-    w->conn = NULL;
-    work_unlink(w);
-  }
-}
-
-/* ------------------------------------------------------------ control */
-
-static int on_ctl_msg(tunnel__ctlchan *ch, int err, const tunnel__msg *m,
-                      void *ud) {
-  tunnel_client *c = ud;
-  (void)ch;
-  if (err) {
-    session_down(c, err == TUNNEL_EEOF ? TUNNEL_ECONNRESET : err,
-                 link_reason(session_link(c), "control stream ended"));
-    return 0;
-  }
-  c->last_heard = uv_now(c->loop);
-  switch (m->type) {
-  case TUNNEL__MSG_REQ_WORK_CONN:
-    new_work(c);
-    break;
-  case TUNNEL__MSG_NEW_PROXY_RESP:
-    on_proxy_resp(c, m);
-    break;
-  case TUNNEL__MSG_PONG:
-    if (m->error && *m->error) {
-      session_down(c, TUNNEL_EAUTH, m->error);
-      return 0;
-    }
-    break;
-  default:
-    tunnel__log(&c->cfg.log, TUNNEL_LOG_DEBUG, "client: ignoring %s",
-                tunnel__msg_type_name(m->type));
-    break;
-  }
-  return c->state == C_READY;
-}
-
-static void heartbeat(uv_timer_t *t) {
-  tunnel_client *c = t->data;
-  if (c->state != C_READY)
-    return;
-  uint64_t timeout = (uint64_t)c->cfg.heartbeat_timeout_s * 1000u;
-  if (timeout && uv_now(c->loop) - c->last_heard > timeout) {
-    session_down(c, TUNNEL_ETIMEDOUT, "server stopped answering");
-    return;
-  }
-  tunnel__msg m;
-  tunnel__msg_init(&m, TUNNEL__MSG_PING);
-  if (sign(c, &m) == 0)
-    send_ctl(c, &m);
-  tunnel__msg_clear(MEM(c), &m);
-}
-
-static int on_login_resp(tunnel__ctlchan *ch, int err, const tunnel__msg *m,
-                         void *ud) {
-  tunnel_client *c = ud;
-  (void)ch;
-  if (err) {
-    session_down(c, err == TUNNEL_EEOF ? TUNNEL_ECONNRESET : err,
-                 link_reason(session_link(c),
-                             "connection closed during login"));
-    return 0;
-  }
-  if (m->type != TUNNEL__MSG_LOGIN_RESP) {
-    session_down(c, TUNNEL_EPROTO, "unexpected answer to login");
-    return 0;
-  }
-  if (m->error && *m->error) {
-    session_down(c, TUNNEL_EAUTH, m->error);
-    return 0;
-  }
-  snprintf(c->run_id, sizeof c->run_id, "%s", m->run_id ? m->run_id : "");
-  tunnel__link *l = session_link(c);
-  if (l && l->tls)
-    tunnel__log(&c->cfg.log, TUNNEL_LOG_INFO,
-                "client: TLS %s, %s handshake", tunnel__tls_ciphersuite(l->tls),
-                tunnel__tls_resumed(l->tls) ? "resumed" : "full");
-  /* Everything after LoginResp is encrypted, both ways. */
-  int rc = tunnel__ctlchan_encrypt(&c->ch, c->cfg.token);
-  if (rc == 0)
-    rc = tunnel__ctlchan_read(&c->ch, on_ctl_msg, c);
-  if (rc) {
-    session_down(c, rc, "cannot start the control channel");
-    return 0;
-  }
-  c->state = C_READY;
-  uv_timer_stop(&c->login_timer);
-  c->last_heard = uv_now(c->loop);
-  tunnel__log(&c->cfg.log, TUNNEL_LOG_INFO, "client: logged in as %s",
-              c->run_id);
-  for (tunnel_proxy *p = c->proxies; p; p = p->next)
-    if (p->started && !p->sent)
-      send_new_proxy(p);
-  if (c->cfg.heartbeat_interval_s) {
-    uint64_t ms = (uint64_t)c->cfg.heartbeat_interval_s * 1000u;
-    uv_timer_start(&c->hb_timer, heartbeat, ms, ms);
-  }
-  if (c->state_cb)
-    c->state_cb(c, 0, c->run_id, c->state_ud);
+/* `k` is connected: its link reads into the engine. */
+static int conn_up(cl_conn *k) {
+  tunnel_client *c = k->c;
+  uv_tcp_t *tcp = k->tcp;
+  k->tcp = NULL;
+  int rc = open_link(c, tcp, &k->link);
+  if (rc)
+    return rc;
+  tunnel__link_read_start(k->link, conn_read, k);
   return 0;
 }
 
-static void send_login(tunnel_client *c) {
-  tunnel__msg m;
-  tunnel__msg_init(&m, TUNNEL__MSG_LOGIN);
-  char host[256] = "";
-  size_t hlen = sizeof host;
-  uv_utsname_t un;
-  int rc = tunnel__msg_set_str(MEM(c), &m.version, FRP_PROTOCOL_VERSION);
-  if (rc == 0 && uv_os_gethostname(host, &hlen) == 0)
-    rc = tunnel__msg_set_str(MEM(c), &m.hostname, host);
-  if (rc == 0 && uv_os_uname(&un) == 0) {
-    for (char *q = un.sysname; *q; q++)
-      if (*q >= 'A' && *q <= 'Z')
-        *q = (char)(*q - 'A' + 'a');
-    rc = tunnel__msg_set_str(MEM(c), &m.os, un.sysname);
-    if (rc == 0)
-      rc = tunnel__msg_set_str(MEM(c), &m.arch, un.machine);
+static void work_connected(tunnel__dial *d, int status, void *ud) {
+  cl_conn *k = ud;
+  tunnel_client *c = k->c;
+  (void)d;
+  k->dial = NULL;
+  if (status == 0)
+    status = conn_up(k);
+  if (status == 0)
+    status = tunnel_engine_conn_ready(c->eng, k->num, now_ms(c));
+  if (status) {
+    if (status != TUNNEL_EINVAL && status != TUNNEL_ESTATE)
+      tunnel__log(&c->cfg.log, TUNNEL_LOG_WARN,
+                  "client: cannot open a work connection: %s",
+                  tunnel_strerror(status));
+    tunnel_engine_conn_closed(c->eng, k->num, status, now_ms(c));
+    conn_kill(k);
   }
-  if (rc == 0 && *c->run_id)
-    rc = tunnel__msg_set_str(MEM(c), &m.run_id, c->run_id);
-  m.pool_count = c->cfg.pool_count;
-  if (rc == 0)
-    rc = sign(c, &m);
-  if (rc == 0)
-    rc = tunnel__ctlchan_send(&c->ch, &m);
-  tunnel__msg_clear(MEM(c), &m);
-  if (rc == 0)
-    rc = tunnel__ctlchan_read(&c->ch, on_login_resp, c);
-  if (rc)
-    session_down(c, rc, "cannot send login");
+  after_engine(c);
 }
-
-static void on_mux_end(tunnel__mux *m, int err, void *ud) {
-  tunnel_client *c = ud;
-  session_down(c, err == TUNNEL_EEOF ? TUNNEL_ECONNRESET : err,
-               link_reason(tunnel__mux_link(m),
-                           "connection to the server lost"));
-}
-
-static void on_mux_stream(tunnel__mux *m, tunnel_stream *st, void *ud) {
-  (void)m, (void)ud;
-  /* Servers never open streams towards clients in frp's protocol. */
-  tunnel_stream_close(st, NULL, NULL);
-}
-
-static const tunnel__mux_callbacks mux_cb = {on_mux_stream, NULL, on_mux_end};
 
 static void server_connected(tunnel__dial *d, int status, void *ud) {
-  tunnel_client *c = ud;
+  cl_conn *k = ud;
+  tunnel_client *c = k->c;
   (void)d;
-  c->dial = NULL;
+  k->dial = NULL;
   if (status) {
     session_down(c, status, "cannot connect to the server");
     return;
   }
-  int rc = 0;
-  tunnel__link *link = NULL;
-  if (c->mux) {
-    rc = c->tls ? open_link(c, tunnel__mux_tcp(c->mux), &link) : 0;
-    if (rc == 0)
-      rc = link ? tunnel__mux_start_on(c->mux, link, NULL, 0)
-                : tunnel__mux_start(c->mux, NULL, 0);
-    if (rc == 0)
-      rc = tunnel__mux_open(c->mux, &c->ctl_st);
-  } else {
-    uv_tcp_t *tcp = c->ctl_tcp;
-    c->ctl_tcp = NULL;
-    rc = open_link(c, tcp, &link);
-    if (rc == 0 &&
-        !(c->ctl_st = tunnel__stream_new_link(&c->sched, MEM(c), link, NULL,
-                                              0)))
-      rc = TUNNEL_ENOMEM;
-  }
+  int rc = conn_up(k);
+  if (rc == 0)
+    rc = tunnel_engine_start(c->eng, now_ms(c));
   if (rc) {
     session_down(c, rc, "cannot start the session");
     return;
   }
-  if (c->ch_live) /* from the previous session */
-    tunnel__ctlchan_free(&c->ch);
-  tunnel__ctlchan_init(&c->ch, c->ctl_st, MEM(c), c->cfg.max_message_size);
-  c->ch_live = 1;
-  c->state = C_LOGIN;
-  send_login(c);
+  c->state = TUNNEL__C_LOGIN;
+  after_engine(c);
 }
 
-/* Ends the current session (never the client): streams handed to the
- * program fail, pending work is dropped, the program hears why. */
+/* Opens connection `num` to the server's address. */
+static int dial_server(tunnel_client *c, uint32_t num, tunnel__dial_cb cb) {
+  cl_conn *k = conn_new(c, num);
+  uv_tcp_t *tcp = k ? tunnel__malloc(MEM(c), sizeof *tcp) : NULL;
+  if (!tcp) {
+    if (k)
+      conn_free(k);
+    return TUNNEL_ENOMEM;
+  }
+  uv_tcp_init(c->loop, tcp);
+  k->tcp = tcp;
+  int rc = tunnel__dial_start(&k->dial, c->loop, MEM(c), tcp, c->host,
+                              c->port, cb, k);
+  if (rc)
+    conn_kill(k);
+  return rc;
+}
+
+/* ------------------------------------------------------ engine events */
+
+/* Ends the current session (never the client): every connection closes,
+ * visitors end, the program hears why. */
 static void session_down(tunnel_client *c, int err, const char *why) {
-  if (c->state == C_DOWN || c->state == C_IDLE)
+  if (c->state == TUNNEL__C_DOWN || c->state == TUNNEL__C_IDLE)
     return;
-  c->state = C_DOWN;
-  uv_timer_stop(&c->hb_timer);
-  uv_timer_stop(&c->login_timer);
-  if (c->dial) {
-    tunnel__dial_cancel(c->dial);
-    c->dial = NULL;
+  c->state = TUNNEL__C_DOWN;
+  uv_timer_stop(&c->timer);
+  cl_conn *ctl = conn_find(c, TUNNEL_ENGINE_CONTROL);
+  int tls_err = err == TUNNEL_ETLS || err == TUNNEL_ECERTUNTRUSTED ||
+                err == TUNNEL_ECERTNAME || err == TUNNEL_ECERTPIN;
+  char reason[256];
+  snprintf(reason, sizeof reason, "%s",
+           link_reason(ctl ? ctl->link : NULL, why));
+  for (cl_conn *k = c->conns, *next; k; k = next) {
+    next = k->next;
+    conn_kill(k); /* may free it */
   }
-  if (c->ctl_tcp) {
-    tunnel__tcp_close_free(MEM(c), c->ctl_tcp);
-    c->ctl_tcp = NULL;
-  }
-  while (c->works) {
-    cl_work *w = c->works;
-    c->works = w->next;
-    c->nworks--;
-    if (w->dial) {
-      tunnel__dial_cancel(w->dial);
-      w->dial = NULL;
-    }
-    if (w->local) {
-      w->local->data = c;
-      uv_close((uv_handle_t *)w->local, local_tcp_closed);
-      w->local = NULL;
-    }
-    if (w->conn_dial) {
-      tunnel__dial_cancel(w->conn_dial);
-      w->conn_dial = NULL;
-    }
-    if (w->conn) {
-      tunnel__tcp_close_free(MEM(c), w->conn);
-      w->conn = NULL;
-    }
-    if (w->st)
-      tunnel_stream_close(w->st, NULL, NULL);
-    w->st = NULL;
-    tunnel__sched_post(&c->sched, &w->free_task, work_free_task);
-  }
-  if (c->ctl_st) {
-    tunnel_stream_close(c->ctl_st, NULL, NULL);
-    c->ctl_st = NULL;
-  }
-  if (c->mux) {
-    tunnel__mux_close(c->mux);
-    c->mux = NULL;
-  }
+  tunnel__client_joins_abort(c);
   /* A session's visitors end with it, whatever carries them. */
   tunnel__splice_abort_all(&c->splices);
   tunnel__stream_list_fail_all(&c->handed, TUNNEL_ECLOSED);
-  for (tunnel_proxy *p = c->proxies; p; p = p->next)
-    p->sent = 0;
   /* The state callback is how the program hears of this; the log only
    * records it. */
   tunnel__log(&c->cfg.log,
               c->closing || c->state_cb ? TUNNEL_LOG_INFO : TUNNEL_LOG_WARN,
-              "client: %s: %s", why, tunnel_strerror(err));
-  int tls_err = err == TUNNEL_ETLS || err == TUNNEL_ECERTUNTRUSTED ||
-                err == TUNNEL_ECERTNAME || err == TUNNEL_ECERTPIN;
+              "client: %s: %s", reason, tunnel_strerror(err));
   if (!c->closing && c->state_cb)
-    c->state_cb(c, err, err == TUNNEL_EAUTH || tls_err ? why : "",
+    c->state_cb(c, err, err == TUNNEL_EAUTH || tls_err ? reason : "",
                 c->state_ud);
+}
+
+static void on_state(tunnel_engine *e, int status, const char *message,
+                     void *ud) {
+  tunnel_client *c = ud;
+  (void)e;
+  if (status < 0) {
+    session_down(c, status, message);
+    return;
+  }
+  c->state = TUNNEL__C_READY;
+  cl_conn *ctl = conn_find(c, TUNNEL_ENGINE_CONTROL);
+  tunnel__link *l = ctl ? ctl->link : NULL;
+  if (l && l->tls)
+    tunnel__log(&c->cfg.log, TUNNEL_LOG_INFO, "client: TLS %s, %s handshake",
+                tunnel__tls_ciphersuite(l->tls),
+                tunnel__tls_resumed(l->tls) ? "resumed" : "full");
+  if (c->state_cb)
+    c->state_cb(c, 0, message, c->state_ud);
+}
+
+static void on_proxy(tunnel_engine *e, uint32_t proxy, int status,
+                     const char *message, void *ud) {
+  tunnel_client *c = ud;
+  (void)e;
+  tunnel_proxy *p = tunnel__client_proxy(c, proxy);
+  if (!p || !p->status_cb)
+    return;
+  if (status || p->type != TUNNEL_PROXY_TCP) {
+    /* HTTP: the names the server routes to it, "NAME[:PORT][,NAME...]". */
+    p->status_cb(p, status, message, p->status_ud);
+    return;
+  }
+  /* frp answers ":PORT" (the server's bind address is not meaningful to
+   * the client): the public host is the one we reached the server at. */
+  const char *colon = strrchr(message, ':');
+  const char *port = colon ? colon + 1 : message;
+  char addr[300];
+  if (strchr(c->host, ':'))
+    snprintf(addr, sizeof addr, "[%s]:%s", c->host, port);
+  else
+    snprintf(addr, sizeof addr, "%s:%s", c->host, port);
+  p->status_cb(p, 0, addr, p->status_ud);
+}
+
+static int on_open(tunnel_engine *e, uint32_t stream, uint32_t proxy,
+                   const char *visitor, void *ud) {
+  tunnel_client *c = ud;
+  (void)visitor;
+  tunnel_proxy *p = tunnel__client_proxy(c, proxy);
+  if (!p || !p->started)
+    return TUNNEL_EREFUSED;
+  if (!c->cfg.tcp_mux) {
+    /* The connection becomes the stream once this engine call returns. */
+    cl_conn *k = conn_find(c, stream);
+    if (!k)
+      return TUNNEL_EREFUSED;
+    k->opened = p;
+    return 0;
+  }
+  tunnel_stream *st = tunnel__stream_new_eng(c, &c->sched, MEM(c), stream);
+  if (!st)
+    return TUNNEL_ENOMEM;
+  tunnel__engine_stream_set_user(e, stream, st);
+  tunnel__client_visitor(p, st);
+  return 0;
+}
+
+static void on_data(tunnel_engine *e, uint32_t stream, const uint8_t *data,
+                    size_t len, void *ud) {
+  tunnel_client *c = ud;
+  if (!c->cfg.tcp_mux) {
+    cl_conn *k = conn_find(c, stream);
+    if (k && k->opened && tunnel__bufq_append(&k->prefix, data, len) != 0)
+      k->opened = NULL, tunnel_engine_stream_close(e, stream);
+    return;
+  }
+  tunnel_stream *st = tunnel__engine_stream_user(e, stream);
+  if (st)
+    tunnel__stream_eng_data(st, data, len);
+}
+
+static void on_end(tunnel_engine *e, uint32_t stream, int status, void *ud) {
+  tunnel_client *c = ud;
+  if (!c->cfg.tcp_mux) {
+    cl_conn *k = conn_find(c, stream);
+    if (k && status < 0)
+      k->opened = NULL; /* never handed over: the engine closes it */
+    return;
+  }
+  tunnel_stream *st = tunnel__engine_stream_user(e, stream);
+  if (st)
+    tunnel__stream_eng_end(st, status);
+}
+
+static void on_writable(tunnel_engine *e, uint32_t stream, void *ud) {
+  (void)ud;
+  tunnel_stream *st = tunnel__engine_stream_user(e, stream);
+  if (st)
+    tunnel__stream_eng_pump(st);
+}
+
+static void on_connect(tunnel_engine *e, uint32_t conn, void *ud) {
+  tunnel_client *c = ud;
+  int rc = dial_server(c, conn, work_connected);
+  if (rc) {
+    tunnel__log(&c->cfg.log, TUNNEL_LOG_WARN,
+                "client: cannot open a work connection: %s",
+                tunnel_strerror(rc));
+    tunnel_engine_conn_closed(e, conn, rc, now_ms(c));
+  }
+}
+
+static void on_disconnect(tunnel_engine *e, uint32_t conn, void *ud) {
+  tunnel_client *c = ud;
+  (void)e;
+  cl_conn *k = conn_find(c, conn);
+  if (!k)
+    return;
+  /* Only work channels the server will not use end this way: what the
+   * engine still had for them is not worth waiting for. */
+  k->opened = NULL;
+  conn_kill(k);
+}
+
+static int fill_random(uint8_t *out, size_t n, void *ud) {
+  (void)ud;
+  return uv_random(NULL, NULL, out, n, 0, NULL);
+}
+
+static int64_t unix_time(void *ud) {
+  (void)ud;
+  uv_timeval64_t tv;
+  return uv_gettimeofday(&tv) == 0 ? tv.tv_sec : 0;
+}
+
+/* ------------------------------------------------------- output, time */
+
+static void timer_cb(uv_timer_t *t) {
+  tunnel_client *c = t->data;
+  if (c->state == TUNNEL__C_CONNECTING) {
+    /* Every wait for the server has a deadline. */
+    session_down(c, TUNNEL_ETIMEDOUT, "cannot connect to the server");
+    return;
+  }
+  flush(c);
+}
+
+static void flush(tunnel_client *c) {
+  uint32_t conn = 0;
+  while (c->state != TUNNEL__C_DOWN &&
+         tunnel_engine_next_output_after(c->eng, conn, &conn)) {
+    cl_conn *k = conn_find(c, conn);
+    if (k)
+      conn_flush(k);
+  }
+  /* Registrations and heartbeats the tick queued leave on the next pass. */
+  uint64_t next = UINT64_MAX;
+  if (c->state == TUNNEL__C_LOGIN || c->state == TUNNEL__C_READY) {
+    tunnel_engine_tick(c->eng, now_ms(c), &next);
+    conn = 0;
+    while (c->state != TUNNEL__C_DOWN &&
+           tunnel_engine_next_output_after(c->eng, conn, &conn)) {
+      cl_conn *k = conn_find(c, conn);
+      if (k)
+        conn_flush(k);
+    }
+  }
+  /* Room may have freed: streams waiting for it go on. */
+  while (c->blocked && tunnel__client_has_room(c)) {
+    tunnel_stream *st = c->blocked;
+    tunnel__client_unblock(c, st);
+    tunnel__stream_eng_pump(st);
+  }
+  if (c->closing || c->state == TUNNEL__C_DOWN || c->state == TUNNEL__C_IDLE)
+    return;
+  if (c->state == TUNNEL__C_CONNECTING)
+    next = c->connect_deadline;
+  if (next == UINT64_MAX) {
+    uv_timer_stop(&c->timer);
+    return;
+  }
+  uint64_t now = now_ms(c);
+  uv_timer_start(&c->timer, timer_cb, next > now ? next - now : 0, 0);
+}
+
+static void flush_task(tunnel__task *t) {
+  flush(CONTAINER(t, tunnel_client, flush_task));
+}
+
+void tunnel__client_flush_soon(tunnel_client *c) {
+  if (!c->closing)
+    tunnel__sched_post(&c->sched, &c->flush_task, flush_task);
+}
+
+int tunnel__client_has_room(const tunnel_client *c) {
+  return tunnel__engine_out_pending(c->eng, TUNNEL_ENGINE_CONTROL) <
+         (c->blocked ? OUT_LOW : OUT_HIGH);
+}
+
+void tunnel__client_wait_room(tunnel_client *c, tunnel_stream *st) {
+  if (st->blocked)
+    return;
+  st->blocked = 1;
+  st->blocked_next = NULL;
+  tunnel_stream **pp = &c->blocked;
+  while (*pp)
+    pp = &(*pp)->blocked_next;
+  *pp = st;
+}
+
+void tunnel__client_unblock(tunnel_client *c, tunnel_stream *st) {
+  if (!st->blocked)
+    return;
+  tunnel_stream **pp = &c->blocked;
+  while (*pp && *pp != st)
+    pp = &(*pp)->blocked_next;
+  if (*pp)
+    *pp = st->blocked_next;
+  st->blocked = 0;
+  st->blocked_next = NULL;
 }
 
 /* ---------------------------------------------------------------- API */
 
-static void sched_drained(void *ud) { maybe_finish_close(ud); }
+static void sched_drained(void *ud) { tunnel__client_maybe_finish_close(ud); }
+
+/* Who the client is, shown by the server (frp's hostname, os, arch). */
+static void set_identity(tunnel_client *c) {
+  char host[256] = "";
+  size_t hlen = sizeof host;
+  uv_utsname_t un;
+  if (uv_os_gethostname(host, &hlen) != 0)
+    host[0] = '\0';
+  if (uv_os_uname(&un) != 0) {
+    tunnel_engine_set_identity(c->eng, host, NULL, NULL);
+    return;
+  }
+  for (char *q = un.sysname; *q; q++)
+    if (*q >= 'A' && *q <= 'Z')
+      *q = (char)(*q - 'A' + 'a');
+  tunnel_engine_set_identity(c->eng, host, un.sysname, un.machine);
+}
 
 int tunnel_client_new(tunnel_client **out, uv_loop_t *loop,
                       const tunnel_config *cfg) {
@@ -681,25 +634,33 @@ int tunnel_client_new(tunnel_client **out, uv_loop_t *loop,
   if (!c)
     return TUNNEL_ENOMEM;
   int rc = tunnel__config_copy(&c->cfg, cfg);
-  if (rc == 0 && !(c->readbuf = tunnel__malloc(MEM(c), READBUF_SIZE)))
+  if (rc == 0 && !(c->readbuf = tunnel__malloc(MEM(c), TUNNEL__CLIENT_READBUF)))
     rc = TUNNEL_ENOMEM;
+  if (rc == 0)
+    rc = tunnel_engine_new(&c->eng, cfg, c);
   if (rc == 0 && tunnel__tlsconf_wanted(&c->cfg, 0))
     rc = tunnel__tlsconf_new(&c->tls, &c->cfg, &c->cfg.log, 0);
   if (rc) {
+    tunnel_engine_free(c->eng);
     tunnel__free(MEM(c), c->readbuf);
     tunnel__config_release(&c->cfg);
     tunnel__free(&cfg->mem, c);
     return rc;
   }
+  tunnel_engine_set_state_cb(c->eng, on_state);
+  tunnel_engine_set_proxy_cb(c->eng, on_proxy);
+  tunnel_engine_set_stream_cbs(c->eng, on_open, on_data, on_end, on_writable);
+  tunnel_engine_set_conn_cbs(c->eng, on_connect, on_disconnect);
+  tunnel_engine_set_random_cb(c->eng, fill_random);
+  tunnel_engine_set_time_cb(c->eng, unix_time);
+  set_identity(c);
   c->loop = loop;
   tunnel__sched_init(&c->sched, loop);
   c->sched.drained = sched_drained;
   c->sched.drained_ud = c;
-  uv_timer_init(loop, &c->hb_timer);
-  c->hb_timer.data = c;
-  uv_timer_init(loop, &c->login_timer);
-  c->login_timer.data = c;
-  c->handles = 2;
+  uv_timer_init(loop, &c->timer);
+  c->timer.data = c;
+  c->handles = 1;
   *out = c;
   return 0;
 }
@@ -713,64 +674,31 @@ int tunnel_client_set_state_cb(tunnel_client *c, tunnel_client_state_cb cb,
   return 0;
 }
 
-/* Every wait for the server has a deadline: one that accepts and never
- * answers must not hold the client forever. */
-static void login_timeout(uv_timer_t *t) {
-  tunnel_client *c = t->data;
-  if (c->state == C_CONNECTING || c->state == C_LOGIN)
-    session_down(c, TUNNEL_ETIMEDOUT,
-                 c->state == C_CONNECTING ? "cannot connect to the server"
-                                          : "no answer to login");
-}
-
 int tunnel_client_connect(tunnel_client *c, const char *host, uint16_t port) {
   if (!c || !host || !*host || port == 0)
     return TUNNEL_EINVAL;
-  if (c->closing || (c->state != C_IDLE && c->state != C_DOWN))
+  if (c->closing ||
+      (c->state != TUNNEL__C_IDLE && c->state != TUNNEL__C_DOWN))
     return TUNNEL_ESTATE;
   char *h = tunnel__strdup(MEM(c), host);
   if (!h)
     return TUNNEL_ENOMEM;
-  uv_tcp_t *tcp = tunnel__malloc(MEM(c), sizeof *tcp);
-  if (!tcp) {
-    tunnel__free(MEM(c), h);
-    return TUNNEL_ENOMEM;
-  }
-  uv_tcp_init(c->loop, tcp);
-  tunnel__mux *mux = NULL;
-  int rc = 0;
-  if (c->cfg.tcp_mux)
-    rc = tunnel__mux_new(&mux, c->loop, &c->sched, &c->cfg, 1, tcp, &mux_cb,
-                         c);
-  if (rc == 0) {
-    rc = tunnel__dial_start(&c->dial, c->loop, MEM(c), tcp, h, port,
-                            server_connected, c);
-    if (rc && mux)
-      tunnel__mux_close(mux);
-    else if (rc)
-      tunnel__tcp_close_free(MEM(c), tcp);
-  }
+  char *old = c->host;
+  uint16_t old_port = c->port;
+  c->host = h;
+  c->port = port;
+  int rc = dial_server(c, TUNNEL_ENGINE_CONTROL, server_connected);
   if (rc) {
+    c->host = old;
+    c->port = old_port;
     tunnel__free(MEM(c), h);
     return rc;
   }
-  if (!mux)
-    c->ctl_tcp = tcp;
-  tunnel__free(MEM(c), c->host);
-  c->host = h;
-  c->port = port;
-  c->mux = mux;
-  c->state = C_CONNECTING;
-  uv_timer_start(&c->login_timer, login_timeout, c->cfg.login_timeout_ms, 0);
+  tunnel__free(MEM(c), old);
+  c->state = TUNNEL__C_CONNECTING;
+  c->connect_deadline = now_ms(c) + c->cfg.login_timeout_ms;
+  uv_timer_start(&c->timer, timer_cb, c->cfg.login_timeout_ms, 0);
   return 0;
-}
-
-static void proxy_free(tunnel_proxy *p) {
-  tunnel_client *c = p->c;
-  tunnel__msg_clear(MEM(c), &p->opts);
-  tunnel__free(MEM(c), p->name);
-  tunnel__free(MEM(c), p->local_host);
-  tunnel__free(MEM(c), p);
 }
 
 static void sched_closed(uv_handle_t *h) {
@@ -778,6 +706,7 @@ static void sched_closed(uv_handle_t *h) {
   tunnel_client_close_cb cb = c->close_cb;
   void *ud = c->close_ud;
   tunnel__mem mem = c->cfg.mem;
+  tunnel_engine_free(c->eng);
   tunnel__free(&mem, c->readbuf);
   tunnel__free(&mem, c->host);
   tunnel__tls_conf_free(c->tls); /* every link has ended */
@@ -787,7 +716,7 @@ static void sched_closed(uv_handle_t *h) {
     cb(c, ud);
 }
 
-static void maybe_finish_close(tunnel_client *c) {
+void tunnel__client_maybe_finish_close(tunnel_client *c) {
   if (!c->closing || c->handles || c->splices.count || c->objects ||
       c->sched.refs || c->sched.closing)
     return;
@@ -797,7 +726,7 @@ static void maybe_finish_close(tunnel_client *c) {
 static void timer_closed(uv_handle_t *h) {
   tunnel_client *c = h->data;
   c->handles--;
-  maybe_finish_close(c);
+  tunnel__client_maybe_finish_close(c);
 }
 
 int tunnel_client_close(tunnel_client *c, tunnel_client_close_cb cb,
@@ -809,201 +738,16 @@ int tunnel_client_close(tunnel_client *c, tunnel_client_close_cb cb,
   c->closing = 1;
   c->close_cb = cb;
   c->close_ud = ud;
+  tunnel__sched_cancel(&c->sched, &c->flush_task);
+  /* The engine ends its session (its streams end with it); then every
+   * connection goes. */
+  tunnel_engine_conn_closed(c->eng, TUNNEL_ENGINE_CONTROL, TUNNEL_ECANCELED,
+                            now_ms(c));
   session_down(c, TUNNEL_ECANCELED, "client closed");
   /* Non-mux joins are connections of their own: no session end reaches
    * them. */
   tunnel__splice_abort_all(&c->splices);
-  if (c->ch_live) {
-    tunnel__ctlchan_free(&c->ch);
-    c->ch_live = 0;
-  }
-  while (c->proxies) {
-    tunnel_proxy *p = c->proxies;
-    c->proxies = p->next;
-    proxy_free(p);
-  }
-  uv_close((uv_handle_t *)&c->hb_timer, timer_closed);
-  uv_close((uv_handle_t *)&c->login_timer, timer_closed);
+  tunnel__client_proxies_free(c);
+  uv_close((uv_handle_t *)&c->timer, timer_closed);
   return 0;
-}
-
-int tunnel_proxy_new(tunnel_proxy **out, tunnel_client *c, const char *name,
-                     int type) {
-  if (!out || !c || !name || !*name)
-    return TUNNEL_EINVAL;
-  *out = NULL;
-  if (type != TUNNEL_PROXY_TCP && type != TUNNEL_PROXY_HTTP &&
-      type != TUNNEL_PROXY_HTTPS)
-    return TUNNEL_ENOTSUP;
-  if (c->closing)
-    return TUNNEL_ESTATE;
-  if (find_proxy(c, name))
-    return TUNNEL_EEXIST;
-  tunnel_proxy *p = tunnel__calloc(MEM(c), 1, sizeof *p);
-  if (!p || !(p->name = tunnel__strdup(MEM(c), name))) {
-    tunnel__free(MEM(c), p);
-    return TUNNEL_ENOMEM;
-  }
-  p->c = c;
-  p->type = type;
-  tunnel__msg_init(&p->opts, TUNNEL__MSG_NEW_PROXY);
-  p->next = c->proxies;
-  c->proxies = p;
-  *out = p;
-  return 0;
-}
-
-int tunnel_proxy_set_remote_port(tunnel_proxy *p, uint16_t port) {
-  if (!p)
-    return TUNNEL_EINVAL;
-  if (p->started)
-    return TUNNEL_ESTATE;
-  p->remote_port = port;
-  return 0;
-}
-
-/* A host name as routing tables and peers expect it: letters, digits,
- * hyphens and dots (and a leading "*." where wildcards are allowed). */
-static int valid_name(const char *s, int wildcard) {
-  size_t n = strlen(s);
-  if (n == 0 || n > 253)
-    return 0;
-  if (wildcard && s[0] == '*' && s[1] == '.')
-    s += 2;
-  for (; *s; s++)
-    if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
-          (*s >= '0' && *s <= '9') || *s == '-' || *s == '.' || *s == '_'))
-      return 0;
-  return 1;
-}
-
-static int http_opt_ok(const tunnel_proxy *p) {
-  if (p->type == TUNNEL_PROXY_TCP)
-    return TUNNEL_ENOTSUP;
-  return p->started ? TUNNEL_ESTATE : 0;
-}
-
-int tunnel_proxy_set_subdomain(tunnel_proxy *p, const char *name) {
-  if (!p || !name || !valid_name(name, 0) || strchr(name, '.'))
-    return TUNNEL_EINVAL;
-  int rc = http_opt_ok(p);
-  return rc ? rc : tunnel__msg_set_str(MEM(p->c), &p->opts.subdomain, name);
-}
-
-int tunnel_proxy_add_domain(tunnel_proxy *p, const char *fqdn) {
-  if (!p || !fqdn || !valid_name(fqdn, 1))
-    return TUNNEL_EINVAL;
-  int rc = http_opt_ok(p);
-  return rc ? rc
-            : tunnel__msg_strs_push(MEM(p->c), &p->opts.custom_domains, fqdn);
-}
-
-int tunnel_proxy_add_location(tunnel_proxy *p, const char *path) {
-  if (!p || !path || path[0] != '/')
-    return TUNNEL_EINVAL;
-  int rc = p && p->type != TUNNEL_PROXY_HTTP ? TUNNEL_ENOTSUP : http_opt_ok(p);
-  return rc ? rc : tunnel__msg_strs_push(MEM(p->c), &p->opts.locations, path);
-}
-
-/* Header names and values travel into HTTP heads: no CR, LF or NUL. */
-static int header_safe(const char *s) { return !strpbrk(s, "\r\n"); }
-
-int tunnel_proxy_set_host_rewrite(tunnel_proxy *p, const char *host) {
-  if (!p || !host || !*host || !header_safe(host))
-    return TUNNEL_EINVAL;
-  int rc = p->type != TUNNEL_PROXY_HTTP ? TUNNEL_ENOTSUP : http_opt_ok(p);
-  return rc ? rc
-            : tunnel__msg_set_str(MEM(p->c), &p->opts.host_header_rewrite,
-                                  host);
-}
-
-int tunnel_proxy_set_basic_auth(tunnel_proxy *p, const char *user,
-                                const char *password) {
-  if (!p || !user || !*user || !password || strchr(user, ':') ||
-      !header_safe(user) || !header_safe(password))
-    return TUNNEL_EINVAL;
-  int rc = p->type != TUNNEL_PROXY_HTTP ? TUNNEL_ENOTSUP : http_opt_ok(p);
-  if (rc == 0)
-    rc = tunnel__msg_set_str(MEM(p->c), &p->opts.http_user, user);
-  if (rc == 0)
-    rc = tunnel__msg_set_str(MEM(p->c), &p->opts.http_pwd, password);
-  return rc;
-}
-
-int tunnel_proxy_set_header(tunnel_proxy *p, const char *name,
-                            const char *value) {
-  if (!p || !name || !*name || !value || !header_safe(name) ||
-      !header_safe(value) || strchr(name, ':'))
-    return TUNNEL_EINVAL;
-  int rc = p->type != TUNNEL_PROXY_HTTP ? TUNNEL_ENOTSUP : http_opt_ok(p);
-  return rc ? rc
-            : tunnel__msg_map_add(MEM(p->c), &p->opts.headers, name, value);
-}
-
-int tunnel_proxy_set_local(tunnel_proxy *p, const char *host, uint16_t port) {
-  if (!p || !host || !*host || port == 0)
-    return TUNNEL_EINVAL;
-  char *h = tunnel__strdup(MEM(p->c), host);
-  if (!h)
-    return TUNNEL_ENOMEM;
-  tunnel__free(MEM(p->c), p->local_host);
-  p->local_host = h;
-  p->local_port = port;
-  return 0;
-}
-
-int tunnel_proxy_set_status_cb(tunnel_proxy *p, tunnel_proxy_status_cb cb,
-                               void *ud) {
-  if (!p)
-    return TUNNEL_EINVAL;
-  p->status_cb = cb;
-  p->status_ud = ud;
-  return 0;
-}
-
-int tunnel_proxy_set_accept_cb(tunnel_proxy *p, tunnel_proxy_accept_cb cb,
-                               void *ud) {
-  if (!p)
-    return TUNNEL_EINVAL;
-  p->accept_cb = cb;
-  p->accept_ud = ud;
-  return 0;
-}
-
-int tunnel_proxy_start(tunnel_proxy *p) {
-  if (!p)
-    return TUNNEL_EINVAL;
-  if (p->started)
-    return TUNNEL_ESTATE;
-  if (!p->local_host && !p->accept_cb)
-    return TUNNEL_EINVAL; /* visitors would have nowhere to go */
-  p->started = 1;
-  if (p->c->state == C_READY)
-    return send_new_proxy(p);
-  return 0;
-}
-
-int tunnel_proxy_close(tunnel_proxy *p) {
-  if (!p)
-    return TUNNEL_EINVAL;
-  tunnel_client *c = p->c;
-  if (p->sent && c->state == C_READY) {
-    tunnel__msg m;
-    tunnel__msg_init(&m, TUNNEL__MSG_CLOSE_PROXY);
-    if (tunnel__msg_set_str(MEM(c), &m.proxy_name, p->name) == 0)
-      send_ctl(c, &m);
-    tunnel__msg_clear(MEM(c), &m);
-  }
-  for (tunnel_proxy **pp = &c->proxies; *pp; pp = &(*pp)->next) {
-    if (*pp == p) {
-      *pp = p->next;
-      break;
-    }
-  }
-  proxy_free(p);
-  return 0;
-}
-
-const char *tunnel_proxy_name(const tunnel_proxy *p) {
-  return p ? p->name : NULL;
 }

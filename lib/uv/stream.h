@@ -51,6 +51,9 @@ typedef size_t (*tunnel__stream_take_fn)(tunnel_stream *st, int status,
 struct tunnel_stream {
   const tunnel__stream_ops *ops;
   tunnel__mux *mux; /* NULL once the session is gone (or for TCP streams) */
+  /* A client engine's stream (stream_eng.c): its client; NULL once the
+   * engine forgot the stream. */
+  struct tunnel_client *client;
   /* A stream that is a whole connection (frp's non-mux mode). */
   struct tunnel__link *link;
   size_t tcp_pending;  /* bytes in queued link writes */
@@ -118,6 +121,10 @@ tunnel_stream *tunnel__stream_new_link(tunnel__sched *sched,
                                        const tunnel__mem *mem,
                                        struct tunnel__link *link,
                                        const uint8_t *prefix, size_t len);
+/* A stream of the client engine, number `num` (stream_eng.c). */
+tunnel_stream *tunnel__stream_new_eng(struct tunnel_client *c,
+                                      tunnel__sched *sched,
+                                      const tunnel__mem *mem, uint32_t num);
 /* Internal-reader variant of tunnel_stream_read_start. */
 int tunnel__stream_take_start(tunnel_stream *st, tunnel__stream_take_fn cb,
                               void *ud);

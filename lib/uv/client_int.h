@@ -1,0 +1,114 @@
+/* The libuv client's insides, shared by client.c (connections to the
+ * server, the engine's callbacks, the client's life), client_proxy.c (the
+ * proxy API and joining visitors to local services) and stream_eng.c (the
+ * engine's streams as tunnel_stream). The protocol itself is the engine's
+ * (lib/engine.c): this layer only moves bytes, keeps time and owns
+ * sockets. */
+#ifndef TUNNEL_LIB_UV_CLIENT_INT_H
+#define TUNNEL_LIB_UV_CLIENT_INT_H
+
+#include "tunnel/engine.h"
+#include "tunnel/uv.h"
+
+#include "../config.h"
+#include "dial.h"
+#include "link.h"
+#include "sched.h"
+#include "splice.h"
+#include "stream.h"
+#include "tlsconf.h"
+
+#define TUNNEL__CLIENT_READBUF (64u * 1024u)
+
+enum {
+  TUNNEL__C_IDLE,
+  TUNNEL__C_CONNECTING, /* the control connection is being opened */
+  TUNNEL__C_LOGIN,      /* the engine runs, not yet logged in */
+  TUNNEL__C_READY,
+  TUNNEL__C_DOWN
+};
+
+typedef struct tunnel__cl_conn tunnel__cl_conn;
+typedef struct tunnel__cl_join tunnel__cl_join;
+
+struct tunnel_client {
+  uv_loop_t *loop;
+  struct tunnel_config cfg;
+  tunnel__sched sched;
+  tunnel_engine *eng;
+  uv_timer_t timer;      /* the connect deadline, then the engine's */
+  tunnel__task flush_task;
+  uint64_t connect_deadline;
+  char *host;
+  uint16_t port;
+  int state;
+  tunnel__cl_conn *conns;  /* connections to the server */
+  tunnel__cl_join *joins;  /* visitors waiting for the local service */
+  tunnel_proxy *proxies;
+  /* Non-mux visitors: whole connections, which no session end reaches. */
+  tunnel__stream_list handed;
+  tunnel_stream *blocked; /* engine streams waiting for output room */
+  tunnel__splice_set splices;
+  uint8_t *readbuf;
+  tunnel_client_state_cb state_cb;
+  void *state_ud;
+  uint32_t handles; /* uv handles owned directly */
+  uint32_t objects; /* connections and joins not yet freed */
+  tunnel__tls_conf *tls; /* NULL: plain connections */
+  int closing;
+  tunnel_client_close_cb close_cb;
+  void *close_ud;
+};
+
+struct tunnel_proxy {
+  tunnel_client *c;
+  tunnel_proxy *next;
+  uint32_t id; /* the engine's */
+  char *name;
+  int type;
+  char *local_host;
+  uint16_t local_port;
+  tunnel_proxy_status_cb status_cb;
+  void *status_ud;
+  tunnel_proxy_accept_cb accept_cb;
+  void *accept_ud;
+  int started;
+};
+
+static inline const tunnel__mem *tunnel__client_mem(tunnel_client *c) {
+  return &c->cfg.mem;
+}
+
+/* client.c */
+
+/* Sends what the engine has for the server at the end of this loop
+ * iteration (frames of every stream leave together) and re-arms the
+ * engine's deadline. */
+void tunnel__client_flush_soon(tunnel_client *c);
+/* Whether engine streams may hand the engine more bytes now; if not, `st`
+ * waits and is pumped when room frees. */
+int tunnel__client_has_room(const tunnel_client *c);
+void tunnel__client_wait_room(tunnel_client *c, tunnel_stream *st);
+void tunnel__client_unblock(tunnel_client *c, tunnel_stream *st);
+void tunnel__client_maybe_finish_close(tunnel_client *c);
+
+/* client_proxy.c */
+
+tunnel_proxy *tunnel__client_proxy(tunnel_client *c, uint32_t id);
+/* A visitor's stream for proxy `p`: joined to the local service or handed
+ * to the program. Owns `st` from now on. */
+void tunnel__client_visitor(tunnel_proxy *p, tunnel_stream *st);
+/* The session ended: visitors still waiting for the local service go. */
+void tunnel__client_joins_abort(tunnel_client *c);
+void tunnel__client_proxies_free(tunnel_client *c);
+
+/* stream_eng.c */
+
+/* Engine events for the stream (number `num`). */
+void tunnel__stream_eng_data(tunnel_stream *st, const uint8_t *data,
+                             size_t len);
+void tunnel__stream_eng_end(tunnel_stream *st, int status);
+/* Moves queued bytes into the engine as far as window and room allow. */
+void tunnel__stream_eng_pump(tunnel_stream *st);
+
+#endif
