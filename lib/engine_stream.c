@@ -510,6 +510,25 @@ void tunnel__eng_conn_consume(eng_session *s, uint32_t conn, size_t n) {
   conn_sent(s->e, st);
 }
 
+int tunnel__engine_stream_frame(tunnel_engine *e, uint32_t stream,
+                                size_t len, uint8_t *hdr, size_t *n) {
+  *n = 0;
+  eng_stream *st = e ? find_open(e, stream) : NULL;
+  if (!st || !st->s->mux)
+    return TUNNEL_EINVAL;
+  if (st->local_fin || st->ymx_gone)
+    return TUNNEL_ESTATE;
+  return tunnel__ymx_frame_data(st->s->ymx, st->id, len, hdr, n);
+}
+
+int tunnel__engine_out_push(tunnel_engine *e, const tunnel__iov *v,
+                            size_t n) {
+  eng_session *s = e ? e->s : NULL;
+  if (!s || !s->mux)
+    return TUNNEL_ESTATE;
+  return tunnel__ymx_out_push(s->ymx, v, n);
+}
+
 int tunnel__engine_stream_set_user(tunnel_engine *e, uint32_t stream,
                                    void *user) {
   eng_stream *st = e ? tunnel__eng_find_stream(e->s, stream) : NULL;

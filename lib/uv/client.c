@@ -18,6 +18,11 @@
 #define OUT_HIGH (2u * 1024u * 1024u)
 #define OUT_LOW (512u * 1024u)
 #define MAX_IOV 64
+/* Stream writes up to this size are queued and leave together at the end
+ * of the loop iteration (one writev for every stream that had something to
+ * say); larger ones go to the socket at once, header and payload
+ * uncopied. */
+#define COALESCE_MAX (16u * 1024u)
 
 /* A connection to the server, by the engine's number: the control one
  * (1) or, without multiplexing, a work connection. */
@@ -32,6 +37,7 @@ struct tunnel__cl_conn {
   size_t inflight;      /* bytes of the engine's output being written */
   int writing;
   int dead;             /* the engine is done with it */
+  int failed;           /* a write failed; the engine hears it from the loop */
   /* Non-mux: a visitor's stream opened on it during the engine call under
    * way; the bytes that came with StartWorkConn. */
   tunnel_proxy *opened;
@@ -220,11 +226,19 @@ static void conn_write_cb(tunnel__link_wreq *req, int status) {
   after_engine(c);
 }
 
+/* A write failed. The engine hears it from the loop: this may run inside
+ * a stream write of the program's. */
+static void conn_failed(cl_conn *k, int err) {
+  if (!k->failed)
+    k->failed = err;
+  tunnel__client_flush_soon(k->c);
+}
+
 /* Sends the engine's output for `k`: what the socket takes at once, then
  * one write of the rest straight from the engine's queue. */
 static void conn_flush(cl_conn *k) {
   tunnel_client *c = k->c;
-  while (!k->writing && !k->dead && k->link) {
+  while (!k->writing && !k->dead && !k->failed && k->link) {
     tunnel__iov iov[MAX_IOV];
     uv_buf_t bufs[MAX_IOV];
     size_t n = tunnel__engine_out_iov(c->eng, k->num, iov, MAX_IOV);
@@ -237,9 +251,7 @@ static void conn_flush(cl_conn *k) {
       if ((size_t)w == total)
         continue;
     } else if (w < 0) {
-      tunnel_engine_conn_closed(c->eng, k->num, w, now_ms(c));
-      if (k->num != TUNNEL_ENGINE_CONTROL)
-        conn_kill(k);
+      conn_failed(k, w);
       return;
     }
     if (k->dead)
@@ -249,9 +261,7 @@ static void conn_flush(cl_conn *k) {
     int rc = tunnel__link_write(&k->wreq, k->link, bufs, (unsigned)n,
                                 conn_write_cb);
     if (rc) {
-      tunnel_engine_conn_closed(c->eng, k->num, rc, now_ms(c));
-      if (k->num != TUNNEL_ENGINE_CONTROL)
-        conn_kill(k);
+      conn_failed(k, rc);
       return;
     }
     k->writing = 1;
@@ -525,6 +535,17 @@ static void timer_cb(uv_timer_t *t) {
 }
 
 static void flush(tunnel_client *c) {
+  for (cl_conn *k = c->conns; k; k = k->next) {
+    if (k->failed && !k->dead) {
+      int err = k->failed;
+      k->failed = 0;
+      tunnel_engine_conn_closed(c->eng, k->num, err, now_ms(c));
+      if (k->num != TUNNEL_ENGINE_CONTROL)
+        conn_kill(k);
+      after_engine(c);
+      return; /* after_engine flushes again */
+    }
+  }
   uint32_t conn = 0;
   while (c->state != TUNNEL__C_DOWN &&
          tunnel_engine_next_output_after(c->eng, conn, &conn)) {
@@ -569,6 +590,57 @@ static void flush_task(tunnel__task *t) {
 void tunnel__client_flush_soon(tunnel_client *c) {
   if (!c->closing)
     tunnel__sched_post(&c->sched, &c->flush_task, flush_task);
+}
+
+int tunnel__client_stream_send(tunnel_client *c, uint32_t num,
+                               const uint8_t *data, size_t len,
+                               size_t *done) {
+  *done = 0;
+  cl_conn *k = conn_find(c, TUNNEL_ENGINE_CONTROL);
+  while (len > COALESCE_MAX && k && k->link && !k->writing && !k->failed &&
+         tunnel__engine_out_pending(c->eng, TUNNEL_ENGINE_CONTROL) == 0) {
+    uint8_t hdr[TUNNEL__ENGINE_FRAME_HEADER];
+    size_t n;
+    int rc = tunnel__engine_stream_frame(c->eng, num, len, hdr, &n);
+    if (rc || n == 0)
+      return *done ? 0 : rc; /* 0 with n == 0: the window is closed */
+    uv_buf_t b[2] = {uv_buf_init((char *)hdr, sizeof hdr),
+                     uv_buf_init((char *)data, (unsigned)n)};
+    int w = tunnel__link_try_write(k->link, b, 2);
+    size_t sent = w > 0 ? (size_t)w : 0;
+    *done += n;
+    data += n;
+    len -= n;
+    if (sent == sizeof hdr + n)
+      continue;
+    /* The frame is committed: what did not go out is queued, in order. */
+    tunnel__iov rest[2];
+    size_t cnt = 0;
+    if (sent < sizeof hdr)
+      rest[cnt++] = (tunnel__iov){hdr + sent, sizeof hdr - sent};
+    size_t poff = sent > sizeof hdr ? sent - sizeof hdr : 0;
+    rest[cnt++] = (tunnel__iov){data - n + poff, n - poff};
+    if (tunnel__engine_out_push(c->eng, rest, cnt) != 0)
+      k->failed = TUNNEL_ENOMEM; /* a torn frame ends the session */
+    else if (w < 0)
+      k->failed = w;
+    if (k->failed) {
+      tunnel__client_flush_soon(c);
+      return 0;
+    }
+    /* The rest of the write goes behind it: left for later, it would wait
+     * for a window update that a short send never earns. */
+    conn_flush(k);
+    break;
+  }
+  if (!len)
+    return 0;
+  size_t q = 0;
+  int rc = tunnel_engine_stream_write(c->eng, num, data, len, &q);
+  *done += q;
+  if (q)
+    tunnel__client_flush_soon(c);
+  return *done ? 0 : rc;
 }
 
 int tunnel__client_has_room(const tunnel_client *c) {

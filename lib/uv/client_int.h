@@ -85,6 +85,10 @@ static inline const tunnel__mem *tunnel__client_mem(tunnel_client *c) {
  * iteration (frames of every stream leave together) and re-arms the
  * engine's deadline. */
 void tunnel__client_flush_soon(tunnel_client *c);
+/* Writes to engine stream `num` as far as its window allows (*done):
+ * large writes straight to the socket when nothing is queued ahead. */
+int tunnel__client_stream_send(tunnel_client *c, uint32_t num,
+                               const uint8_t *data, size_t len, size_t *done);
 /* Whether engine streams may hand the engine more bytes now; if not, `st`
  * waits and is pumped when room frees. */
 int tunnel__client_has_room(const tunnel_client *c);

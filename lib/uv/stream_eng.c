@@ -54,8 +54,7 @@ void tunnel__stream_eng_pump(tunnel_stream *st) {
     tunnel__iov iov;
     tunnel__bufq_iov(&st->tx, &iov, 1);
     size_t w = 0;
-    int rc = tunnel_engine_stream_write(c->eng, st->id, iov.base, iov.len,
-                                        &w);
+    int rc = tunnel__client_stream_send(c, st->id, iov.base, iov.len, &w);
     if (rc) {
       tunnel__stream_on_fail(st, rc);
       return;
@@ -97,11 +96,9 @@ static int eng_write(tunnel_stream *st, const uint8_t *data, size_t len,
   *direct = 0;
   if (c && st->tx.size == 0 && tunnel__client_has_room(c)) {
     /* Straight into the engine while the window is open: one copy. */
-    int rc = tunnel_engine_stream_write(c->eng, st->id, data, len, direct);
+    int rc = tunnel__client_stream_send(c, st->id, data, len, direct);
     if (rc)
       return rc;
-    if (*direct)
-      tunnel__client_flush_soon(c);
   }
   if (len > *direct && tunnel__bufq_append(&st->tx, data + *direct,
                                            len - *direct) != 0) {
