@@ -2,17 +2,19 @@
  * TLS engine over mbedTLS, sans-I/O.
  *
  * The engine owns no socket and no clock. Ciphertext from the peer goes in
- * through tunnel__tls_feed(); ciphertext for the peer accumulates in an
- * output queue read with tunnel__tls_out_iov() / tunnel__tls_out_consume().
- * Plaintext comes out of tunnel__tls_read() and goes in through
- * tunnel__tls_write(). mbedTLS's own allocations (record buffers, parsed
- * certificates, handshake state) use its default calloc; the engine's
- * structures and queues use the tunnel__mem allocator of the conf.
+ * through tunnel__tls_feed() (or is lent: tunnel__tls_feed_lend());
+ * ciphertext for the peer accumulates in an output queue read with
+ * tunnel__tls_out_iov() / tunnel__tls_out_consume(). Plaintext comes out
+ * of tunnel__tls_read() and goes in through tunnel__tls_write(). mbedTLS's
+ * own allocations (record buffers, parsed certificates, handshake state)
+ * use its default calloc; the engine's structures and queues use the
+ * tunnel__mem allocator of the conf.
  *
  * Protocol: TLS 1.2 (and TLS 1.3 with mbedTLS 3 built with it), ECDHE with
- * ECDSA or RSA certificates, AEAD suites only (AES-128-GCM, AES-256-GCM,
- * CHACHA20-POLY1305, AES-GCM preferred), groups x25519, secp256r1,
- * secp384r1. Renegotiation is refused. Records carry up to 16 KiB.
+ * ECDSA or RSA certificates, AEAD suites only (CHACHA20-POLY1305 preferred
+ * in TLS 1.2, where mbedTLS runs it faster, then AES-128-GCM, AES-256-GCM),
+ * groups x25519, secp256r1, secp384r1. Renegotiation is refused. Records
+ * carry up to 16 KiB.
  *
  * Memory: mbedTLS 2.28 gives each connection fixed input and output record
  * buffers of about 16.3 KiB each (Debian's build leaves
@@ -130,6 +132,17 @@ void tunnel__tls_free(tunnel__tls *t); /* NULL ok */
  * TUNNEL__TLS_HANDSHAKE_INPUT_MAX bytes held fails with TUNNEL_ELIMIT
  * (sticky). Returns 0, TUNNEL_ENOMEM, or the connection's sticky error. */
 int tunnel__tls_feed(tunnel__tls *t, const uint8_t *data, size_t n);
+/* The same without the copy: the engine reads `data` in place, after the
+ * input it holds, until tunnel__tls_feed_keep(), which copies what it has
+ * not taken yet and must come before `data` changes or goes. Meant for a
+ * socket read that is lent, processed (handshake, reads: records are
+ * usually all taken then) and kept before the next read. Same bound and
+ * errors as tunnel__tls_feed; a feed or loan during a loan keeps the
+ * first loan first. */
+int tunnel__tls_feed_lend(tunnel__tls *t, const uint8_t *data, size_t n);
+/* Ends the loan: 0, or TUNNEL_ENOMEM (sticky: the unread bytes are lost),
+ * or the connection's sticky error. A no-op without a loan. */
+int tunnel__tls_feed_keep(tunnel__tls *t);
 /* Runs the handshake as far as the input allows: 0 when complete (also on
  * later calls), TUNNEL_EAGAIN when it needs more input (check
  * tunnel__tls_out_pending: the handshake produces output too), or an error:
@@ -168,7 +181,8 @@ void tunnel__tls_out_consume(tunnel__tls *t, size_t n);
 
 /* Client, after the handshake: keeps this connection's session (ticket or
  * id) in the conf, replacing any saved one, so the next tunnel__tls_new on
- * the conf offers it. TUNNEL_ESTATE if not established or on a server. */
+ * the conf offers it. A connection that resumed leaves the saved session
+ * in place (returns 0). TUNNEL_ESTATE if not established or on a server. */
 int tunnel__tls_save_session(tunnel__tls *t);
 /* 1 when this (completed) handshake resumed a session, else 0. */
 int tunnel__tls_resumed(const tunnel__tls *t);

@@ -309,14 +309,19 @@ static void drain_in(tls_link *t) {
   tunnel__link *l = &t->l;
   if (!t->established && !l->error) {
     int rc = tunnel__tls_handshake(t->tls);
-    if (tunnel__tls_out_pending(t->tls))
-      flush_sock(t);
-    if (rc == 0)
+    /* Established: the last flight leaves with the writes queued
+     * meanwhile, in one segment (on_established flushes). A resumed client
+     * thus sends its Finished and its first message together. */
+    if (rc == 0) {
       on_established(t);
-    else if (rc != TUNNEL_EAGAIN)
-      fail(t, rc);
-    else if (t->tcp_eof)
-      fail(t, TUNNEL_ECONNRESET);
+    } else {
+      if (tunnel__tls_out_pending(t->tls))
+        flush_sock(t); /* the next flight, or an alert */
+      if (rc != TUNNEL_EAGAIN)
+        fail(t, rc);
+      else if (t->tcp_eof)
+        fail(t, TUNNEL_ECONNRESET);
+    }
   }
   while (l->reading && !l->ended && !l->closing) {
     if (l->error) {
@@ -360,7 +365,9 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     return;
   t->pending_input = 1;
   if (nread > 0) {
-    int rc = tunnel__tls_feed(t->tls, t->l.rbuf, (size_t)nread);
+    /* Records are decrypted from the read buffer itself; what the owner
+     * does not read now is copied into the engine before the next read. */
+    int rc = tunnel__tls_feed_lend(t->tls, t->l.rbuf, (size_t)nread);
     if (rc)
       fail(t, rc);
   } else if (nread == UV_EOF) {
@@ -369,6 +376,11 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     fail(t, tunnel__uv_err((int)nread));
   }
   drain_in(t);
+  if (nread > 0) {
+    int rc = tunnel__tls_feed_keep(t->tls);
+    if (rc && !t->l.closing && !t->l.error)
+      fail(t, rc);
+  }
   /* Output the engine made (handshake) may have finished writes. */
   if (!t->l.closing && !t->l.error)
     complete_reqs(t, 0);
