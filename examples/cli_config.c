@@ -402,10 +402,12 @@ static int set_proxy(cli_conf_ctx *ctx, cli_proxy_conf *p, const char *k,
       p->type = TUNNEL_PROXY_HTTP;
     else if (!strcmp(v, "https"))
       p->type = TUNNEL_PROXY_HTTPS;
-    else if (!strcmp(v, "udp") || !strcmp(v, "stcp") || !strcmp(v, "xtcp") ||
+    else if (!strcmp(v, "udp"))
+      p->type = TUNNEL_PROXY_UDP;
+    else if (!strcmp(v, "stcp") || !strcmp(v, "xtcp") ||
              !strcmp(v, "sudp") || !strcmp(v, "tcpmux")) {
       cli_conf_error(ctx, where, "proxy type '%s' is not supported (tcp, "
-                     "http and https are)", v);
+                     "udp, http and https are)", v);
       return -1;
     } else {
       BAD("want tcp, http or https");
@@ -578,10 +580,11 @@ static int check_proxies(cli_conf_ctx *ctx, int json) {
       return -1;
     }
     const char *bad = NULL;
-    if (p->type == TUNNEL_PROXY_TCP && (p->subdomain || p->ndomains))
+    int port_kind = p->type == TUNNEL_PROXY_TCP || p->type == TUNNEL_PROXY_UDP;
+    if (port_kind && (p->subdomain || p->ndomains))
       bad = p->subdomain ? "subdomain" : json ? "customDomains"
                                               : "custom_domains";
-    else if (p->type != TUNNEL_PROXY_TCP && p->remote_port >= 0)
+    else if (!port_kind && p->remote_port >= 0)
       bad = json ? "remotePort" : "remote_port";
     else if (p->type != TUNNEL_PROXY_HTTP &&
              (p->host_rewrite || p->http_user || p->http_password ||
@@ -595,6 +598,7 @@ static int check_proxies(cli_conf_ctx *ctx, int json) {
     if (bad) {
       cli_conf_error(ctx, where, "'%s' does not apply to a %s proxy", bad,
                      p->type == TUNNEL_PROXY_TCP    ? "tcp"
+                     : p->type == TUNNEL_PROXY_UDP  ? "udp"
                      : p->type == TUNNEL_PROXY_HTTP ? "http"
                                                     : "https");
       return -1;

@@ -22,6 +22,7 @@ static const char usage[] =
     "                      --tls-insecure] [--tls-cert FILE --tls-key FILE]\n"
     "                      [--tls-server-name NAME] [--no-tls-marker]]\n"
     "                     tcp LOCAL [--remote-port N] [--name NAME]\n"
+    "                     udp LOCAL [--remote-port N] [--name NAME]\n"
     "                   | http LOCAL [--subdomain NAME | --hostname FQDN ...]\n"
     "                       [--host-rewrite HOST] [--basic-auth USER:PASS]\n"
     "                       [--name NAME]\n"
@@ -59,10 +60,10 @@ static const char usage[] =
     "                 without either, the server picks an unguessable name\n"
     "  --host-rewrite Host header the local service sees\n"
     "  --basic-auth   visitors must log in with these credentials\n"
-    "Each tcp, http or https word starts another proxy; the options after it\n"
-    "(--name, --remote-port, ...) are that proxy's.\n"
+    "Each tcp, udp, http or https word starts another proxy; the options after\n"
+    "it (--name, --remote-port, ...) are that proxy's.\n"
     "On success the public address is printed alone on stdout: tcp://HOST:PORT,\n"
-    "or http(s)://NAME[:PORT], one line per name\n"
+    "udp://HOST:PORT, or http(s)://NAME[:PORT], one line per name\n"
     "(again after a reconnection). A lost connection is re-established with\n"
     "backoff; a refused login or proxy, or a first connection that fails,\n"
     "ends the program with status 1.\n"
@@ -207,8 +208,8 @@ static void on_state(tunnel_client *c, int status, const char *msg,
 
 static void on_proxy(tunnel_proxy *p, int status, const char *msg, void *ud) {
   const char *scheme = ud;
-  if (status == 0 && !strcmp(scheme, "tcp")) {
-    printf("tcp://%s\n", msg);
+  if (status == 0 && (!strcmp(scheme, "tcp") || !strcmp(scheme, "udp"))) {
+    printf("%s://%s\n", scheme, msg);
     fflush(stdout);
     return;
   }
@@ -232,7 +233,7 @@ static int fail(const char *what, int rc) {
   return 1;
 }
 
-static const char *const kind_names[] = {"", "tcp", "http", "https"};
+static const char *const kind_names[] = {"", "tcp", "http", "https", "udp"};
 
 /* The proxy the command line's proxy options apply to: the one its last
  * tcp/http/https word started, or (options before any such word) a new one
@@ -264,7 +265,7 @@ static int add_proxy(const cli_proxy_conf *pc) {
       (rc = tunnel_proxy_set_local(p, pc->local_ip ? pc->local_ip
                                                    : "127.0.0.1",
                                    (uint16_t)pc->local_port)) != 0 ||
-      (pc->type == TUNNEL_PROXY_TCP &&
+      ((pc->type == TUNNEL_PROXY_TCP || pc->type == TUNNEL_PROXY_UDP) &&
        (rc = tunnel_proxy_set_remote_port(
             p, (uint16_t)(pc->remote_port < 0 ? 0 : pc->remote_port))) !=
            0) ||
@@ -406,7 +407,7 @@ static int run(int argc, char **argv, cli_client_conf *fc) {
       }
       i++;
     } else if ((!strcmp(a, "tcp") || !strcmp(a, "http") ||
-                !strcmp(a, "https")) &&
+                !strcmp(a, "https") || !strcmp(a, "udp")) &&
                v) {
       /* A kind word starts a proxy, unless options before it began one. */
       if (cur >= 0 && fc->proxies[cur].type)
@@ -415,9 +416,10 @@ static int run(int argc, char **argv, cli_client_conf *fc) {
       char lhost[256] = "127.0.0.1";
       if (!(pc = cli_proxy(fc, &cur)))
         goto oom;
-      pc->type = a[0] == 't' ? TUNNEL_PROXY_TCP
-                 : a[4]      ? TUNNEL_PROXY_HTTPS
-                             : TUNNEL_PROXY_HTTP;
+      pc->type = a[0] == 't'   ? TUNNEL_PROXY_TCP
+                 : a[0] == 'u' ? TUNNEL_PROXY_UDP
+                 : a[4]        ? TUNNEL_PROXY_HTTPS
+                               : TUNNEL_PROXY_HTTP;
       if (cli_parse_hostport(v, lhost, sizeof lhost, &lport) != 0 ||
           lport == 0) {
         fprintf(stderr, "tunnel-client: bad LOCAL '%s' (PORT or HOST:PORT)\n",
@@ -483,10 +485,10 @@ static int run(int argc, char **argv, cli_client_conf *fc) {
   for (size_t k = nfile; k < fc->nproxies; k++) {
     cli_proxy_conf *pc = &fc->proxies[k];
     int type = pc->type;
-    if ((type == TUNNEL_PROXY_TCP &&
-         (pc->subdomain || pc->ndomains || pc->host_rewrite ||
-          pc->http_user)) ||
-        (type != TUNNEL_PROXY_TCP && pc->remote_port >= 0) ||
+    int port_kind = type == TUNNEL_PROXY_TCP || type == TUNNEL_PROXY_UDP;
+    if ((port_kind && (pc->subdomain || pc->ndomains || pc->host_rewrite ||
+                       pc->http_user)) ||
+        (!port_kind && pc->remote_port >= 0) ||
         (type == TUNNEL_PROXY_HTTPS && (pc->host_rewrite || pc->http_user))) {
       fprintf(stderr, "tunnel-client: option not valid for a %s proxy\n%s",
               kind_names[type], usage);

@@ -70,8 +70,10 @@ void tunnel__eng_session_down(eng_session *s, int err, const char *why) {
     if (e->end_cb)
       e->end_cb(e, st->num, TUNNEL_ECLOSED, e->ud);
   }
-  for (eng_proxy *p = e->proxies; p; p = p->next)
+  for (eng_proxy *p = e->proxies; p; p = p->next) {
     p->sent = 0;
+    p->dgram = 0;
+  }
   if (e->state_cb)
     e->state_cb(e, err, why, e->ud);
 }
@@ -145,6 +147,8 @@ static const char *type_name(int32_t type) {
     return "http";
   case TUNNEL_ENGINE_PROXY_HTTPS:
     return "https";
+  case TUNNEL_ENGINE_PROXY_UDP:
+    return "udp";
   default:
     return "tcp";
   }
@@ -155,7 +159,10 @@ static void send_new_proxy(eng_session *s, eng_proxy *p) {
   tunnel__msg m = p->opts;
   m.proxy_name = p->name;
   m.proxy_type = (char *)type_name(p->type);
-  m.remote_port = p->type == TUNNEL_ENGINE_PROXY_TCP ? p->remote_port : 0;
+  m.remote_port = p->type == TUNNEL_ENGINE_PROXY_TCP ||
+                          p->type == TUNNEL_ENGINE_PROXY_UDP
+                      ? p->remote_port
+                      : 0;
   if (tunnel__eng_send_ctl(s, &m) == 0)
     p->sent = 1;
 }
@@ -687,11 +694,13 @@ int tunnel_engine_tick(tunnel_engine *e, uint64_t now_ms, uint64_t *next_ms) {
     e->next_ping = now_ms + interval;
     heartbeat(s);
   }
+  if (s && !s->dead && e->state == TUNNEL__E_READY)
+    next = tunnel__eng_dgram_tick(s, next);
   s = e->s; /* a callback may have started another session */
   if (s && e->state == TUNNEL__E_LOGIN && e->cfg.login_timeout_ms)
     next = e->login_deadline;
   if (s && e->state == TUNNEL__E_READY) {
-    if (timeout)
+    if (timeout && e->last_heard + timeout < next)
       next = e->last_heard + timeout;
     if (interval && e->next_ping < next)
       next = e->next_ping;

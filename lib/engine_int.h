@@ -26,7 +26,8 @@ enum {
   TUNNEL__ST_CONNECTING, /* non-mux: the program is opening the connection */
   TUNNEL__ST_WORK,       /* NewWorkConn sent, waiting for StartWorkConn */
   TUNNEL__ST_OPEN,       /* a visitor's stream, the program's */
-  TUNNEL__ST_DRAIN       /* non-mux: finished, its last bytes not yet sent */
+  TUNNEL__ST_DRAIN,      /* non-mux: finished, its last bytes not yet sent */
+  TUNNEL__ST_DGRAM       /* a UDP proxy's channel of UDPPackets */
 };
 
 typedef struct tunnel__eng_proxy {
@@ -36,6 +37,7 @@ typedef struct tunnel__eng_proxy {
   uint16_t remote_port;
   uint8_t sent; /* NewProxy queued in the running session */
   uint8_t held; /* not registered until released (tunnel__engine_proxy_hold) */
+  uint32_t dgram; /* UDP: the stream number of its channel, 0: none */
   char *name;
   /* HTTP/HTTPS options, kept as the NewProxy fields they travel in. */
   tunnel__msg opts;
@@ -56,6 +58,8 @@ typedef struct tunnel__eng_stream {
   uint8_t ymx_gone;      /* the yamux session forgot the stream */
   uint8_t want_writable; /* non-mux: a write was cut short */
   void *user;            /* tunnel__engine_stream_set_user */
+  uint32_t proxy;        /* ST_DGRAM: the proxy it carries */
+  uint64_t next_ping;    /* ST_DGRAM */
   tunnel__msg_reader reader; /* ST_WORK: StartWorkConn */
   tunnel__bufq out;          /* non-mux: bytes for the connection */
 } tunnel__eng_stream;
@@ -99,6 +103,7 @@ struct tunnel_engine {
   tunnel_engine_disconnect_cb disconnect_cb;
   tunnel_engine_random_cb random_cb;
   tunnel_engine_time_cb time_cb;
+  tunnel_engine_datagram_cb dgram_cb;
   tunnel__eng_proxy *proxies;
   uint32_t next_proxy;
   uint32_t next_num;
@@ -151,6 +156,16 @@ int tunnel__eng_send_ctl(tunnel__eng_session *s, const tunnel__msg *m);
 tunnel__eng_proxy *tunnel__eng_proxy_by_name(tunnel_engine *e,
                                              const char *name);
 void tunnel__eng_proxy_free(tunnel_engine *e, tunnel__eng_proxy *p);
+tunnel__eng_proxy *tunnel__eng_proxy_by_id(tunnel_engine *e, uint32_t id);
+
+/* engine_dgram.c */
+
+/* A UDP proxy's work channel started (StartWorkConn). */
+void tunnel__eng_dgram_start(tunnel__eng_stream *st, tunnel__eng_proxy *p);
+void tunnel__eng_dgram_input(tunnel__eng_stream *st, const uint8_t *data,
+                             size_t len);
+/* Pings due channels; returns the earlier of `next` and the next ping. */
+uint64_t tunnel__eng_dgram_tick(tunnel__eng_session *s, uint64_t next);
 /* NewWorkConn, appended to `out`. */
 int tunnel__eng_encode_work_conn(tunnel_engine *e, tunnel__bufq *out);
 
@@ -161,6 +176,9 @@ tunnel__eng_stream *tunnel__eng_find_stream(tunnel__eng_session *s,
                                             uint32_t num);
 /* Frees every stream of a session that is going away; no callback. */
 void tunnel__eng_streams_free(tunnel__eng_session *s);
+/* Ends a channel the engine no longer wants (mux: reset; non-mux: handed
+ * back to the program through the disconnect callback). */
+void tunnel__eng_stream_discard(tunnel__eng_stream *st);
 /* The server asked for a work channel. */
 void tunnel__eng_new_work(tunnel__eng_session *s);
 /* Non-mux connections other than the control one. */

@@ -17,7 +17,7 @@ eng_proxy *tunnel__eng_proxy_by_name(tunnel_engine *e, const char *name) {
   return NULL;
 }
 
-static eng_proxy *proxy_by_id(tunnel_engine *e, uint32_t id) {
+eng_proxy *tunnel__eng_proxy_by_id(tunnel_engine *e, uint32_t id) {
   for (eng_proxy *p = e ? e->proxies : NULL; p; p = p->next)
     if (p->id == id)
       return p;
@@ -35,7 +35,7 @@ int tunnel_engine_add_proxy(tunnel_engine *e, const char *name, int32_t type,
   if (!e || !name || !*name || strlen(name) > 255)
     return TUNNEL_EINVAL;
   if (type != TUNNEL_ENGINE_PROXY_TCP && type != TUNNEL_ENGINE_PROXY_HTTP &&
-      type != TUNNEL_ENGINE_PROXY_HTTPS)
+      type != TUNNEL_ENGINE_PROXY_HTTPS && type != TUNNEL_ENGINE_PROXY_UDP)
     return TUNNEL_ENOTSUP;
   if (tunnel__eng_proxy_by_name(e, name))
     return TUNNEL_EEXIST;
@@ -58,7 +58,7 @@ int tunnel_engine_add_proxy(tunnel_engine *e, const char *name, int32_t type,
 }
 
 int tunnel_engine_remove_proxy(tunnel_engine *e, uint32_t proxy) {
-  eng_proxy *p = proxy_by_id(e, proxy);
+  eng_proxy *p = tunnel__eng_proxy_by_id(e, proxy);
   if (!p)
     return TUNNEL_EINVAL;
   /* Unlinked first: a callback run by a failed send no longer finds it. */
@@ -69,6 +69,13 @@ int tunnel_engine_remove_proxy(tunnel_engine *e, uint32_t proxy) {
     }
   }
   int rc = 0;
+  tunnel__eng_stream *ch =
+      p->dgram && e->s ? tunnel__eng_find_stream(e->s, p->dgram) : NULL;
+  if (ch) {
+    tunnel__eng_enter(e);
+    tunnel__eng_stream_discard(ch);
+    tunnel__eng_leave(e);
+  }
   if (p->sent && e->s && e->state == TUNNEL__E_READY) {
     /* The server frees the port or names now, not at the session's end. */
     tunnel__msg m;
@@ -83,7 +90,7 @@ int tunnel_engine_remove_proxy(tunnel_engine *e, uint32_t proxy) {
 }
 
 int tunnel__engine_proxy_hold(tunnel_engine *e, uint32_t proxy, int held) {
-  eng_proxy *p = proxy_by_id(e, proxy);
+  eng_proxy *p = tunnel__eng_proxy_by_id(e, proxy);
   if (!p)
     return TUNNEL_EINVAL;
   p->held = held != 0;
@@ -91,18 +98,19 @@ int tunnel__engine_proxy_hold(tunnel_engine *e, uint32_t proxy, int held) {
 }
 
 /* Option kinds: which proxy types have them. */
-enum { OPT_TCP = 1, OPT_HTTP = 2, OPT_HTTPS = 4 };
+enum { OPT_TCP = 1, OPT_HTTP = 2, OPT_HTTPS = 4, OPT_UDP = 8 };
 
 static int type_bit(int32_t type) {
   return type == TUNNEL_ENGINE_PROXY_TCP    ? OPT_TCP
          : type == TUNNEL_ENGINE_PROXY_HTTP ? OPT_HTTP
+         : type == TUNNEL_ENGINE_PROXY_UDP  ? OPT_UDP
                                             : OPT_HTTPS;
 }
 
 /* The proxy whose options may change now. */
 static int proxy_opt(tunnel_engine *e, uint32_t proxy, int kinds,
                      eng_proxy **out) {
-  eng_proxy *p = proxy_by_id(e, proxy);
+  eng_proxy *p = tunnel__eng_proxy_by_id(e, proxy);
   if (!p)
     return TUNNEL_EINVAL;
   if (!(type_bit(p->type) & kinds))
@@ -116,7 +124,7 @@ static int proxy_opt(tunnel_engine *e, uint32_t proxy, int kinds,
 int tunnel_engine_proxy_set_remote_port(tunnel_engine *e, uint32_t proxy,
                                         uint16_t port) {
   eng_proxy *p;
-  int rc = proxy_opt(e, proxy, OPT_TCP, &p);
+  int rc = proxy_opt(e, proxy, OPT_TCP | OPT_UDP, &p);
   if (rc == 0)
     p->remote_port = port;
   return rc;

@@ -127,6 +127,11 @@ static void stream_free(eng_stream *st) {
 
 static void stream_drop(eng_stream *st) {
   eng_session *s = st->s;
+  if (st->state == TUNNEL__ST_DGRAM) {
+    tunnel__eng_proxy *p = tunnel__eng_proxy_by_id(s->e, st->proxy);
+    if (p && p->dgram == st->num)
+      p->dgram = 0;
+  }
   if (st->state == TUNNEL__ST_CONNECTING || st->state == TUNNEL__ST_WORK)
     s->nworks--;
   table_remove(&s->table, MEM(s->e), st);
@@ -201,7 +206,7 @@ static void deliver(eng_stream *st, const uint8_t *data, size_t len) {
 
 /* Finishes a work channel the server will not use or the program refused:
  * mux streams are reset, connections handed back to the program. */
-static void work_discard(eng_stream *st) {
+void tunnel__eng_stream_discard(eng_stream *st) {
   eng_session *s = st->s;
   tunnel_engine *e = s->e;
   uint32_t num = st->num;
@@ -241,10 +246,17 @@ static void start_work(eng_stream *st, const tunnel__msg *m,
                                               : "no such proxy";
     tunnel__log(&e->cfg.log, TUNNEL_LOG_DEBUG,
                 "engine: work channel dropped (%s)", why);
-    work_discard(st);
+    tunnel__eng_stream_discard(st);
     return;
   }
   s->nworks--;
+  if (p->type == TUNNEL_ENGINE_PROXY_UDP) {
+    /* Datagrams from now on: the reader goes on with UDPPackets. */
+    tunnel__eng_dgram_start(st, p);
+    if (rest_len)
+      tunnel__eng_dgram_input(st, rest, rest_len);
+    return;
+  }
   st->state = TUNNEL__ST_OPEN;
   tunnel__msg_reader_free(&st->reader);
   char visitor[300];
@@ -260,7 +272,7 @@ static void start_work(eng_stream *st, const tunnel__msg *m,
   if (rc < 0) {
     st->state = TUNNEL__ST_WORK; /* so it is discarded as a work channel */
     s->nworks++;
-    work_discard(st);
+    tunnel__eng_stream_discard(st);
     return;
   }
   deliver(st, rest, rest_len);
@@ -278,7 +290,7 @@ static void work_input(eng_stream *st, const uint8_t *data, size_t len) {
     tunnel__log(&s->e->cfg.log, TUNNEL_LOG_DEBUG,
                 "engine: bad message on a work channel: %s",
                 tunnel_strerror(rc));
-    work_discard(st);
+    tunnel__eng_stream_discard(st);
     return;
   }
   if (rc == 0)
@@ -337,7 +349,7 @@ void tunnel__eng_new_work(eng_session *s) {
   if (rc) {
     tunnel__log(&e->cfg.log, TUNNEL_LOG_WARN,
                 "engine: cannot start a work stream: %s", tunnel_strerror(rc));
-    work_discard(st);
+    tunnel__eng_stream_discard(st);
   }
 }
 
@@ -364,6 +376,8 @@ static void ymx_on_data(tunnel__ymx *y, uint32_t id, void *su,
     work_input(st, data, len);
   else if (st->state == TUNNEL__ST_OPEN)
     deliver(st, data, len);
+  else if (st->state == TUNNEL__ST_DGRAM)
+    tunnel__eng_dgram_input(st, data, len);
 }
 
 static void ymx_on_fin(tunnel__ymx *y, uint32_t id, void *su, void *ud) {
@@ -376,8 +390,8 @@ static void ymx_on_fin(tunnel__ymx *y, uint32_t id, void *su, void *ud) {
     return;
   }
   eng_stream *st = su;
-  if (st->state == TUNNEL__ST_WORK) {
-    work_discard(st); /* the server will not use it */
+  if (st->state == TUNNEL__ST_WORK || st->state == TUNNEL__ST_DGRAM) {
+    tunnel__eng_stream_discard(st); /* the server will not use it */
     return;
   }
   st->remote_fin = 1;
@@ -455,6 +469,8 @@ int tunnel__eng_conn_recv(eng_session *s, uint32_t conn, const uint8_t *data,
     work_input(st, data, len);
   else if (st->state == TUNNEL__ST_OPEN && !st->remote_fin)
     deliver(st, data, len);
+  else if (st->state == TUNNEL__ST_DGRAM)
+    tunnel__eng_dgram_input(st, data, len);
   return 0;
 }
 

@@ -829,6 +829,11 @@ static int decode_field(const tunnel__mem *mem, tunnel__msg *m,
   }
 }
 
+int tunnel__msg_json_strict(const uint8_t *json, size_t len) {
+  size_t lone;
+  return json_lex_ok(json, len, NULL, &lone) && lone == 0;
+}
+
 int tunnel__msg_decode(const tunnel__mem *mem, uint8_t type,
                        const uint8_t *json, size_t len, tunnel__msg *out) {
   tunnel__msg_init(out, type);
@@ -919,12 +924,15 @@ static int reader_reserve(tunnel__msg_reader *r, size_t add) {
   return 0;
 }
 
-int tunnel__msg_reader_feed(tunnel__msg_reader *r, const uint8_t *data,
-                            size_t len, size_t *used, tunnel__msg *out) {
+int tunnel__msg_reader_next(tunnel__msg_reader *r, const uint8_t *data,
+                            size_t len, size_t *used, uint8_t *type,
+                            const uint8_t **body_out, size_t *body_len) {
   size_t off = 0;
   *used = 0;
   if (r->err)
     return r->err;
+  if (r->body && r->body_len == r->body_want)
+    reader_drop_body(r); /* the previous message's, handed out */
   while (r->hdr_len < TUNNEL__MSG_HEADER_SIZE) {
     if (off == len) {
       *used = off;
@@ -967,11 +975,25 @@ int tunnel__msg_reader_feed(tunnel__msg_reader *r, const uint8_t *data,
     }
     body = r->body;
   }
-  int rc = tunnel__msg_decode(r->mem, r->hdr[0], body, r->body_want, out);
-  reader_drop_body(r);
   r->hdr_len = 0;
-  if (rc < 0)
-    return reader_fail(r, rc, off, used);
+  *type = r->hdr[0];
+  *body_out = body;
+  *body_len = r->body_want;
   *used = off;
+  return 1;
+}
+
+int tunnel__msg_reader_feed(tunnel__msg_reader *r, const uint8_t *data,
+                            size_t len, size_t *used, tunnel__msg *out) {
+  uint8_t type;
+  const uint8_t *body;
+  size_t blen;
+  int rc = tunnel__msg_reader_next(r, data, len, used, &type, &body, &blen);
+  if (rc != 1)
+    return rc;
+  rc = tunnel__msg_decode(r->mem, type, body, blen, out);
+  reader_drop_body(r);
+  if (rc < 0)
+    return reader_fail(r, rc, *used, used);
   return 1;
 }

@@ -170,6 +170,11 @@ int tunnel__msg_encode(const tunnel__mem *mem, const tunnel__msg *m,
 int tunnel__msg_decode(const tunnel__mem *mem, uint8_t type,
                        const uint8_t *json, size_t len, tunnel__msg *out);
 
+/* 1 when `json` passes the lexical checks every body gets before cJSON
+ * parses it (what Go accepts: no raw control bytes, no BOM, strict numbers
+ * and escapes, no "\u0000"), with no lone surrogate escape. */
+int tunnel__msg_json_strict(const uint8_t *json, size_t len);
+
 /* Incremental framer. The body is buffered only when it arrives split
  * across feeds, and only after its length passed the limit. The buffer
  * grows with the bytes that arrived, not with the announced length, so a
@@ -199,5 +204,11 @@ void tunnel__msg_reader_free(tunnel__msg_reader *r);
  * negative length or one above max_body, or a decoding error. */
 int tunnel__msg_reader_feed(tunnel__msg_reader *r, const uint8_t *data,
                             size_t len, size_t *used, tunnel__msg *out);
+/* The same without decoding: 1 with the type and the raw JSON body, valid
+ * until the next call on the reader (for messages decoded elsewhere, such
+ * as UDPPacket, lib/udpmsg.h). */
+int tunnel__msg_reader_next(tunnel__msg_reader *r, const uint8_t *data,
+                            size_t len, size_t *used, uint8_t *type,
+                            const uint8_t **body, size_t *body_len);
 
 #endif

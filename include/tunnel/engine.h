@@ -58,6 +58,7 @@ typedef struct tunnel_engine tunnel_engine;
 #define TUNNEL_ENGINE_PROXY_TCP 1
 #define TUNNEL_ENGINE_PROXY_HTTP 2
 #define TUNNEL_ENGINE_PROXY_HTTPS 3
+#define TUNNEL_ENGINE_PROXY_UDP 4
 
 /* status 0: logged in, `message` is the run id. Negative: the login was
  * refused (TUNNEL_EAUTH, `message` the server's reason) or the session
@@ -128,6 +129,27 @@ TUNNEL_EXTERN int tunnel_engine_set_conn_cbs(tunnel_engine *e,
                                              tunnel_engine_disconnect_cb
                                                  disconnect);
 
+/* UDP proxies carry datagrams, not streams: one arrived at `proxy` from
+ * the visitor at `ip` (numeric; IPv6 possibly with "%zone") and `port`.
+ * `data` is valid for the call. Answers go back with
+ * tunnel_engine_datagram_send() to the same address. */
+typedef void (*tunnel_engine_datagram_cb)(tunnel_engine *e, uint32_t proxy,
+                                          const char *ip, uint16_t port,
+                                          const uint8_t *data, size_t len,
+                                          void *user_data);
+TUNNEL_EXTERN int tunnel_engine_set_datagram_cb(tunnel_engine *e,
+                                                tunnel_engine_datagram_cb cb);
+/* Sends a datagram of up to 65,507 bytes to the visitor at `ip`:`port`
+ * through UDP proxy `proxy`. As with a UDP socket, nothing waits: when the
+ * channel to the server has no room for all of it, the datagram is dropped
+ * (TUNNEL_ELIMIT); TUNNEL_ESTATE when the proxy has no channel right now
+ * (not registered yet, or the server is replacing it). */
+TUNNEL_EXTERN int tunnel_engine_datagram_send(tunnel_engine *e,
+                                              uint32_t proxy, const char *ip,
+                                              uint16_t port,
+                                              const uint8_t *data,
+                                              size_t len);
+
 /* Fills `out` with `n` random bytes (frp's cipher needs a fresh 16-byte IV
  * per session); 0 on success, anything else fails the session with
  * TUNNEL_ECRYPTO. Required: tunnel_engine_start() refuses to run without it
@@ -165,7 +187,8 @@ TUNNEL_EXTERN int tunnel_engine_set_identity(tunnel_engine *e,
  * TUNNEL_ENOTSUP. */
 TUNNEL_EXTERN int tunnel_engine_add_proxy(tunnel_engine *e, const char *name,
                                           int32_t type, uint32_t *proxy_out);
-/* TCP: the public port wanted (0, the default: the server picks). */
+/* TCP and UDP: the public port wanted (0, the default: the server
+ * picks). */
 TUNNEL_EXTERN int tunnel_engine_proxy_set_remote_port(tunnel_engine *e,
                                                       uint32_t proxy,
                                                       uint16_t port);

@@ -321,7 +321,8 @@ TUNNEL_EXTERN int tunnel_client_close(tunnel_client *c,
 typedef enum tunnel_proxy_type {
   TUNNEL_PROXY_TCP = 1,
   TUNNEL_PROXY_HTTP = 2,
-  TUNNEL_PROXY_HTTPS = 3
+  TUNNEL_PROXY_HTTPS = 3,
+  TUNNEL_PROXY_UDP = 4
 } tunnel_proxy_type;
 
 /* status 0: registered; `message` is the public address: "HOST:PORT" for
@@ -367,6 +368,9 @@ TUNNEL_EXTERN int tunnel_proxy_set_basic_auth(tunnel_proxy *p,
 /* HTTP: a request header set on every request (replacing the visitor's). */
 TUNNEL_EXTERN int tunnel_proxy_set_header(tunnel_proxy *p, const char *name,
                                           const char *value);
+/* UDP: how long a visitor's address keeps its socket towards the local
+ * service without a datagram either way (default 60,000 ms). */
+TUNNEL_EXTERN int tunnel_proxy_set_idle_timeout(tunnel_proxy *p, uint32_t ms);
 TUNNEL_EXTERN int tunnel_proxy_set_status_cb(tunnel_proxy *p,
                                              tunnel_proxy_status_cb cb,
                                              void *user_data);

@@ -375,6 +375,8 @@ static void session_down(tunnel_client *c, int err, const char *why) {
     conn_kill(k); /* may free it */
   }
   tunnel__client_joins_abort(c);
+  for (tunnel_proxy *p = c->proxies; p; p = p->next)
+    tunnel__client_udp_close(p, 0);
   /* A session's visitors end with it, whatever carries them. */
   tunnel__splice_abort_all(&c->splices);
   tunnel__stream_list_fail_all(&c->handed, TUNNEL_ECLOSED);
@@ -414,7 +416,8 @@ static void on_proxy(tunnel_engine *e, uint32_t proxy, int status,
   tunnel_proxy *p = tunnel__client_proxy(c, proxy);
   if (!p || !p->status_cb)
     return;
-  if (status || p->type != TUNNEL_PROXY_TCP) {
+  if (status ||
+      (p->type != TUNNEL_PROXY_TCP && p->type != TUNNEL_ENGINE_PROXY_UDP)) {
     /* HTTP: the names the server routes to it, "NAME[:PORT][,NAME...]". */
     p->status_cb(p, status, message, p->status_ud);
     return;
@@ -486,6 +489,16 @@ static void on_writable(tunnel_engine *e, uint32_t stream, void *ud) {
   tunnel_stream *st = tunnel__engine_stream_user(e, stream);
   if (st)
     tunnel__stream_eng_pump(st);
+}
+
+static void on_datagram(tunnel_engine *e, uint32_t proxy, const char *ip,
+                        uint16_t port, const uint8_t *data, size_t len,
+                        void *ud) {
+  tunnel_client *c = ud;
+  (void)e;
+  tunnel_proxy *p = tunnel__client_proxy(c, proxy);
+  if (p)
+    tunnel__client_datagram(p, ip, port, data, len);
 }
 
 static void on_connect(tunnel_engine *e, uint32_t conn, void *ud) {
@@ -723,6 +736,7 @@ int tunnel_client_new(tunnel_client **out, uv_loop_t *loop,
   tunnel_engine_set_proxy_cb(c->eng, on_proxy);
   tunnel_engine_set_stream_cbs(c->eng, on_open, on_data, on_end, on_writable);
   tunnel_engine_set_conn_cbs(c->eng, on_connect, on_disconnect);
+  tunnel_engine_set_datagram_cb(c->eng, on_datagram);
   tunnel_engine_set_random_cb(c->eng, fill_random);
   tunnel_engine_set_time_cb(c->eng, unix_time);
   set_identity(c);

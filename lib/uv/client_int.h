@@ -19,6 +19,9 @@
 #include "tlsconf.h"
 
 #define TUNNEL__CLIENT_READBUF (64u * 1024u)
+/* UDP visitors mapped at once per proxy (each holds a socket). */
+#define TUNNEL__CLIENT_UDP_PEERS 1024u
+#define TUNNEL__CLIENT_UDP_IDLE_MS 60000u
 
 enum {
   TUNNEL__C_IDLE,
@@ -30,6 +33,7 @@ enum {
 
 typedef struct tunnel__cl_conn tunnel__cl_conn;
 typedef struct tunnel__cl_join tunnel__cl_join;
+typedef struct tunnel__cl_udp_peer tunnel__cl_udp_peer;
 
 struct tunnel_client {
   uv_loop_t *loop;
@@ -73,6 +77,13 @@ struct tunnel_proxy {
   tunnel_proxy_accept_cb accept_cb;
   void *accept_ud;
   int started;
+  /* UDP: a socket per visitor address, closed after udp_idle_ms idle. */
+  tunnel__cl_udp_peer *peers;
+  uint32_t npeers;
+  uint32_t udp_idle_ms;
+  uint64_t udp_dropped;
+  uint32_t udp_full_logged;
+  uv_timer_t *udp_sweep;
 };
 
 static inline const tunnel__mem *tunnel__client_mem(tunnel_client *c) {
@@ -105,6 +116,15 @@ void tunnel__client_visitor(tunnel_proxy *p, tunnel_stream *st);
 /* The session ended: visitors still waiting for the local service go. */
 void tunnel__client_joins_abort(tunnel_client *c);
 void tunnel__client_proxies_free(tunnel_client *c);
+
+/* client_udp.c */
+
+/* A datagram from visitor ip:port for UDP proxy `p`. */
+void tunnel__client_datagram(tunnel_proxy *p, const char *ip, uint16_t port,
+                             const uint8_t *data, size_t len);
+/* Closes the proxy's visitor sockets (and its timer when `all`: the proxy
+ * goes). */
+void tunnel__client_udp_close(tunnel_proxy *p, int all);
 
 /* stream_eng.c */
 

@@ -113,6 +113,7 @@ void tunnel__client_joins_abort(tunnel_client *c) {
 
 static void proxy_free(tunnel_proxy *p) {
   tunnel_client *c = p->c;
+  tunnel__client_udp_close(p, 1);
   tunnel__free(MEM(c), p->name);
   tunnel__free(MEM(c), p->local_host);
   tunnel__free(MEM(c), p);
@@ -151,6 +152,7 @@ int tunnel_proxy_new(tunnel_proxy **out, tunnel_client *c, const char *name,
   }
   p->c = c;
   p->type = type;
+  p->udp_idle_ms = TUNNEL__CLIENT_UDP_IDLE_MS;
   p->next = c->proxies;
   c->proxies = p;
   *out = p;
@@ -212,6 +214,15 @@ int tunnel_proxy_set_local(tunnel_proxy *p, const char *host, uint16_t port) {
   return 0;
 }
 
+int tunnel_proxy_set_idle_timeout(tunnel_proxy *p, uint32_t ms) {
+  if (!p || ms == 0)
+    return TUNNEL_EINVAL;
+  if (p->type != TUNNEL_ENGINE_PROXY_UDP)
+    return TUNNEL_ENOTSUP;
+  p->udp_idle_ms = ms;
+  return 0;
+}
+
 int tunnel_proxy_set_status_cb(tunnel_proxy *p, tunnel_proxy_status_cb cb,
                                void *ud) {
   if (!p)
@@ -237,6 +248,14 @@ int tunnel_proxy_start(tunnel_proxy *p) {
     return TUNNEL_ESTATE;
   if (!p->local_host && !p->accept_cb)
     return TUNNEL_EINVAL; /* visitors would have nowhere to go */
+  if (p->type == TUNNEL_ENGINE_PROXY_UDP) {
+    /* Datagrams go to a local socket, whose address must be numeric. */
+    struct sockaddr_storage ss;
+    const char *h = p->local_host;
+    if (!h || tunnel__parse_addr(strcmp(h, "localhost") ? h : "127.0.0.1",
+                                 p->local_port, &ss) != 0)
+      return TUNNEL_EINVAL;
+  }
   p->started = 1;
   tunnel__engine_proxy_hold(p->c->eng, p->id, 0);
   tunnel__client_flush_soon(p->c); /* registers it if logged in */

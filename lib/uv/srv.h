@@ -351,6 +351,27 @@ void tunnel__srv_metrics_close(tunnel_server *srv);
 extern const srv_kind tunnel__srv_kind_tcp;
 extern const srv_kind tunnel__srv_kind_http;
 extern const srv_kind tunnel__srv_kind_https;
+extern const srv_kind tunnel__srv_kind_udp;
+/* Binds a proxy's public port: `wanted`, or (0) random probes over the
+ * configured range; `try_port` binds one. On failure `err` says why for
+ * the client. */
+int tunnel__srv_pick_port(const struct tunnel_config *cfg, int64_t wanted,
+                          int (*try_port)(void *ud, uint16_t port), void *ud,
+                          char *err, size_t errlen);
+
+/* srv_udp.c: what a UDP proxy moved, in datagrams (its bytes count in the
+ * proxy's traffic like a TCP proxy's). */
+typedef struct tunnel__srv_udp_stats {
+  uint64_t datagrams_in;  /* from visitors, queued to the client */
+  uint64_t datagrams_out; /* from the client, sent to visitors */
+  uint64_t dropped_in;    /* from visitors: no work stream, its queue full,
+                             truncated, or out of memory */
+  uint64_t dropped_out;   /* from the client: malformed, bad address, or
+                             the socket could not take it */
+  uint64_t work_streams;  /* work streams it has had */
+} tunnel__srv_udp_stats;
+/* Copies `p`'s counters; TUNNEL_EINVAL when `p` is not a UDP proxy. */
+int tunnel__srv_udp_stats_get(const srv_proxy *p, tunnel__srv_udp_stats *out);
 /* srv_http.c / srv_https.c: a visitor arrived on the public port. */
 void tunnel__srv_http_accept(srv_vhost *vh, uv_tcp_t *tcp);
 void tunnel__srv_https_accept(srv_vhost *vh, uv_tcp_t *tcp);

@@ -12,7 +12,8 @@
 #define MAX_PROXY_NAME 255
 
 static const srv_kind *const kinds[] = {
-    &tunnel__srv_kind_tcp, &tunnel__srv_kind_http, &tunnel__srv_kind_https};
+    &tunnel__srv_kind_tcp, &tunnel__srv_kind_http, &tunnel__srv_kind_https,
+    &tunnel__srv_kind_udp};
 
 static const srv_kind *find_kind(const char *type) {
   for (size_t i = 0; type && i < sizeof kinds / sizeof kinds[0]; i++)
@@ -183,5 +184,33 @@ int tunnel__srv_start_work(srv_proxy *p, tunnel_stream *st, const char *src,
   tunnel__log(&srv->cfg.log, TUNNEL_LOG_DEBUG,
               "server: [%s] visitor %s:%u -> proxy %s", p->ctl->run_id, src,
               src_port, p->name);
+  return rc;
+}
+
+/* Random probes per proxy before "no free port". */
+#define PORT_TRIES 64
+
+int tunnel__srv_pick_port(const struct tunnel_config *cfg, int64_t wanted,
+                          int (*try_port)(void *ud, uint16_t port), void *ud,
+                          char *err, size_t errlen) {
+  int rc;
+  if (wanted) {
+    rc = try_port(ud, (uint16_t)wanted);
+    if (rc == TUNNEL_EADDRINUSE)
+      snprintf(err, errlen, "port %lld is already in use", (long long)wanted);
+    return rc;
+  }
+  /* Random probes spread clients over the range and stay cheap when most
+   * ports are taken; a failing probe costs one bind. */
+  uint32_t span = (uint32_t)cfg->port_hi - cfg->port_lo + 1;
+  rc = TUNNEL_EADDRINUSE;
+  for (int i = 0; i < PORT_TRIES && rc == TUNNEL_EADDRINUSE; i++) {
+    uint32_t r = 0;
+    uv_random(NULL, NULL, &r, sizeof r, 0, NULL);
+    rc = try_port(ud, (uint16_t)(cfg->port_lo + r % span));
+  }
+  if (rc == TUNNEL_EADDRINUSE)
+    snprintf(err, errlen, "no free port in %u-%u", cfg->port_lo,
+             cfg->port_hi);
   return rc;
 }

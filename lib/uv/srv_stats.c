@@ -127,6 +127,8 @@ int tunnel_server_proxy_type(const tunnel_server_proxy_info *i) {
     return TUNNEL_PROXY_HTTP;
   if (i->p->kind == &tunnel__srv_kind_https)
     return TUNNEL_PROXY_HTTPS;
+  if (i->p->kind == &tunnel__srv_kind_udp)
+    return TUNNEL_PROXY_UDP;
   return TUNNEL_PROXY_TCP;
 }
 

@@ -10,9 +10,6 @@
 #define MEM tunnel__srv_mem
 #define CONTAINER TUNNEL__CONTAINER
 
-/* Random probes for a free port when the client asks for none. */
-#define PORT_TRIES 64
-
 typedef struct tcp_visitor tcp_visitor;
 
 typedef struct tcp_proxy {
@@ -150,6 +147,10 @@ static void on_visitor(uv_stream_t *l, int status) {
 
 /* Binds and listens; 0 or an error (EADDRINUSE when taken). libuv may
  * report a bind conflict from either call. */
+static int tcp_listen(tcp_proxy *tp, uint16_t port);
+
+static int try_listen(void *ud, uint16_t port) { return tcp_listen(ud, port); }
+
 static int tcp_listen(tcp_proxy *tp, uint16_t port) {
   tunnel_server *srv = tp->p->srv;
   struct sockaddr_storage ss;
@@ -193,26 +194,8 @@ static int tcp_open(srv_proxy *p, const tunnel__msg *m, char *remote_addr,
   if (!tp)
     return TUNNEL_ENOMEM;
   tp->p = p;
-  int rc;
-  if (m->remote_port) {
-    rc = tcp_listen(tp, (uint16_t)m->remote_port);
-    if (rc == TUNNEL_EADDRINUSE)
-      snprintf(err, errlen, "port %lld is already in use",
-               (long long)m->remote_port);
-  } else {
-    /* Random probes spread clients over the range and stay cheap when most
-     * ports are taken; a failing probe costs one bind. */
-    uint32_t span = (uint32_t)cfg->port_hi - cfg->port_lo + 1;
-    rc = TUNNEL_EADDRINUSE;
-    for (int i = 0; i < PORT_TRIES && rc == TUNNEL_EADDRINUSE; i++) {
-      uint32_t r = 0;
-      uv_random(NULL, NULL, &r, sizeof r, 0, NULL);
-      rc = tcp_listen(tp, (uint16_t)(cfg->port_lo + r % span));
-    }
-    if (rc == TUNNEL_EADDRINUSE)
-      snprintf(err, errlen, "no free port in %u-%u", cfg->port_lo,
-               cfg->port_hi);
-  }
+  int rc = tunnel__srv_pick_port(cfg, m->remote_port, try_listen, tp, err,
+                                 errlen);
   if (rc) {
     if (rc != TUNNEL_EADDRINUSE)
       snprintf(err, errlen, "cannot listen: %s", tunnel_strerror(rc));

@@ -73,9 +73,12 @@ void tunnel__stream_eng_pump(tunnel_stream *st) {
     st->shut_sent = 1;
     st->shut_cb_pending = 1;
   }
-  if (st->tx_out != before || st->shut_cb_pending)
+  /* Only progress is worth a pass of the loop: a stream waiting for
+   * window must not keep it spinning. */
+  if (st->tx_out != before || st->shut_cb_pending) {
     tunnel__stream_post(st);
-  tunnel__client_flush_soon(c);
+    tunnel__client_flush_soon(c);
+  }
 }
 
 /* ----------------------------------------------------------- ops */

@@ -289,8 +289,8 @@ def case_bad_files():
     cases = [
         ("b1.ini", "[common]\nserver_port = seventy\n[a]\nlocal_port=1\n",
          ["line 2", "server_port"]),
-        ("b2.ini", "[common]\n[a]\ntype = udp\nlocal_port = 1\n",
-         ["line 3", "'udp'", "not supported"]),
+        ("b2.ini", "[common]\n[a]\ntype = stcp\nlocal_port = 1\n",
+         ["line 3", "'stcp'", "not supported"]),
         ("b3.ini", "[common]\nthis line is wrong\n", ["line 2"]),
         ("b4.json", '{"serverPort": 99999}', ["serverPort"]),
         ("b5.json", '{"proxies": [{"name": "x", "type": "stcp", '
