@@ -17,7 +17,7 @@
 static const char usage[] =
     "usage: tunnel-client [-c FILE] [--server HOST:PORT]\n"
     "                     [--token TOKEN | --token-file FILE] [--no-mux]\n"
-    "                     [--pool N] [--verbose]\n"
+    "                     [--pool N] [--keepalive MS,MS] [--verbose]\n"
     "                     [--tls [--ca FILE | --tls-pin SHA256 |\n"
     "                      --tls-insecure] [--tls-cert FILE --tls-key FILE]\n"
     "                      [--tls-server-name NAME] [--no-tls-marker]]\n"
@@ -40,6 +40,8 @@ static const char usage[] =
     "                 $TUNNEL_TOKEN\n"
     "  --no-mux       one TCP connection per visitor instead of one shared\n"
     "  --pool N       work connections kept ready (default 1)\n"
+    "  --keepalive I,T  probe the server after I ms of silence, give the link\n"
+    "                 up after T ms (default 10000,30000; 0,0: off)\n"
     "  --tls          encrypt the connection to the server (recommended\n"
     "                 beyond a trusted network); the server is verified\n"
     "                 against the system CAs and its name\n"
@@ -309,6 +311,7 @@ static int run(int argc, char **argv, cli_client_conf *fc) {
   char *token_arg = NULL;
   const char *token_file = NULL;
   uint32_t pool = 1, v32;
+  uint32_t ka_interval = 10000, ka_timeout = 30000;
   int mux = 1, verbose = 0;
   int tls = 0, tls_insecure = 0, tls_marker = 1;
   const char *tls_ca = NULL, *tls_pin = NULL, *tls_cert = NULL,
@@ -400,6 +403,26 @@ static int run(int argc, char **argv, cli_client_conf *fc) {
       i++;
     } else if (!strcmp(a, "--no-mux")) {
       mux = 0;
+    } else if (!strcmp(a, "--keepalive") && v) {
+      const char *comma = strchr(v, ',');
+      char first[16];
+      size_t fl = comma ? (size_t)(comma - v) : 0;
+      if (!comma || fl == 0 || fl >= sizeof first) {
+        fprintf(stderr, "tunnel-client: bad --keepalive '%s' (I,T in ms)\n",
+                v);
+        return 2;
+      }
+      memcpy(first, v, fl);
+      first[fl] = '\0';
+      if (cli_parse_u32(first, 86400000u, &ka_interval) != 0 ||
+          cli_parse_u32(comma + 1, 86400000u, &ka_timeout) != 0 ||
+          (ka_interval && ka_timeout && ka_timeout <= ka_interval)) {
+        fprintf(stderr,
+                "tunnel-client: bad --keepalive '%s' (I,T in ms, T > I)\n",
+                v);
+        return 2;
+      }
+      i++;
     } else if (!strcmp(a, "--pool") && v) {
       if (cli_parse_u32(v, 100, &pool) != 0) {
         fprintf(stderr, "tunnel-client: bad --pool '%s' (0-100)\n", v);
@@ -545,6 +568,7 @@ static int run(int argc, char **argv, cli_client_conf *fc) {
   cli_secret_free(token); /* the config holds the only copy now */
   if (rc != 0 ||
       (rc = tunnel_config_set_pool_count(cfg, pool)) != 0 ||
+      (rc = tunnel_config_set_keepalive(cfg, ka_interval, ka_timeout)) != 0 ||
       (rc = tunnel_config_set_tcp_mux(cfg, mux)) != 0 ||
       (rc = tunnel_config_set_heartbeat(cfg, hb_interval, hb_timeout)) != 0 ||
       (rc = tunnel_config_set_tls(cfg, tls)) != 0 ||

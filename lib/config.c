@@ -17,6 +17,8 @@ void tunnel__config_defaults(struct tunnel_config *cfg) {
   cfg->tcp_mux = 1;
   cfg->heartbeat_interval_s = 30;
   cfg->heartbeat_timeout_s = 90;
+  cfg->keepalive_interval_ms = 10000;
+  cfg->keepalive_timeout_ms = 30000;
   cfg->proxy_bind_addr = NULL;
   cfg->port_lo = 1024;
   cfg->port_hi = 65535;
@@ -202,6 +204,18 @@ int tunnel_config_set_heartbeat(tunnel_config *cfg, uint32_t interval_s,
     return TUNNEL_ERANGE;
   cfg->heartbeat_interval_s = interval_s;
   cfg->heartbeat_timeout_s = timeout_s;
+  return 0;
+}
+
+int tunnel_config_set_keepalive(tunnel_config *cfg, uint32_t interval_ms,
+                                uint32_t timeout_ms) {
+  if (!cfg)
+    return TUNNEL_EINVAL;
+  if (interval_ms > 86400000u || timeout_ms > 86400000u ||
+      (interval_ms && timeout_ms && timeout_ms <= interval_ms))
+    return TUNNEL_ERANGE;
+  cfg->keepalive_interval_ms = interval_ms;
+  cfg->keepalive_timeout_ms = timeout_ms;
   return 0;
 }
 

@@ -42,6 +42,8 @@ struct tunnel_config {
   int tcp_mux;
   uint32_t heartbeat_interval_s;
   uint32_t heartbeat_timeout_s;
+  uint32_t keepalive_interval_ms; /* client: probe after this much silence */
+  uint32_t keepalive_timeout_ms;  /* client: the link is dead after this */
   char *proxy_bind_addr;
   uint16_t port_lo, port_hi;
   uint32_t max_clients;

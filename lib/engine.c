@@ -234,6 +234,8 @@ static int on_login_resp(eng_session *s, const tunnel__msg *m) {
   }
   e->state = TUNNEL__E_READY;
   e->last_heard = e->now;
+  e->last_rx = e->now;
+  e->next_probe = 0;
   e->next_ping = e->now + (uint64_t)e->cfg.heartbeat_interval_s * 1000u;
   tunnel__log(&e->cfg.log, TUNNEL_LOG_INFO, "engine: logged in as %s",
               e->run_id);
@@ -299,6 +301,18 @@ static void heartbeat(eng_session *s) {
   else
     tunnel__eng_session_down(s, rc, "cannot sign a heartbeat");
   clear_signed(e, &m);
+}
+
+/* A keepalive probe: a yamux ping (answered by any yamux peer), or frp's
+ * Ping (answered with Pong) without multiplexing. */
+static void probe(eng_session *s) {
+  if (!s->mux) {
+    heartbeat(s);
+    return;
+  }
+  int rc = tunnel__ymx_ping(s->ymx, (uint32_t)s->e->now);
+  if (rc)
+    tunnel__eng_session_down(s, rc, "cannot send a keepalive");
 }
 
 /* ---------------------------------------------------------------- API */
@@ -539,6 +553,8 @@ int tunnel_engine_recv(tunnel_engine *e, uint32_t conn, const uint8_t *data,
   tunnel__eng_enter(e);
   e->now = now_ms;
   int rc = 0;
+  if (conn == TUNNEL_ENGINE_CONTROL && len)
+    e->last_rx = now_ms;
   if (s->mux) {
     if (conn != TUNNEL_ENGINE_CONTROL) {
       rc = TUNNEL_EINVAL;
@@ -689,6 +705,18 @@ int tunnel_engine_tick(tunnel_engine *e, uint64_t now_ms, uint64_t *next_ms) {
   if (s && !s->dead && e->state == TUNNEL__E_READY && timeout &&
       now_ms >= e->last_heard + timeout)
     tunnel__eng_session_down(s, TUNNEL_ETIMEDOUT, "server stopped answering");
+  uint64_t ka_int = e->cfg.keepalive_interval_ms;
+  uint64_t ka_to = e->cfg.keepalive_timeout_ms;
+  if (s && !s->dead && e->state == TUNNEL__E_READY && ka_to &&
+      now_ms >= e->last_rx + ka_to)
+    tunnel__eng_session_down(s, TUNNEL_ETIMEDOUT,
+                             "no data from the server: link dead");
+  if (s && !s->dead && e->state == TUNNEL__E_READY && ka_int &&
+      now_ms >= e->last_rx + ka_int && now_ms >= e->next_probe) {
+    /* Silence: ask for an answer. Any byte back counts. */
+    e->next_probe = now_ms + ka_int;
+    probe(s);
+  }
   if (s && !s->dead && e->state == TUNNEL__E_READY && interval &&
       now_ms >= e->next_ping) {
     e->next_ping = now_ms + interval;
@@ -704,6 +732,15 @@ int tunnel_engine_tick(tunnel_engine *e, uint64_t now_ms, uint64_t *next_ms) {
       next = e->last_heard + timeout;
     if (interval && e->next_ping < next)
       next = e->next_ping;
+    if (ka_to && e->last_rx + ka_to < next)
+      next = e->last_rx + ka_to;
+    if (ka_int) {
+      uint64_t at = e->last_rx + ka_int;
+      if (e->next_probe > at)
+        at = e->next_probe;
+      if (at < next)
+        next = at;
+    }
   }
   tunnel__eng_leave(e);
   if (next_ms)

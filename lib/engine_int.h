@@ -117,6 +117,8 @@ struct tunnel_engine {
   uint64_t now;
   uint64_t login_deadline;
   uint64_t last_heard;
+  uint64_t last_rx;    /* any byte on connection 1 */
+  uint64_t next_probe; /* keepalive */
   uint64_t next_ping;
   /* Sent in Login; NULL: left out. */
   char *hostname;

@@ -173,6 +173,15 @@ TUNNEL_EXTERN int tunnel_config_set_tcp_mux(tunnel_config *cfg, int enabled);
 TUNNEL_EXTERN int tunnel_config_set_heartbeat(tunnel_config *cfg,
                                               uint32_t interval_s,
                                               uint32_t timeout_s);
+/* Client: dead-link detection. After `interval_ms` without a byte from the
+ * server the client probes (a yamux ping, or frp's Ping without
+ * multiplexing); after `timeout_ms` without one it declares the link dead
+ * (TUNNEL_ETIMEDOUT) and, when reconnecting, connects again. Defaults 10,000
+ * and 30,000 ms: a silently dead link is noticed within 30 s. 0 disables.
+ * Independent of the frp heartbeats above, which servers expect. */
+TUNNEL_EXTERN int tunnel_config_set_keepalive(tunnel_config *cfg,
+                                              uint32_t interval_ms,
+                                              uint32_t timeout_ms);
 
 /* Server: address the public listeners bind to (default "0.0.0.0"). */
 TUNNEL_EXTERN int tunnel_config_set_proxy_bind_addr(tunnel_config *cfg,

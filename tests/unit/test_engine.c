@@ -548,6 +548,9 @@ static int setup_cfg(t *x, int mux) {
   tunnel_config_set_token(x->cfg, TOKEN);
   tunnel_config_set_tcp_mux(x->cfg, mux);
   tunnel_config_set_stream_window(x->cfg, 256u * 1024u);
+  /* Scripted time jumps ahead with no server bytes: the keepalive would
+   * declare the link dead. keepalive_dead_link tests it. */
+  tunnel_config_set_keepalive(x->cfg, 0, 0);
   srv_init(&x->s, mux);
   return 0;
 }
@@ -1072,6 +1075,45 @@ static void heartbeats_and_silence(void **state) {
   teardown_all(&x);
 }
 
+/* Silence from the server: a probe after the interval (answered while the
+ * link works), the session down after the timeout when nothing comes. */
+static void keepalive_dead_link(void **state) {
+  (void)state;
+  for (int mux = 1; mux >= 0; mux--) {
+    t x;
+    setup_cfg(&x, mux);
+    tunnel_config_set_heartbeat(x.cfg, 0, 0); /* only the keepalive runs */
+    tunnel_config_set_keepalive(x.cfg, 2000, 5000);
+    assert_int_equal(make_engine(&x), 0);
+    x.now = 1000;
+    assert_int_equal(tunnel_engine_start(x.e, 1000), 0);
+    serve_login(&x, "0123456789abcdef");
+    pump(&x);
+    uint64_t next;
+    assert_int_equal(tunnel_engine_tick(x.e, 1000, &next), 0);
+    assert_int_equal(next, 3000);
+    /* The probe goes out and the (working) server answers at 3 s. */
+    x.now = 3000;
+    assert_int_equal(tunnel_engine_tick(x.e, 3000, &next), 0);
+    size_t pings = count_msgs(&x, TUNNEL__MSG_PING);
+    pump(&x);
+    if (!mux) { /* frp's Ping: this server answers by hand */
+      assert_int_equal(count_msgs(&x, TUNNEL__MSG_PING), pings + 1);
+      srv_msg(&x, TUNNEL__MSG_PONG, NULL, NULL);
+      pump(&x);
+    }
+    assert_int_equal(tunnel_engine_tick(x.e, 7999, &next), 0);
+    assert_int_equal(x.nstates, 1);
+    /* The link dies: probes go unanswered, then the session ends 5 s after
+     * the last byte heard. */
+    assert_int_equal(next, 8000);
+    assert_int_equal(tunnel_engine_tick(x.e, 8000, &next), 0);
+    assert_int_equal(x.nstates, 2);
+    assert_int_equal(x.states[1], TUNNEL_ETIMEDOUT);
+    teardown_all(&x);
+  }
+}
+
 static void login_timeout(void **state) {
   (void)state;
   t x;
@@ -1454,6 +1496,7 @@ int main(void) {
       cmocka_unit_test(half_close_both_ways),
       cmocka_unit_test(resets),
       cmocka_unit_test(heartbeats_and_silence),
+      cmocka_unit_test(keepalive_dead_link),
       cmocka_unit_test(login_timeout),
       cmocka_unit_test(non_mux),
       cmocka_unit_test(idle_heap),
