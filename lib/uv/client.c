@@ -129,14 +129,16 @@ static const char *link_reason(tunnel__link *l, const char *fallback) {
 /* Non-mux: a visitor's stream opened on `k` during the last engine call.
  * The engine lets go of the connection and the stream becomes the
  * connection itself: bytes, half-close and reset without a copy. */
-static void conn_hand_over(cl_conn *k) {
+static int conn_hand_over(cl_conn *k) {
   tunnel_client *c = k->c;
   tunnel_proxy *p = k->opened;
+  int rc = tunnel_engine_conn_detach(c->eng, k->num);
+  if (rc == TUNNEL_ESTATE && k->writing &&
+      tunnel__engine_out_pending(c->eng, k->num))
+    return 0; /* NewWorkConn still being written: again when it is */
   k->opened = NULL;
-  if (tunnel_engine_conn_detach(c->eng, k->num) != 0) {
-    /* Ended within the same call (the engine said so): nothing to do. */
-    return;
-  }
+  if (rc != 0)
+    return 0; /* ended within the same call (the engine said so) */
   tunnel__link *l = k->link;
   k->link = NULL;
   k->dead = 1;
@@ -165,20 +167,20 @@ static void conn_hand_over(cl_conn *k) {
   if (!st) {
     tunnel__log(&c->cfg.log, TUNNEL_LOG_WARN,
                 "client: no memory for a visitor");
-    return;
+    return 1;
   }
   tunnel__stream_list_add(&c->handed, st);
   tunnel__client_visitor(p, st);
+  return 1;
 }
 
 /* After each engine call made from the loop. */
 static void after_engine(tunnel_client *c) {
-  for (cl_conn *k = c->conns; k; k = k->next) {
-    if (k->opened && !k->dead) {
-      conn_hand_over(k);
-      after_engine(c); /* the list changed */
-      return;
-    }
+  for (cl_conn *k = c->conns; k;) {
+    if (k->opened && !k->dead && conn_hand_over(k))
+      k = c->conns; /* the list changed */
+    else
+      k = k->next;
   }
   tunnel__client_flush_soon(c);
 }
