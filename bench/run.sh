@@ -1,7 +1,8 @@
 #!/bin/bash
 # libtunnel benchmark: TCP throughput (iperf3), new-connection rate, HTTP
-# request rate and latency (wrk, keep-alive) and idle client RSS of the
-# tunnel (mux and no-mux, plain and TLS to the server) against baselines
+# request rate and latency (wrk, keep-alive), UDP throughput and loss
+# (iperf3 -u) and idle client RSS of the tunnel (mux and no-mux, plain and
+# TLS to the server) against baselines
 # measured in the same run: a direct connection, a chain of two socat relays,
 # ssh -R, and, when their binaries are there, stock frp (frps + frpc, its HTTP
 # vhost for HTTP) and bore. Everything runs on 127.0.0.1. See bench/README.md.
@@ -16,6 +17,13 @@
 #                   one round after the other (default 1); the tables show
 #                   medians and the spread
 #   BENCH_QUICK=1   throughput and conn rate only: no HTTP, no frp or bore
+#                   (the UDP rows still run, frp's UDP proxy included)
+#   BENCH_UDP=0     no UDP rows (iperf3 -u: direct, tunnel mux, frp)
+#   BENCH_UDP_SECONDS  iperf3 -u duration per offered load (default 3)
+#   BENCH_UDP_LOADS    fixed offered loads, Mbit/s (default "200 1000")
+#   BENCH_UDP_LENS     datagram sizes (default "1400 8000"; frp: <= 1472)
+#   BENCH_UDP_STEPS    extra loads tried to find the highest with <= 1%
+#                      loss (default 4)
 #   BENCH_BUILD     meson build directory (default build-bench)
 #   BENCH_SSH_CIPHER  force an ssh cipher (default: OpenSSH's choice)
 #   BENCH_PEERS     directory with frps, frpc and bore (default ../shared/peers
@@ -772,6 +780,187 @@ if [ "$QUICK" = 0 ]; then
   done
 fi
 
+# ---------------------------------------------------------------- UDP
+# iperf3 -u, visitor -> service, at fixed offered loads, then a short search
+# for the highest load with <= 1% loss. iperf3's UDP test also needs its TCP
+# control connection: the tunnel and frp each expose a tcp and a udp proxy
+# with the same public port number. Runs in quick mode too.
+UDP=${BENCH_UDP:-1}
+US=${BENCH_UDP_SECONDS:-3}
+ULOADS=${BENCH_UDP_LOADS:-200 1000}
+ULENS=${BENCH_UDP_LENS:-1400 8000}
+USTEPS=${BENCH_UDP_STEPS:-4}
+U="python3 $ROOT/bench/udp.py"
+UR=$work/udp-results
+: >"$UR"
+uput() { echo "$1 $2" >>"$UR"; }
+for v in "$US" "$USTEPS" $ULOADS $ULENS; do
+  case "$v" in '' | *[!0-9]* | 0) die "BENCH_UDP_SECONDS, BENCH_UDP_STEPS, BENCH_UDP_LOADS and BENCH_UDP_LENS must be positive integers" ;; esac
+done
+ULOADS=$(echo $ULOADS | tr ' ' '\n' | sort -n | tr '\n' ' ')
+
+# udp_run KEY PORT LEN LOAD TAG: one iperf3 -u run at LOAD Mbit/s, datagrams
+# of LEN bytes; sets URES to "received_Mbit/s loss_%" or "" on failure.
+udp_run() {
+  local key=$1 port=$2 len=$3 load=$4 tag=udp-$1-$3-$4-$5 v
+  URES=""
+  start "iperf3-server-$tag" iperf3 -s -1 -B 127.0.0.1 -p "$UPORT"
+  local ipid=$LASTPID
+  waitlisten "$UPORT" 5 || die "iperf3 server did not listen on $UPORT: $(cat "$work/iperf3-server-$tag.err")"
+  timeout $((US + 30)) iperf3 -u -c 127.0.0.1 -p "$port" -b "${load}M" -l "$len" -t "$US" -J \
+    --connect-timeout 5000 >"$work/iperf-$tag.json" 2>"$work/iperf-$tag.err" || true
+  if v=$($U iperf "$work/iperf-$tag.json"); then
+    URES=$v
+  else
+    say "iperf3 -u $key $len B at $load Mbit/s failed: ${v#err: }"
+    uput "note.$tag" "iperf3 -u $key, $len B at $load Mbit/s: ${v#err: }"
+  fi
+  stop "$ipid"
+  check_tunnel "iperf3 -u $key"
+}
+
+# udp_path KEY PORT LEN ROUND: the fixed loads, then the search.
+udp_path() {
+  local key=$1 port=$2 len=$3 r=$4 load lo=0 hi=0 recv loss n
+  for load in $ULOADS; do
+    udp_run "$key" "$port" "$len" "$load" "r$r"
+    if [ -z "$URES" ]; then
+      uput "udp.$key.$len.$load.recv#$r" err
+      continue
+    fi
+    read -r recv loss <<<"$URES"
+    uput "udp.$key.$len.$load.recv#$r" "$recv"
+    uput "udp.$key.$len.$load.loss#$r" "$loss"
+    say "  udp $key $len B, $load Mbit/s: $recv Mbit/s received, $loss% lost"
+    # Loss is not always monotonic in the load: the first load above 1%
+    # bounds the search, whatever the higher ones do.
+    if awk -v l="$loss" 'BEGIN {exit !(l <= 1)}'; then
+      [ "$hi" = 0 ] && lo=$load
+    elif [ "$hi" = 0 ]; then
+      hi=$load
+    fi
+  done
+  for ((n = 0; n < USTEPS; n++)); do
+    [ "$hi" = 0 ] && break
+    load=$($U next "$lo" "$hi")
+    [ -n "$load" ] || break
+    udp_run "$key" "$port" "$len" "$load" "r$r-s$n"
+    [ -n "$URES" ] || break
+    read -r recv loss <<<"$URES"
+    say "  udp $key $len B, $load Mbit/s (search): $recv Mbit/s received, $loss% lost"
+    if awk -v l="$loss" 'BEGIN {exit !(l <= 1)}'; then lo=$load; else hi=$load; fi
+  done
+  uput "udp.$key.$len.best#$r" "$lo"
+  [ "$hi" = 0 ] && uput "udp.$key.$len.capped" 1
+  return 0
+}
+
+setup_udp() {
+  local rp out i
+  UPORT=$($U freeport 0 0) || die "no free port for the UDP service"
+  # The tunnel: a tcp and a udp proxy, same public port (server range).
+  rp=$($U freeport 20000 29999) || die "no port free for TCP and UDP in 20000-29999"
+  start mux-udp "$BIN/tunnel-client" --server "$CONTROL" --token "$token" \
+    tcp "127.0.0.1:$UPORT" --remote-port "$rp" --name mux-udp-ctl \
+    udp "127.0.0.1:$UPORT" --remote-port "$rp" --name mux-udp
+  local cpid=$LASTPID
+  for ((i = 0; i < 200; i++)); do
+    grep -q "^udp://" "$work/mux-udp.out" 2>/dev/null && grep -q "^tcp://" "$work/mux-udp.out" && break
+    kill -0 "$cpid" 2>/dev/null || break
+    sleep 0.05
+  done
+  out=$(grep "^udp://" "$work/mux-udp.out" || true)
+  if [ "$out" = "udp://127.0.0.1:$rp" ] && grep -q "^tcp://127.0.0.1:$rp$" "$work/mux-udp.out"; then
+    UDP_MUX=$rp
+    TUNNEL_PROCS+=("mux-udp:$cpid")
+  else
+    say "tunnel udp proxy did not register: $(tail -n 3 "$work/mux-udp.err" | tr '\n' ' ')"
+    uput note.udp-mux "tunnel-client with tcp+udp proxies on port $rp did not register: $(tail -n 3 "$work/mux-udp.err" | tr '\n' ' ')"
+  fi
+  # frp: its own frps and frpc (also in quick mode), udp_packet_size 1500
+  # (frp's default, stated: datagrams of 1,400 bytes fit).
+  [ -x "$PEERS/frps" ] && [ -x "$PEERS/frpc" ] || return 0
+  UDP_FRP_HAVE=1
+  uput meta.frp "$("$PEERS/frps" --version 2>/dev/null | head -n 1)"
+  local bp fp
+  bp=$(freeport)
+  fp=$($U freeport 0 0) || return 0
+  cat >"$work/frps-udp.ini" <<EOF
+[common]
+bind_addr = 127.0.0.1
+bind_port = $bp
+proxy_bind_addr = 127.0.0.1
+token = $token
+log_level = warn
+udp_packet_size = 1500
+EOF
+  cat >"$work/frpc-udp.ini" <<EOF
+[common]
+server_addr = 127.0.0.1
+server_port = $bp
+token = $token
+log_level = warn
+udp_packet_size = 1500
+
+[iperf-ctl]
+type = tcp
+local_ip = 127.0.0.1
+local_port = $UPORT
+remote_port = $fp
+
+[iperf-udp]
+type = udp
+local_ip = 127.0.0.1
+local_port = $UPORT
+remote_port = $fp
+EOF
+  start frps-udp "$PEERS/frps" -c "$work/frps-udp.ini"
+  PEER_PROCS+=("frps-udp:$LASTPID")
+  if ! waitlisten "$bp" 10; then
+    uput note.udp-frp "frps did not listen: $(tail -q -n 3 "$work/frps-udp.out" "$work/frps-udp.err" | tr '\n' ' ')"
+    return 0
+  fi
+  start frpc-udp "$PEERS/frpc" -c "$work/frpc-udp.ini"
+  PEER_PROCS+=("frpc-udp:$LASTPID")
+  if waitlisten "$fp" 10 && $U waitudp "$fp" 10; then
+    UDP_FRP=$fp
+  else
+    uput note.udp-frp "frpc did not register its tcp+udp proxies: $(tail -q -n 3 "$work/frpc-udp.out" "$work/frpc-udp.err" | tr '\n' ' ')"
+  fi
+}
+
+UDP_MUX="" UDP_FRP="" UDP_FRP_HAVE=0 UPORT=""
+if [ "$UDP" = 1 ]; then
+  say "UDP: starting a tcp+udp tunnel proxy and frp's"
+  setup_udp
+  uput meta.rounds "$ROUNDS"
+  uput udp.seconds "$US"
+  uput udp.fixed "$ULOADS"
+  uput udp.lens "$ULENS"
+  upaths="direct mux"
+  [ $UDP_FRP_HAVE = 1 ] && upaths="$upaths frp"
+  uput udp.paths "$upaths"
+  for ((round = 1; round <= ROUNDS; round++)); do
+    say "round $round of $ROUNDS: UDP, ${US}s per load"
+    for key in $upaths; do
+      case $key in direct) port=$UPORT ;; mux) port=$UDP_MUX ;; frp) port=$UDP_FRP ;; esac
+      for len in $ULENS; do
+        # frp 0.46 reads a datagram into udp_packet_size bytes and carries
+        # at most about 7.5 KB: larger ones are not compared.
+        if [ "$key" = frp ] && [ "$len" -gt 1472 ]; then
+          uput "udp.frp.$len.skip" 1
+          continue
+        fi
+        if [ -z "$port" ]; then
+          uput "udp.$key.$len.best" n/a
+          continue
+        fi
+        udp_path "$key" "$port" "$len" "$round"
+      done
+    done
+  done
+fi
+
 put hwm.client_mux "$(hwm "$MUX_PID")"
 [ -n "$NOMUX_PID" ] && put hwm.client_nomux "$(hwm "$NOMUX_PID")"
 [ -n "$TLSMUX_PID" ] && put hwm.client_tlsmux "$(hwm "$TLSMUX_PID")"
@@ -785,3 +974,4 @@ for e in "${TUNNEL_PROCS[@]}"; do
 done
 
 $H report "$RES"
+if [ "$UDP" = 1 ]; then $U report "$UR"; fi
