@@ -140,9 +140,13 @@ int tunnel_engine_datagram_send(tunnel_engine *e, uint32_t proxy,
 
 uint64_t tunnel__eng_dgram_tick(tunnel__eng_session *s, uint64_t next) {
   tunnel_engine *e = s->e;
-  for (tunnel__eng_stream *st = s->streams, *nx; st && !s->dead; st = nx) {
-    nx = st->next;
-    if (st->state != TUNNEL__ST_DGRAM)
+  /* By proxy, not by stream: this runs at every tick, and a session may
+   * carry thousands of streams but has few UDP proxies. */
+  for (tunnel__eng_proxy *p = e->proxies, *nx; p && !s->dead; p = nx) {
+    nx = p->next;
+    tunnel__eng_stream *st =
+        p->dgram ? tunnel__eng_find_stream(s, p->dgram) : NULL;
+    if (!st || st->state != TUNNEL__ST_DGRAM)
       continue;
     if (e->now >= st->next_ping) {
       st->next_ping = e->now + DGRAM_PING_MS;

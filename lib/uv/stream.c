@@ -322,6 +322,20 @@ int tunnel_stream_write(tunnel_stream *st, const uint8_t *data, size_t len,
   return 0;
 }
 
+int tunnel__stream_queue_rest(tunnel_stream *st, const uint8_t *data,
+                              size_t len, size_t direct) {
+  if (len > direct &&
+      tunnel__bufq_append(&st->tx, data + direct, len - direct) != 0) {
+    if (direct) {
+      /* Part went out already: the stream cannot stay consistent. */
+      tunnel__stream_on_fail(st, TUNNEL_ENOMEM);
+      st->tx_out += direct;
+    }
+    return TUNNEL_ENOMEM;
+  }
+  return 0;
+}
+
 size_t tunnel_stream_write_queue_size(const tunnel_stream *st) {
   if (!st)
     return 0;

@@ -148,6 +148,11 @@ tunnel_stream *tunnel__stream_alloc(const tunnel__stream_ops *ops,
                                     tunnel__sched *sched,
                                     const tunnel__mem *mem);
 void tunnel__stream_free(tunnel_stream *st);
+/* For a backing's write: `direct` of `len` bytes were handed on, the rest
+ * is queued in tx. On TUNNEL_ENOMEM nothing was queued (and a stream that
+ * already sent part of the write fails). */
+int tunnel__stream_queue_rest(tunnel_stream *st, const uint8_t *data,
+                              size_t len, size_t direct);
 /* Runs the stream's pending work from the loop. */
 void tunnel__stream_post(tunnel_stream *st);
 

@@ -88,15 +88,8 @@ static int mux_write(tunnel_stream *st, const uint8_t *data, size_t len,
     if (rc)
       return rc;
   }
-  if (len > *direct && tunnel__bufq_append(&st->tx, data + *direct,
-                                           len - *direct) != 0) {
-    if (*direct) {
-      /* Part went out already: the stream cannot stay consistent. */
-      tunnel__stream_on_fail(st, TUNNEL_ENOMEM);
-      st->tx_out += *direct;
-    }
+  if (tunnel__stream_queue_rest(st, data, len, *direct) != 0)
     return TUNNEL_ENOMEM;
-  }
   if (*direct < len && m && st->tx.size == len - *direct &&
       !tunnel__mux_has_room(m))
     tunnel__mux_wait_room(m, st);
