@@ -88,11 +88,8 @@ static struct {
   socklen_t server_len, local_len;
   server_conn *conns;
   visitor *visitors;
-  int session;        /* control connection open (connecting or running) */
   int logged_in_once;
   uint64_t deadline;  /* the engine's next tick */
-  uint64_t retry_at;  /* next reconnection attempt (0: none) */
-  uint64_t backoff_ms;
   int again;          /* a callback left work: do not sleep in poll() */
   int stop, exit_code;
   int sig_pipe[2];    /* the signal handler's wake-up */
@@ -180,10 +177,10 @@ static void conn_drop(server_conn *s) {
 
 static void visitor_drop(visitor *v);
 
-/* The session is over: the engine has forgotten every connection and stream
- * (or never knew them, when the control connection failed to open). */
+/* The session is over, or an attempt failed: the engine has forgotten
+ * every connection and stream. It connects again by itself (through
+ * on_connect) unless the failure is final. */
 static void session_over(int status, const char *why) {
-  app.session = 0;
   for (server_conn *s = app.conns; s; s = s->next)
     conn_drop(s);
   for (visitor *v = app.visitors; v; v = v->next)
@@ -191,7 +188,6 @@ static void session_over(int status, const char *why) {
   if (app.stop)
     return;
   if (status == TUNNEL_EAUTH) {
-    /* Retrying cannot fix a refused login. */
     fprintf(stderr, "poll-client: login refused by the server: %s\n", why);
     stop(1);
     return;
@@ -200,27 +196,9 @@ static void session_over(int status, const char *why) {
           app.logged_in_once ? "disconnected" : "cannot reach the server",
           why && *why ? why : tunnel_strerror(status));
   /* A first attempt that fails is fatal (a typo should not loop); a working
-   * tunnel that drops is re-established, 1 s doubling to 30 s. */
-  if (!app.logged_in_once) {
+   * tunnel that drops is re-established by the engine. */
+  if (!app.logged_in_once)
     stop(1);
-    return;
-  }
-  app.backoff_ms = app.backoff_ms ? app.backoff_ms * 2 : 1000;
-  if (app.backoff_ms > 30000)
-    app.backoff_ms = 30000;
-  app.retry_at = now_ms() + app.backoff_ms;
-}
-
-static void session_connect(void) {
-  app.retry_at = 0;
-  int fd = dial(&app.server_addr, app.server_len);
-  if (fd < 0 || !conn_add(TUNNEL_ENGINE_CONTROL, fd)) {
-    if (fd >= 0)
-      close(fd);
-    session_over(TUNNEL_ECONNREFUSED, strerror(errno));
-    return;
-  }
-  app.session = 1;
 }
 
 /* A server connection's socket ended (status 0) or failed. */
@@ -271,19 +249,11 @@ static void conn_on_event(server_conn *s, short revents) {
   if (s->connecting) {
     int err = connect_error(s->fd);
     if (err) {
-      if (s->id == TUNNEL_ENGINE_CONTROL) {
-        conn_drop(s);
-        session_over(TUNNEL_ECONNREFUSED, strerror(err));
-      } else {
-        conn_ended(s, TUNNEL_ECONNREFUSED);
-      }
+      conn_ended(s, TUNNEL_ECONNREFUSED);
       return;
     }
     s->connecting = 0;
-    if (s->id == TUNNEL_ENGINE_CONTROL)
-      tunnel_engine_start(app.e, now_ms());
-    else
-      tunnel_engine_conn_ready(app.e, s->id, now_ms());
+    tunnel_engine_conn_ready(app.e, s->id, now_ms());
     return;
   }
   if (revents & (POLLIN | POLLHUP | POLLERR)) {
@@ -419,7 +389,6 @@ static void on_state(tunnel_engine *e, int status, const char *msg, void *ud) {
   if (status == 0) {
     fprintf(stderr, "poll-client: logged in (run id %s)\n", msg);
     app.logged_in_once = 1;
-    app.backoff_ms = 0;
     return;
   }
   session_over(status, msg);
@@ -511,7 +480,9 @@ static void on_connect(tunnel_engine *e, uint32_t conn, void *ud) {
 static void on_disconnect(tunnel_engine *e, uint32_t conn, void *ud) {
   (void)e, (void)ud;
   server_conn *s = conn_find(conn);
-  if (s) {
+  if (s && s->connecting) {
+    conn_drop(s); /* an attempt that took too long */
+  } else if (s) {
     s->finished = 1;
     app.again = 1;
   }
@@ -571,15 +542,18 @@ static int run(void) {
   struct pollfd *fds = NULL;
   void **owners = NULL; /* the server_conn or visitor behind each entry */
   size_t cap = 0;
-  session_connect();
+  /* The engine asks for connection 1 through on_connect, now and after
+   * each loss (its backoff). */
+  int rc = tunnel_engine_connect(app.e, now_ms());
+  if (rc) {
+    fprintf(stderr, "poll-client: cannot connect: %s\n", tunnel_strerror(rc));
+    return 1;
+  }
   while (!app.stop) {
     uint64_t now = now_ms();
-    if (!app.session && app.retry_at && now >= app.retry_at)
-      session_connect();
     /* Cheap when nothing is due, and keeps the deadline current after the
-     * calls that move it (start, recv). */
-    if (app.session)
-      tunnel_engine_tick(app.e, now, &app.deadline);
+     * calls that move it (start, recv): heartbeats, reconnections. */
+    tunnel_engine_tick(app.e, now, &app.deadline);
     app.again = 0;
     for (visitor *v = app.visitors; v; v = v->next)
       visitor_pump(v);
@@ -623,9 +597,7 @@ static int run(void) {
       owners[n] = v;
       fds[n++] = (struct pollfd){.fd = v->fd, .events = ev};
     }
-    uint64_t wake = app.session ? app.deadline : UINT64_MAX;
-    if (!app.session && app.retry_at)
-      wake = app.retry_at;
+    uint64_t wake = app.deadline;
     int timeout = -1;
     if (app.again)
       timeout = 0;

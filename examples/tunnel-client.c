@@ -18,6 +18,7 @@ static const char usage[] =
     "usage: tunnel-client [-c FILE] [--server HOST:PORT]\n"
     "                     [--token TOKEN | --token-file FILE] [--no-mux]\n"
     "                     [--pool N] [--keepalive MS,MS] [--verbose]\n"
+    "                     [--reconnect MS,MS | --no-reconnect] [--drain-ms MS]\n"
     "                     [--tls [--ca FILE | --tls-pin SHA256 |\n"
     "                      --tls-insecure] [--tls-cert FILE --tls-key FILE]\n"
     "                      [--tls-server-name NAME] [--no-tls-marker]]\n"
@@ -42,6 +43,12 @@ static const char usage[] =
     "  --pool N       work connections kept ready (default 1)\n"
     "  --keepalive I,T  probe the server after I ms of silence, give the link\n"
     "                 up after T ms (default 10000,30000; 0,0: off)\n"
+    "  --reconnect FIRST,MAX  after a lost connection wait FIRST ms, doubled\n"
+    "                 at each failure up to MAX, randomised (default\n"
+    "                 500,30000); --no-reconnect: exit instead\n"
+    "  --drain-ms MS  on SIGINT/SIGTERM withdraw the proxies and let visitors\n"
+    "                 under way finish for up to MS ms (default 5000; 0: exit\n"
+    "                 at once); a second signal exits at once\n"
     "  --tls          encrypt the connection to the server (recommended\n"
     "                 beyond a trusted network); the server is verified\n"
     "                 against the system CAs and its name\n"
@@ -67,8 +74,9 @@ static const char usage[] =
     "On success the public address is printed alone on stdout: tcp://HOST:PORT,\n"
     "udp://HOST:PORT, or http(s)://NAME[:PORT], one line per name\n"
     "(again after a reconnection). A lost connection is re-established with\n"
-    "backoff; a refused login or proxy, or a first connection that fails,\n"
-    "ends the program with status 1.\n"
+    "backoff; a refused login or proxy, a server certificate that fails\n"
+    "verification, or a first connection that fails, ends the program with\n"
+    "status 1.\n"
     "\n"
     "Example INI file (frp's legacy format):\n"
     "  [common]\n"
@@ -124,88 +132,94 @@ static const char usage[] =
 
 static tunnel_client *client;
 static uv_signal_t sigint_h, sigterm_h;
-static uv_timer_t retry_timer;
-static char server_host[256];
-static uint16_t server_port;
-static uint64_t backoff_ms;
+static uint32_t drain_ms = 5000;
 static int logged_in_once;
 static int exit_code;
 static int stopping;
+static int draining;
+
+static void close_signals(void) {
+  if (uv_is_closing((uv_handle_t *)&sigint_h))
+    return;
+  uv_close((uv_handle_t *)&sigint_h, NULL);
+  uv_close((uv_handle_t *)&sigterm_h, NULL);
+}
 
 static void stop(int code) {
   if (stopping)
     return;
   stopping = 1;
   exit_code = code;
-  uv_close((uv_handle_t *)&sigint_h, NULL);
-  uv_close((uv_handle_t *)&sigterm_h, NULL);
-  uv_close((uv_handle_t *)&retry_timer, NULL);
-  tunnel_client_close(client, NULL, NULL);
+  close_signals();
+  if (client)
+    tunnel_client_close(client, NULL, NULL);
 }
 
-static void schedule_reconnect(void);
-
-static void reconnect(uv_timer_t *t) {
-  (void)t;
-  int rc = tunnel_client_connect(client, server_host, server_port);
-  if (rc) {
-    fprintf(stderr, "tunnel-client: cannot reconnect: %s\n",
-            tunnel_strerror(rc));
-    schedule_reconnect();
-  }
+static void drained(tunnel_client *c, void *ud) {
+  (void)c, (void)ud;
+  client = NULL; /* freed */
+  stopping = 1;
+  close_signals();
 }
 
-/* Exponential backoff, 1 s doubling to 30 s, reset by a successful login. */
-static void schedule_reconnect(void) {
-  backoff_ms = backoff_ms ? backoff_ms * 2 : 1000;
-  if (backoff_ms > 30000)
-    backoff_ms = 30000;
-  fprintf(stderr, "tunnel-client: reconnecting in %llu s\n",
-          (unsigned long long)(backoff_ms / 1000));
-  uv_timer_start(&retry_timer, reconnect, backoff_ms, 0);
-}
-
+/* The first signal drains: proxies are withdrawn at once and visitors
+ * under way may finish for a while. A second one exits now. */
 static void on_signal(uv_signal_t *h, int signum) {
   (void)h;
+  if (!draining && drain_ms && client) {
+    draining = 1;
+    fprintf(stderr,
+            "tunnel-client: signal %d, draining for up to %u ms (again to "
+            "exit now)\n",
+            signum, (unsigned)drain_ms);
+    if (tunnel_client_shutdown(client, drain_ms, drained, NULL) == 0)
+      return;
+  }
   fprintf(stderr, "tunnel-client: signal %d, shutting down\n", signum);
   stop(0);
 }
 
-static void on_state(tunnel_client *c, int status, const char *msg,
-                     void *ud) {
+/* The library connects and reconnects; this only reports it, and turns a
+ * first connection that fails into an exit (like frpc: a typo in the
+ * address should not loop). */
+static void on_event(tunnel_client *c, int32_t event, int32_t status,
+                     uint32_t delay_ms, const char *msg, void *ud) {
   (void)c, (void)ud;
-  if (status == 0) {
+  int tls = status == TUNNEL_ECERTUNTRUSTED || status == TUNNEL_ECERTNAME ||
+            status == TUNNEL_ECERTPIN || status == TUNNEL_ETLS;
+  switch (event) {
+  case TUNNEL_EVENT_LOGGED_IN:
     fprintf(stderr, "tunnel-client: logged in (run id %s)\n", msg);
     logged_in_once = 1;
-    backoff_ms = 0;
     return;
-  }
-  if (status == TUNNEL_EAUTH) {
-    /* Retrying cannot fix a refused login: say so and stop. */
-    fprintf(stderr, "tunnel-client: login refused by the server: %s\n", msg);
-    stop(1);
-    return;
-  }
-  if (status == TUNNEL_ECERTUNTRUSTED || status == TUNNEL_ECERTNAME ||
-      status == TUNNEL_ECERTPIN || status == TUNNEL_ETLS) {
-    fprintf(stderr, "tunnel-client: TLS with the server failed: %s\n",
-            msg && *msg ? msg : tunnel_strerror(status));
-    /* A certificate that fails verification will fail again. */
-    if (status == TUNNEL_ETLS && logged_in_once && !stopping)
-      schedule_reconnect();
+  case TUNNEL_EVENT_LOST:
+    if (status == TUNNEL_EAUTH)
+      fprintf(stderr, "tunnel-client: login refused by the server: %s\n",
+              msg);
+    else if (tls)
+      fprintf(stderr, "tunnel-client: TLS with the server failed: %s\n",
+              msg && *msg ? msg : tunnel_strerror(status));
     else
+      fprintf(stderr, "tunnel-client: %s: %s\n",
+              logged_in_once ? "disconnected" : "cannot reach the server",
+              tunnel_strerror(status));
+    if (!logged_in_once)
       stop(1);
     return;
+  case TUNNEL_EVENT_RETRYING:
+    fprintf(stderr, "tunnel-client: reconnecting in %u.%u s\n",
+            (unsigned)(delay_ms / 1000), (unsigned)(delay_ms % 1000 / 100));
+    return;
+  case TUNNEL_EVENT_GAVE_UP:
+    if (!stopping && !draining) {
+      fprintf(stderr, "tunnel-client: giving up: %s\n",
+              tunnel_strerror(status));
+      stop(1);
+    }
+    return;
+  default:
+    return;
   }
-  fprintf(stderr, "tunnel-client: %s: %s\n",
-          logged_in_once ? "disconnected" : "cannot reach the server",
-          tunnel_strerror(status));
-  /* Like frpc: a first login that fails is fatal (a typo in the address
-   * should not loop); a working tunnel that drops is re-established. */
-  if (logged_in_once && !stopping)
-    schedule_reconnect();
-  else
-    stop(1);
 }
 
 static void on_proxy(tunnel_proxy *p, int status, const char *msg, void *ud) {
@@ -223,6 +237,15 @@ static void on_proxy(tunnel_proxy *p, int status, const char *msg, void *ud) {
       s += n + (s[n] == ',');
     }
     fflush(stdout);
+    return;
+  }
+  if (status == TUNNEL_EAGAIN) {
+    /* Refused after a reconnection although accepted before: the library
+     * asks again until the server lets the old registration go. */
+    fprintf(stderr,
+            "tunnel-client: proxy %s refused after reconnecting (%s); "
+            "retrying\n",
+            tunnel_proxy_name(p), msg);
     return;
   }
   fprintf(stderr, "tunnel-client: proxy %s refused by the server: %s\n",
@@ -296,6 +319,21 @@ static int add_proxy(const cli_proxy_conf *pc) {
   return 0;
 }
 
+/* "A,B": two numbers of milliseconds (at most a day each). */
+static int parse_pair(const char *v, uint32_t *a, uint32_t *b) {
+  const char *comma = strchr(v, ',');
+  char first[16];
+  size_t fl = comma ? (size_t)(comma - v) : 0;
+  if (!comma || fl == 0 || fl >= sizeof first)
+    return -1;
+  memcpy(first, v, fl);
+  first[fl] = '\0';
+  if (cli_parse_u32(first, 86400000u, a) != 0 ||
+      cli_parse_u32(comma + 1, 86400000u, b) != 0)
+    return -1;
+  return 0;
+}
+
 /* Not inlined: the token file reader's 4 KiB buffer would otherwise stay in
  * run()'s frame, under every callback of the event loop, and add a page to
  * the stack the process keeps. */
@@ -312,6 +350,8 @@ static int run(int argc, char **argv, cli_client_conf *fc) {
   const char *token_file = NULL;
   uint32_t pool = 1, v32;
   uint32_t ka_interval = 10000, ka_timeout = 30000;
+  uint32_t rc_initial = 500, rc_max = 30000;
+  int reconnect = 1;
   int mux = 1, verbose = 0;
   int tls = 0, tls_insecure = 0, tls_marker = 1;
   const char *tls_ca = NULL, *tls_pin = NULL, *tls_cert = NULL,
@@ -404,22 +444,29 @@ static int run(int argc, char **argv, cli_client_conf *fc) {
     } else if (!strcmp(a, "--no-mux")) {
       mux = 0;
     } else if (!strcmp(a, "--keepalive") && v) {
-      const char *comma = strchr(v, ',');
-      char first[16];
-      size_t fl = comma ? (size_t)(comma - v) : 0;
-      if (!comma || fl == 0 || fl >= sizeof first) {
-        fprintf(stderr, "tunnel-client: bad --keepalive '%s' (I,T in ms)\n",
-                v);
-        return 2;
-      }
-      memcpy(first, v, fl);
-      first[fl] = '\0';
-      if (cli_parse_u32(first, 86400000u, &ka_interval) != 0 ||
-          cli_parse_u32(comma + 1, 86400000u, &ka_timeout) != 0 ||
+      if (parse_pair(v, &ka_interval, &ka_timeout) != 0 ||
           (ka_interval && ka_timeout && ka_timeout <= ka_interval)) {
         fprintf(stderr,
                 "tunnel-client: bad --keepalive '%s' (I,T in ms, T > I)\n",
                 v);
+        return 2;
+      }
+      i++;
+    } else if (!strcmp(a, "--reconnect") && v) {
+      if (parse_pair(v, &rc_initial, &rc_max) != 0 || rc_initial == 0 ||
+          rc_max < rc_initial) {
+        fprintf(stderr,
+                "tunnel-client: bad --reconnect '%s' (FIRST,MAX in ms, "
+                "0 < FIRST <= MAX)\n",
+                v);
+        return 2;
+      }
+      i++;
+    } else if (!strcmp(a, "--no-reconnect")) {
+      reconnect = 0;
+    } else if (!strcmp(a, "--drain-ms") && v) {
+      if (cli_parse_u32(v, 3600000u, &drain_ms) != 0) {
+        fprintf(stderr, "tunnel-client: bad --drain-ms '%s' (ms)\n", v);
         return 2;
       }
       i++;
@@ -569,6 +616,8 @@ static int run(int argc, char **argv, cli_client_conf *fc) {
   if (rc != 0 ||
       (rc = tunnel_config_set_pool_count(cfg, pool)) != 0 ||
       (rc = tunnel_config_set_keepalive(cfg, ka_interval, ka_timeout)) != 0 ||
+      (rc = tunnel_config_set_reconnect(cfg, reconnect, rc_initial, rc_max,
+                                        0)) != 0 ||
       (rc = tunnel_config_set_tcp_mux(cfg, mux)) != 0 ||
       (rc = tunnel_config_set_heartbeat(cfg, hb_interval, hb_timeout)) != 0 ||
       (rc = tunnel_config_set_tls(cfg, tls)) != 0 ||
@@ -599,17 +648,14 @@ static int run(int argc, char **argv, cli_client_conf *fc) {
   }
   if (rc)
     return fail("client", rc);
-  tunnel_client_set_state_cb(client, on_state, NULL);
+  tunnel_client_set_event_cb(client, on_event, NULL);
   for (size_t k = 0; k < fc->nproxies; k++)
     if (add_proxy(&fc->proxies[k]) != 0)
       return 1;
   uv_signal_init(loop, &sigint_h);
   uv_signal_init(loop, &sigterm_h);
-  uv_timer_init(loop, &retry_timer);
   uv_signal_start(&sigint_h, on_signal, SIGINT);
   uv_signal_start(&sigterm_h, on_signal, SIGTERM);
-  snprintf(server_host, sizeof server_host, "%s", shost);
-  server_port = sport;
   rc = tunnel_client_connect(client, shost, sport);
   if (rc) {
     fprintf(stderr, "tunnel-client: cannot connect to %s:%u: %s\n", shost,

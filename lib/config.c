@@ -19,6 +19,10 @@ void tunnel__config_defaults(struct tunnel_config *cfg) {
   cfg->heartbeat_timeout_s = 90;
   cfg->keepalive_interval_ms = 10000;
   cfg->keepalive_timeout_ms = 30000;
+  cfg->reconnect = 1;
+  cfg->reconnect_initial_ms = 500;
+  cfg->reconnect_max_ms = 30000;
+  cfg->reconnect_max_attempts = 0;
   cfg->proxy_bind_addr = NULL;
   cfg->port_lo = 1024;
   cfg->port_hi = 65535;
@@ -216,6 +220,23 @@ int tunnel_config_set_keepalive(tunnel_config *cfg, uint32_t interval_ms,
     return TUNNEL_ERANGE;
   cfg->keepalive_interval_ms = interval_ms;
   cfg->keepalive_timeout_ms = timeout_ms;
+  return 0;
+}
+
+int tunnel_config_set_reconnect(tunnel_config *cfg, int enabled,
+                                uint32_t initial_ms, uint32_t max_ms,
+                                uint32_t max_attempts) {
+  if (!cfg)
+    return TUNNEL_EINVAL;
+  if (enabled && (initial_ms == 0 || max_ms < initial_ms ||
+                  max_ms > 86400000u))
+    return TUNNEL_ERANGE;
+  cfg->reconnect = enabled != 0;
+  if (enabled) {
+    cfg->reconnect_initial_ms = initial_ms;
+    cfg->reconnect_max_ms = max_ms;
+    cfg->reconnect_max_attempts = max_attempts;
+  }
   return 0;
 }
 

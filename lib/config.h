@@ -44,6 +44,10 @@ struct tunnel_config {
   uint32_t heartbeat_timeout_s;
   uint32_t keepalive_interval_ms; /* client: probe after this much silence */
   uint32_t keepalive_timeout_ms;  /* client: the link is dead after this */
+  int reconnect;                  /* client: connect again after a loss */
+  uint32_t reconnect_initial_ms;  /* first delay, doubled at each failure */
+  uint32_t reconnect_max_ms;      /* the delay's ceiling */
+  uint32_t reconnect_max_attempts; /* failures in a row; 0: no limit */
   char *proxy_bind_addr;
   uint16_t port_lo, port_hi;
   uint32_t max_clients;

@@ -55,7 +55,9 @@ void tunnel__eng_session_down(eng_session *s, int err, const char *why) {
     return;
   s->dead = 1;
   s->err = err;
-  if (e->s == s) {
+  int current = e->s == s;
+  int was_up = current && e->state == TUNNEL__E_READY;
+  if (current) {
     e->s = NULL;
     e->state = TUNNEL__E_DOWN;
   }
@@ -74,8 +76,8 @@ void tunnel__eng_session_down(eng_session *s, int err, const char *why) {
     p->sent = 0;
     p->dgram = 0;
   }
-  if (e->state_cb)
-    e->state_cb(e, err, why, e->ud);
+  if (current)
+    tunnel__eng_lost(e, err, why, was_up);
 }
 
 /* ------------------------------------------------------------ messages */
@@ -161,7 +163,7 @@ static void send_new_proxy(eng_session *s, eng_proxy *p) {
   m.proxy_type = (char *)type_name(p->type);
   m.remote_port = p->type == TUNNEL_ENGINE_PROXY_TCP ||
                           p->type == TUNNEL_ENGINE_PROXY_UDP
-                      ? p->remote_port
+                      ? (p->remote_port ? p->remote_port : p->chosen_port)
                       : 0;
   if (tunnel__eng_send_ctl(s, &m) == 0)
     p->sent = 1;
@@ -175,7 +177,7 @@ static void register_pending(tunnel_engine *e) {
     if (!e->s || e->state != TUNNEL__E_READY)
       return;
     eng_proxy *p = e->proxies;
-    while (p && (p->sent || p->held))
+    while (p && (p->sent || p->held || p->withdrawn || p->retry_at > e->now))
       p = p->next;
     if (!p)
       return;
@@ -233,6 +235,8 @@ static int on_login_resp(eng_session *s, const tunnel__msg *m) {
     return 0;
   }
   e->state = TUNNEL__E_READY;
+  e->up_since = e->now;
+  e->failures = 0;
   e->last_heard = e->now;
   e->last_rx = e->now;
   e->next_probe = 0;
@@ -244,16 +248,37 @@ static int on_login_resp(eng_session *s, const tunnel__msg *m) {
     return 0;
   if (e->state_cb)
     e->state_cb(e, 0, e->run_id, e->ud);
+  if (!s->dead)
+    tunnel__eng_event(e, TUNNEL_EVENT_LOGGED_IN, 0, 0, e->run_id);
   return !s->dead;
 }
 
 static void on_proxy_resp(tunnel_engine *e, const tunnel__msg *m) {
   eng_proxy *p = tunnel__eng_proxy_by_name(e, m->proxy_name);
-  if (!p || !e->proxy_cb)
+  if (!p || p->withdrawn)
     return;
-  if (m->error && *m->error)
-    e->proxy_cb(e, p->id, TUNNEL_EREFUSED, m->error, e->ud);
-  else
+  if (m->error && *m->error) {
+    int again = tunnel__eng_proxy_refused(e, p);
+    if (e->proxy_cb)
+      e->proxy_cb(e, p->id, again ? TUNNEL_EAGAIN : TUNNEL_EREFUSED,
+                  m->error, e->ud);
+    return;
+  }
+  p->accepted = 1;
+  p->retry_ms = 0;
+  p->chosen_refusals = 0;
+  if ((p->type == TUNNEL_ENGINE_PROXY_TCP ||
+       p->type == TUNNEL_ENGINE_PROXY_UDP) &&
+      !p->remote_port && m->remote_addr) {
+    /* ":PORT" (frp) or "HOST:PORT". */
+    const char *colon = strrchr(m->remote_addr, ':');
+    unsigned long v = 0;
+    for (const char *q = colon ? colon + 1 : ""; *q >= '0' && *q <= '9'; q++)
+      v = v * 10 + (unsigned long)(*q - '0');
+    if (v > 0 && v <= 65535)
+      p->chosen_port = (uint16_t)v;
+  }
+  if (e->proxy_cb)
     e->proxy_cb(e, p->id, 0, m->remote_addr ? m->remote_addr : "", e->ud);
 }
 
@@ -413,6 +438,13 @@ int tunnel_engine_set_conn_cbs(tunnel_engine *e,
   return 0;
 }
 
+int tunnel_engine_set_event_cb(tunnel_engine *e, tunnel_engine_event_cb cb) {
+  if (!e)
+    return TUNNEL_EINVAL;
+  e->event_cb = cb;
+  return 0;
+}
+
 int tunnel_engine_set_random_cb(tunnel_engine *e, tunnel_engine_random_cb cb) {
   if (!e)
     return TUNNEL_EINVAL;
@@ -521,9 +553,7 @@ static int queue_login(tunnel_engine *e, eng_session *s) {
   return rc;
 }
 
-int tunnel_engine_start(tunnel_engine *e, uint64_t now_ms) {
-  if (!e)
-    return TUNNEL_EINVAL;
+int tunnel__eng_session_start(tunnel_engine *e, uint64_t now_ms) {
   if (e->s || !e->random_cb)
     return TUNNEL_ESTATE;
   eng_session *s;
@@ -534,13 +564,26 @@ int tunnel_engine_start(tunnel_engine *e, uint64_t now_ms) {
     session_free(s);
     return rc;
   }
-  for (eng_proxy *p = e->proxies; p; p = p->next)
+  for (eng_proxy *p = e->proxies; p; p = p->next) {
     p->sent = 0;
+    p->retry_at = 0; /* a new session asks at once */
+  }
   e->s = s;
   e->state = TUNNEL__E_LOGIN;
   e->now = now_ms;
   e->login_deadline = now_ms + e->cfg.login_timeout_ms;
   return 0;
+}
+
+int tunnel_engine_start(tunnel_engine *e, uint64_t now_ms) {
+  if (!e)
+    return TUNNEL_EINVAL;
+  int rc = tunnel__eng_session_start(e, now_ms);
+  if (rc == 0) {
+    e->halted = 0;
+    e->draining = 0;
+  }
+  return rc;
 }
 
 int tunnel_engine_recv(tunnel_engine *e, uint32_t conn, const uint8_t *data,
@@ -724,6 +767,7 @@ int tunnel_engine_tick(tunnel_engine *e, uint64_t now_ms, uint64_t *next_ms) {
   }
   if (s && !s->dead && e->state == TUNNEL__E_READY)
     next = tunnel__eng_dgram_tick(s, next);
+  next = tunnel__eng_life_tick(e, next);
   s = e->s; /* a callback may have started another session */
   if (s && e->state == TUNNEL__E_LOGIN && e->cfg.login_timeout_ms)
     next = e->login_deadline;

@@ -20,7 +20,17 @@
 #define TUNNEL__ENG_CTL_CHUNK 256
 #define TUNNEL__ENG_CONN_CHUNK 1024
 
-enum { TUNNEL__E_IDLE, TUNNEL__E_LOGIN, TUNNEL__E_READY, TUNNEL__E_DOWN };
+enum {
+  TUNNEL__E_IDLE,
+  TUNNEL__E_CONNECTING, /* connection 1 asked of the program */
+  TUNNEL__E_LOGIN,
+  TUNNEL__E_READY,
+  TUNNEL__E_WAIT, /* the next attempt is due at retry_at */
+  TUNNEL__E_DOWN  /* no session and none coming by itself */
+};
+
+/* A session up this long was stable: the reconnection delay starts over. */
+#define TUNNEL__ENG_STABLE_MS 10000u
 
 enum {
   TUNNEL__ST_CONNECTING, /* non-mux: the program is opening the connection */
@@ -37,6 +47,14 @@ typedef struct tunnel__eng_proxy {
   uint16_t remote_port;
   uint8_t sent; /* NewProxy queued in the running session */
   uint8_t held; /* not registered until released (tunnel__engine_proxy_hold) */
+  uint8_t withdrawn; /* drained: closed on the server, never registered again */
+  uint8_t accepted;  /* the server accepted it once: a refusal is retried */
+  uint64_t retry_at; /* refused after a reconnection: asked again then */
+  uint32_t retry_ms; /* the delay that led to retry_at */
+  /* TCP/UDP without a port of its own: the one the server chose, asked
+   * for again after a reconnection so the public address stays. */
+  uint16_t chosen_port;
+  uint8_t chosen_refusals;
   uint32_t dgram; /* UDP: the stream number of its channel, 0: none */
   char *name;
   /* HTTP/HTTPS options, kept as the NewProxy fields they travel in. */
@@ -104,6 +122,7 @@ struct tunnel_engine {
   tunnel_engine_random_cb random_cb;
   tunnel_engine_time_cb time_cb;
   tunnel_engine_datagram_cb dgram_cb;
+  tunnel_engine_event_cb event_cb;
   tunnel__eng_proxy *proxies;
   uint32_t next_proxy;
   uint32_t next_num;
@@ -120,6 +139,14 @@ struct tunnel_engine {
   uint64_t last_rx;    /* any byte on connection 1 */
   uint64_t next_probe; /* keepalive */
   uint64_t next_ping;
+  /* Reconnection (lib/engine_life.c). */
+  uint64_t connect_deadline; /* TUNNEL__E_CONNECTING */
+  uint64_t retry_at;         /* TUNNEL__E_WAIT */
+  uint64_t up_since;         /* when the running session logged in */
+  uint32_t failures;         /* attempts in a row that did not log in */
+  uint32_t delay_ceiling;    /* of the next delay; 0: the initial one */
+  uint8_t halted;            /* the program stopped it: no reconnection */
+  uint8_t draining;          /* no new visitors, proxies withdrawn */
   /* Sent in Login; NULL: left out. */
   char *hostname;
   char *os;
@@ -148,6 +175,23 @@ void tunnel__eng_leave(tunnel_engine *e);
 void tunnel__eng_session_down(tunnel__eng_session *s, int err,
                               const char *why);
 void tunnel__eng_flush_ctl(tunnel__eng_session *s);
+/* Starts a session on a connected connection 1 (login queued). */
+int tunnel__eng_session_start(tunnel_engine *e, uint64_t now_ms);
+
+/* engine_life.c: the connection's life. */
+void tunnel__eng_event(tunnel_engine *e, int32_t event, int32_t status,
+                       uint32_t delay_ms, const char *message);
+/* A session ended or an attempt failed, after the state callback: connect
+ * again later, or give up. `was_up`: it had logged in. */
+void tunnel__eng_lost(tunnel_engine *e, int err, const char *why,
+                      int was_up);
+/* Connection 1 failed while the engine waited for it. */
+void tunnel__eng_attempt_failed(tunnel_engine *e, int err, const char *why);
+/* Runs what is due (an attempt's deadline, the next attempt, proxies to
+ * ask for again); returns the earliest of `next` and its own deadlines. */
+uint64_t tunnel__eng_life_tick(tunnel_engine *e, uint64_t next);
+/* The server refused proxy `p`: 1 when the engine asks again later. */
+int tunnel__eng_proxy_refused(tunnel_engine *e, tunnel__eng_proxy *p);
 void tunnel__eng_ctl_input(tunnel__eng_session *s, const uint8_t *data,
                            size_t len);
 /* Queues a control message; failing to ends the session. */

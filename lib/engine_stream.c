@@ -239,6 +239,8 @@ static void start_work(eng_stream *st, const tunnel__msg *m,
   tunnel__eng_proxy *p = NULL;
   if (m->type == TUNNEL__MSG_START_WORK_CONN && !(m->error && *m->error))
     p = tunnel__eng_proxy_by_name(e, m->proxy_name);
+  if (p && (p->withdrawn || e->draining))
+    p = NULL; /* a visitor that raced the drain: refused */
   if (!p) {
     const char *why = m->type != TUNNEL__MSG_START_WORK_CONN
                           ? "unexpected message"
@@ -303,6 +305,8 @@ void tunnel__eng_new_work(eng_session *s) {
   tunnel_engine *e = s->e;
   /* Each request costs a stream or a connection: a server asking for more
    * than the limit is not obeyed. */
+  if (e->draining)
+    return; /* no new visitors */
   if (s->nworks >= e->cfg.max_work_conns) {
     tunnel__log(&e->cfg.log, TUNNEL_LOG_WARN,
                 "engine: server asked for more than %u pending work "
@@ -593,6 +597,12 @@ int tunnel_engine_conn_ready(tunnel_engine *e, uint32_t conn,
                              uint64_t now_ms) {
   if (!e)
     return TUNNEL_EINVAL;
+  if (conn == TUNNEL_ENGINE_CONTROL) {
+    /* The attempt tunnel_engine_connect() asked for succeeded. */
+    if (e->state != TUNNEL__E_CONNECTING || e->s)
+      return TUNNEL_ESTATE;
+    return tunnel__eng_session_start(e, now_ms);
+  }
   eng_session *s = e->s;
   eng_stream *st = s && !s->mux ? tunnel__eng_find_stream(s, conn) : NULL;
   if (!st)
@@ -617,6 +627,14 @@ int tunnel_engine_conn_closed(tunnel_engine *e, uint32_t conn, int status,
     return TUNNEL_EINVAL;
   eng_session *s = e->s;
   if (conn == TUNNEL_ENGINE_CONTROL) {
+    if (!s && e->state == TUNNEL__E_CONNECTING) {
+      tunnel__eng_enter(e);
+      e->now = now_ms;
+      tunnel__eng_attempt_failed(e, status ? status : TUNNEL_ECONNRESET,
+                                 "cannot connect to the server");
+      tunnel__eng_leave(e);
+      return 0;
+    }
     if (!s)
       return 0;
     tunnel__eng_enter(e);

@@ -61,17 +61,23 @@ typedef struct tunnel_engine tunnel_engine;
 #define TUNNEL_ENGINE_PROXY_UDP 4
 
 /* status 0: logged in, `message` is the run id. Negative: the login was
- * refused (TUNNEL_EAUTH, `message` the server's reason) or the session
+ * refused (TUNNEL_EAUTH, `message` the server's reason), the session
  * ended (TUNNEL_ECONNRESET, TUNNEL_ETIMEDOUT: the server stopped
- * answering heartbeats, TUNNEL_EPROTO). After a negative status every
- * connection is finished for the engine (close the sockets); the program
- * may connect again and call tunnel_engine_start(): proxies register
- * again. `message` is valid for the call. */
+ * answering heartbeats, TUNNEL_EPROTO) or an attempt made through
+ * tunnel_engine_connect() failed. After a negative status every
+ * connection is finished for the engine (close the sockets). Then the
+ * engine reconnects by itself when it can (see tunnel_engine_connect and
+ * the event callback), or the program may connect again and call
+ * tunnel_engine_start(): proxies register again. `message` is valid for
+ * the call. */
 typedef void (*tunnel_engine_state_cb)(tunnel_engine *e, int status,
                                        const char *message, void *user_data);
 /* The server answered a proxy's registration: 0 and the public address
  * (":PORT" for TCP, "NAME[:PORT],..." for HTTP/HTTPS), or a negative code
- * and the server's reason. */
+ * and the server's reason: TUNNEL_EREFUSED is final; TUNNEL_EAGAIN is a
+ * proxy the server had accepted before a reconnection (its port or name
+ * still held by the lost session, most likely), which the engine asks for
+ * again after a delay until it is accepted. */
 typedef void (*tunnel_engine_proxy_cb)(tunnel_engine *e, uint32_t proxy,
                                        int status, const char *message,
                                        void *user_data);
@@ -106,6 +112,15 @@ typedef void (*tunnel_engine_connect_cb)(tunnel_engine *e, uint32_t conn,
 typedef void (*tunnel_engine_disconnect_cb)(tunnel_engine *e, uint32_t conn,
                                             void *user_data);
 
+/* Each step of the connection's life (tunnel_client_event in
+ * tunnel/tunnel.h): `status` for LOST and GAVE_UP, `delay_ms` for
+ * RETRYING, `message` for LOGGED_IN (the run id) and LOST (valid for the
+ * call). LOGGED_IN and LOST follow the state callback's report of the same
+ * moment. */
+typedef void (*tunnel_engine_event_cb)(tunnel_engine *e, int32_t event,
+                                       int32_t status, uint32_t delay_ms,
+                                       const char *message, void *user_data);
+
 /* The configuration is copied (token, limits, pool count, mux mode,
  * heartbeat, allocator, logger). `user_data` goes to every callback. */
 TUNNEL_EXTERN int tunnel_engine_new(tunnel_engine **out,
@@ -128,6 +143,9 @@ TUNNEL_EXTERN int tunnel_engine_set_conn_cbs(tunnel_engine *e,
                                              tunnel_engine_connect_cb connect,
                                              tunnel_engine_disconnect_cb
                                                  disconnect);
+
+TUNNEL_EXTERN int tunnel_engine_set_event_cb(tunnel_engine *e,
+                                             tunnel_engine_event_cb cb);
 
 /* UDP proxies carry datagrams, not streams: one arrived at `proxy` from
  * the visitor at `ip` (numeric; IPv6 possibly with "%zone") and `port`.
@@ -227,8 +245,36 @@ TUNNEL_EXTERN int tunnel_engine_remove_proxy(tunnel_engine *e,
 
 /* Connection 1 is connected: the engine queues the login (and, with
  * multiplexing, the session's first frames). TUNNEL_ESTATE while a
- * session is running. */
+ * session is running. A reconnection waiting for its delay is superseded.
+ */
 TUNNEL_EXTERN int tunnel_engine_start(tunnel_engine *e, uint64_t now_ms);
+
+/* Connecting through the engine, which is how it reconnects by itself
+ * (tunnel_config_set_reconnect): it asks for connection 1 through the
+ * connect callback (so that callback is required), the program reports
+ * the outcome with tunnel_engine_conn_ready() or
+ * tunnel_engine_conn_closed(), and the session starts. An attempt that
+ * neither succeeds nor fails within the login timeout is abandoned (the
+ * disconnect callback closes it). After a loss the engine waits its delay
+ * (RETRYING event; tunnel_engine_tick's deadline) and asks again. This
+ * call makes an attempt now, superseding a pending delay; TUNNEL_ESTATE
+ * while a session or an attempt is under way, or without a connect
+ * callback. */
+TUNNEL_EXTERN int tunnel_engine_connect(tunnel_engine *e, uint64_t now_ms);
+/* Ends the session (streams end with TUNNEL_ECLOSED; the state callback
+ * says TUNNEL_ECANCELED) or the attempt under way (the disconnect callback
+ * closes connection 1), and cancels any reconnection. The engine stays
+ * idle until tunnel_engine_connect() or tunnel_engine_start(). */
+TUNNEL_EXTERN int tunnel_engine_stop(tunnel_engine *e, uint64_t now_ms);
+/* Graceful shutdown, first step: the server is told to close every proxy
+ * (CloseProxy: ports and names are free at once and no visitor arrives
+ * any more), work channels the server asks for or starts from now on are
+ * refused, and the engine will not reconnect. Streams already open go on;
+ * once tunnel_engine_stream_count() is 0 (or the program's patience ends)
+ * call tunnel_engine_stop(). Without a session it just stops. */
+TUNNEL_EXTERN int tunnel_engine_drain(tunnel_engine *e, uint64_t now_ms);
+/* Visitor streams open now (handed to the program and not yet closed). */
+TUNNEL_EXTERN uint32_t tunnel_engine_stream_count(const tunnel_engine *e);
 /* Bytes received on `conn`. An error ends the session (the state callback
  * says why) and is returned. */
 TUNNEL_EXTERN int tunnel_engine_recv(tunnel_engine *e, uint32_t conn,

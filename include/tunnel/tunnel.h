@@ -115,6 +115,30 @@ typedef void (*tunnel_log_fn)(int level, const char *message, void *user_data);
 
 TUNNEL_EXTERN const char *tunnel_log_level_name(int level);
 
+/* ------------------------------------------------------- client events */
+
+/* A client's connection to its server, step by step (the event callbacks
+ * of tunnel/uv.h and tunnel/engine.h). Numbers are fixed. */
+typedef enum tunnel_client_event {
+  /* Opening the connection to the server (the first time or again). */
+  TUNNEL_EVENT_CONNECTING = 1,
+  /* Logged in; `message` is the run id. */
+  TUNNEL_EVENT_LOGGED_IN = 2,
+  /* The session ended, or an attempt failed before the login: `status`
+   * says why, `message` adds the server's reason or the failing step. */
+  TUNNEL_EVENT_LOST = 3,
+  /* The next attempt comes in `delay_ms`. */
+  TUNNEL_EVENT_RETRYING = 4,
+  /* No more attempts: reconnection is off, or `status` will not get
+   * better by retrying (TUNNEL_EAUTH, a certificate that failed), or the
+   * attempts ran out (`status` is the last failure). */
+  TUNNEL_EVENT_GAVE_UP = 5,
+  /* A graceful shutdown began: no new visitors, proxies withdrawn. */
+  TUNNEL_EVENT_DRAINING = 6
+} tunnel_client_event;
+
+TUNNEL_EXTERN const char *tunnel_client_event_name(int event);
+
 /* ---------------------------------------------------------------- config */
 
 /* Options shared by clients and servers (nghttp2_option style): create one,
@@ -182,6 +206,24 @@ TUNNEL_EXTERN int tunnel_config_set_heartbeat(tunnel_config *cfg,
 TUNNEL_EXTERN int tunnel_config_set_keepalive(tunnel_config *cfg,
                                               uint32_t interval_ms,
                                               uint32_t timeout_ms);
+
+/* Client: reconnection. After a lost session or a failed attempt the
+ * client connects again by itself, waiting a delay that starts at
+ * `initial_ms` and doubles at each failure up to `max_ms`, each drawn at
+ * random between half and all of it (so the clients of a restarted server
+ * spread out); once a session has stayed up for 10 s the delay starts
+ * over. Proxies register again with the ports and names they had (a port
+ * the server chose is asked for again; if it stays taken for three tries,
+ * the server chooses anew).
+ * `max_attempts` failures in a row (0: no limit) end it, and so do a
+ * refused login and a server certificate that fails verification: those
+ * will not get better by themselves. Defaults: enabled, 500 ms, 30,000 ms,
+ * no limit. `enabled` 0: off (the other values are then ignored); the
+ * program reconnects itself. */
+TUNNEL_EXTERN int tunnel_config_set_reconnect(tunnel_config *cfg, int enabled,
+                                              uint32_t initial_ms,
+                                              uint32_t max_ms,
+                                              uint32_t max_attempts);
 
 /* Server: address the public listeners bind to (default "0.0.0.0"). */
 TUNNEL_EXTERN int tunnel_config_set_proxy_bind_addr(tunnel_config *cfg,

@@ -291,9 +291,18 @@ typedef struct tunnel_proxy tunnel_proxy;
 
 /* status 0: logged in; `message` is the run id the server assigned.
  * Negative: the login was refused (TUNNEL_EAUTH, `message` is the server's
- * reason) or the session ended (connection lost, protocol error). The
- * client is then disconnected; close it. */
+ * reason), the session ended (connection lost, protocol error) or an
+ * attempt to connect failed. Visitors of the session have ended. Unless
+ * reconnection is off (tunnel_config_set_reconnect) or the error is final
+ * (the event callback says which: GAVE_UP), the client connects again by
+ * itself and its proxies register again. */
 typedef void (*tunnel_client_state_cb)(tunnel_client *c, int status,
+                                       const char *message, void *user_data);
+/* Every step of the connection's life, tunnel_client_event in
+ * tunnel/tunnel.h: `status` for LOST and GAVE_UP, `delay_ms` for RETRYING,
+ * `message` (valid for the call) for LOGGED_IN (the run id) and LOST. */
+typedef void (*tunnel_client_event_cb)(tunnel_client *c, int32_t event,
+                                       int32_t status, uint32_t delay_ms,
                                        const char *message, void *user_data);
 typedef void (*tunnel_client_close_cb)(tunnel_client *c, void *user_data);
 
@@ -302,10 +311,28 @@ TUNNEL_EXTERN int tunnel_client_new(tunnel_client **out, uv_loop_t *loop,
 TUNNEL_EXTERN int tunnel_client_set_state_cb(tunnel_client *c,
                                              tunnel_client_state_cb cb,
                                              void *user_data);
+TUNNEL_EXTERN int tunnel_client_set_event_cb(tunnel_client *c,
+                                             tunnel_client_event_cb cb,
+                                             void *user_data);
 /* Connects and logs in; proxies already started register on login. `host`
- * may be a name (resolved asynchronously) or a numeric address. */
+ * may be a name (resolved at each attempt) or a numeric address. A lost
+ * session is re-established by the client itself (see
+ * tunnel_config_set_reconnect); while it waits to retry, this call makes
+ * the next attempt now (to another address, if given). TUNNEL_ESTATE while
+ * connected or connecting. */
 TUNNEL_EXTERN int tunnel_client_connect(tunnel_client *c, const char *host,
                                         uint16_t port);
+/* Graceful close: the server is told at once to close every proxy (their
+ * ports and names are free; no new visitor comes), no reconnection is
+ * made, and visitors already carried run on for at most `drain_ms`. Then,
+ * or as soon as none is left, it does what tunnel_client_close() does and
+ * `cb` (may be NULL) fires once the client is freed. drain_ms 0: close
+ * now. tunnel_client_close() during the drain ends it at once (only its
+ * own callback fires then). TUNNEL_ESTATE when already closing or
+ * draining. */
+TUNNEL_EXTERN int tunnel_client_shutdown(tunnel_client *c, uint32_t drain_ms,
+                                         tunnel_client_close_cb cb,
+                                         void *user_data);
 /* Disconnects, frees every proxy, and frees the client after `cb`. Streams
  * handed to the program stay valid until it closes them, but fail
  * (TUNNEL_ECLOSED on reading or writing); `cb` fires once the program has
@@ -327,8 +354,12 @@ typedef enum tunnel_proxy_type {
 
 /* status 0: registered; `message` is the public address: "HOST:PORT" for
  * TCP; for HTTP/HTTPS the names routed to the proxy, "NAME[:PORT]" joined
- * by commas (the port omitted when it is the scheme's default).
- * Negative: refused (TUNNEL_EREFUSED; `message` is the server's reason). */
+ * by commas (the port omitted when it is the scheme's default). Again
+ * after each reconnection. Negative: refused, `message` is the server's
+ * reason: TUNNEL_EREFUSED is final; TUNNEL_EAGAIN is a proxy refused
+ * after a reconnection although accepted before (its port or name most
+ * likely still held by the lost session), asked for again with backoff
+ * until it is accepted. */
 typedef void (*tunnel_proxy_status_cb)(tunnel_proxy *p, int status,
                                        const char *message, void *user_data);
 /* In-process accept: a visitor arrived; the program owns `stream`. */

@@ -319,23 +319,23 @@ static void work_connected(tunnel__dial *d, int status, void *ud) {
   after_engine(c);
 }
 
+/* The attempt the engine asked for (connection 1) ended: connected or
+ * not, the engine hears it and goes on (login, or a retry later). */
 static void server_connected(tunnel__dial *d, int status, void *ud) {
   cl_conn *k = ud;
   tunnel_client *c = k->c;
   (void)d;
   k->dial = NULL;
-  if (status) {
-    session_down(c, status, "cannot connect to the server");
-    return;
-  }
-  int rc = conn_up(k);
-  if (rc == 0)
-    rc = tunnel_engine_start(c->eng, now_ms(c));
-  if (rc) {
-    session_down(c, rc, "cannot start the session");
-    return;
-  }
-  c->state = TUNNEL__C_LOGIN;
+  if (status == 0)
+    status = conn_up(k);
+  if (status == 0)
+    status = tunnel_engine_conn_ready(c->eng, TUNNEL_ENGINE_CONTROL,
+                                      now_ms(c));
+  if (status == 0)
+    c->state = TUNNEL__C_LOGIN;
+  else
+    tunnel_engine_conn_closed(c->eng, TUNNEL_ENGINE_CONTROL, status,
+                              now_ms(c));
   after_engine(c);
 }
 
@@ -369,8 +369,8 @@ static void session_down(tunnel_client *c, int err, const char *why) {
   cl_conn *ctl = conn_find(c, TUNNEL_ENGINE_CONTROL);
   int tls_err = err == TUNNEL_ETLS || err == TUNNEL_ECERTUNTRUSTED ||
                 err == TUNNEL_ECERTNAME || err == TUNNEL_ECERTPIN;
-  char reason[256];
-  snprintf(reason, sizeof reason, "%s",
+  char *reason = c->reason; /* the LOST event that follows says it too */
+  snprintf(reason, sizeof c->reason, "%s",
            link_reason(ctl ? ctl->link : NULL, why));
   for (cl_conn *k = c->conns, *next; k; k = next) {
     next = k->next;
@@ -385,7 +385,8 @@ static void session_down(tunnel_client *c, int err, const char *why) {
   /* The state callback is how the program hears of this; the log only
    * records it. */
   tunnel__log(&c->cfg.log,
-              c->closing || c->state_cb ? TUNNEL_LOG_INFO : TUNNEL_LOG_WARN,
+              c->closing || c->state_cb || c->event_cb ? TUNNEL_LOG_INFO
+                                                       : TUNNEL_LOG_WARN,
               "client: %s: %s", reason, tunnel_strerror(err));
   if (!c->closing && c->state_cb)
     c->state_cb(c, err, err == TUNNEL_EAUTH || tls_err ? reason : "",
@@ -505,6 +506,12 @@ static void on_datagram(tunnel_engine *e, uint32_t proxy, const char *ip,
 
 static void on_connect(tunnel_engine *e, uint32_t conn, void *ud) {
   tunnel_client *c = ud;
+  if (conn == TUNNEL_ENGINE_CONTROL) {
+    int rc = dial_server(c, conn, server_connected);
+    if (rc)
+      tunnel_engine_conn_closed(e, conn, rc, now_ms(c));
+    return;
+  }
   int rc = dial_server(c, conn, work_connected);
   if (rc) {
     tunnel__log(&c->cfg.log, TUNNEL_LOG_WARN,
@@ -520,10 +527,26 @@ static void on_disconnect(tunnel_engine *e, uint32_t conn, void *ud) {
   cl_conn *k = conn_find(c, conn);
   if (!k)
     return;
-  /* Only work channels the server will not use end this way: what the
-   * engine still had for them is not worth waiting for. */
+  /* Work channels the server will not use, and an attempt to reach the
+   * server that took too long, end this way: what the engine still had
+   * for them is not worth waiting for. */
   k->opened = NULL;
   conn_kill(k);
+}
+
+static void on_event(tunnel_engine *e, int32_t event, int32_t status,
+                     uint32_t delay_ms, const char *message, void *ud) {
+  tunnel_client *c = ud;
+  (void)e;
+  if (event == TUNNEL_EVENT_CONNECTING)
+    c->state = TUNNEL__C_CONNECTING;
+  /* The link knows more than the engine: a TLS alert, a certificate's
+   * fault. */
+  if ((event == TUNNEL_EVENT_LOST || event == TUNNEL_EVENT_GAVE_UP) &&
+      c->reason[0])
+    message = c->reason;
+  if (!c->closing && c->event_cb)
+    c->event_cb(c, event, status, delay_ms, message, c->event_ud);
 }
 
 static int fill_random(uint8_t *out, size_t n, void *ud) {
@@ -539,15 +562,7 @@ static int64_t unix_time(void *ud) {
 
 /* ------------------------------------------------------- output, time */
 
-static void timer_cb(uv_timer_t *t) {
-  tunnel_client *c = t->data;
-  if (c->state == TUNNEL__C_CONNECTING) {
-    /* Every wait for the server has a deadline. */
-    session_down(c, TUNNEL_ETIMEDOUT, "cannot connect to the server");
-    return;
-  }
-  flush(c);
-}
+static void timer_cb(uv_timer_t *t) { flush(t->data); }
 
 static void flush(tunnel_client *c) {
   for (cl_conn *k = c->conns; k; k = k->next) {
@@ -568,9 +583,10 @@ static void flush(tunnel_client *c) {
     if (k)
       conn_flush(k);
   }
-  /* Registrations and heartbeats the tick queued leave on the next pass. */
+  /* Registrations and heartbeats the tick queued leave on the next pass.
+   * Between sessions the tick runs the engine's reconnection. */
   uint64_t next = UINT64_MAX;
-  if (c->state == TUNNEL__C_LOGIN || c->state == TUNNEL__C_READY) {
+  if (!c->closing) {
     tunnel_engine_tick(c->eng, now_ms(c), &next);
     conn = 0;
     while (c->state != TUNNEL__C_DOWN &&
@@ -586,10 +602,8 @@ static void flush(tunnel_client *c) {
     tunnel__client_unblock(c, st);
     tunnel__stream_eng_pump(st);
   }
-  if (c->closing || c->state == TUNNEL__C_DOWN || c->state == TUNNEL__C_IDLE)
+  if (c->closing)
     return;
-  if (c->state == TUNNEL__C_CONNECTING)
-    next = c->connect_deadline;
   if (next == UINT64_MAX) {
     uv_timer_stop(&c->timer);
     return;
@@ -739,6 +753,7 @@ int tunnel_client_new(tunnel_client **out, uv_loop_t *loop,
   tunnel_engine_set_stream_cbs(c->eng, on_open, on_data, on_end, on_writable);
   tunnel_engine_set_conn_cbs(c->eng, on_connect, on_disconnect);
   tunnel_engine_set_datagram_cb(c->eng, on_datagram);
+  tunnel_engine_set_event_cb(c->eng, on_event);
   tunnel_engine_set_random_cb(c->eng, fill_random);
   tunnel_engine_set_time_cb(c->eng, unix_time);
   set_identity(c);
@@ -762,30 +777,40 @@ int tunnel_client_set_state_cb(tunnel_client *c, tunnel_client_state_cb cb,
   return 0;
 }
 
+int tunnel_client_set_event_cb(tunnel_client *c, tunnel_client_event_cb cb,
+                               void *ud) {
+  if (!c)
+    return TUNNEL_EINVAL;
+  c->event_cb = cb;
+  c->event_ud = ud;
+  return 0;
+}
+
+/* From the loop, so the program's callbacks never run inside its own
+ * call. */
+static void connect_task(tunnel__task *t) {
+  tunnel_client *c = CONTAINER(t, tunnel_client, connect_task);
+  int rc = tunnel_engine_connect(c->eng, now_ms(c));
+  if (rc)
+    tunnel__log(&c->cfg.log, TUNNEL_LOG_WARN, "client: cannot connect: %s",
+                tunnel_strerror(rc));
+  after_engine(c);
+}
+
 int tunnel_client_connect(tunnel_client *c, const char *host, uint16_t port) {
   if (!c || !host || !*host || port == 0)
     return TUNNEL_EINVAL;
-  if (c->closing ||
-      (c->state != TUNNEL__C_IDLE && c->state != TUNNEL__C_DOWN))
+  if (c->closing || c->drain_timer || c->connect_task.queued ||
+      c->state == TUNNEL__C_CONNECTING || c->state == TUNNEL__C_LOGIN ||
+      c->state == TUNNEL__C_READY)
     return TUNNEL_ESTATE;
   char *h = tunnel__strdup(MEM(c), host);
   if (!h)
     return TUNNEL_ENOMEM;
-  char *old = c->host;
-  uint16_t old_port = c->port;
+  tunnel__free(MEM(c), c->host);
   c->host = h;
   c->port = port;
-  int rc = dial_server(c, TUNNEL_ENGINE_CONTROL, server_connected);
-  if (rc) {
-    c->host = old;
-    c->port = old_port;
-    tunnel__free(MEM(c), h);
-    return rc;
-  }
-  tunnel__free(MEM(c), old);
-  c->state = TUNNEL__C_CONNECTING;
-  c->connect_deadline = now_ms(c) + c->cfg.login_timeout_ms;
-  uv_timer_start(&c->timer, timer_cb, c->cfg.login_timeout_ms, 0);
+  tunnel__sched_post(&c->sched, &c->connect_task, connect_task);
   return 0;
 }
 
@@ -811,6 +836,13 @@ void tunnel__client_maybe_finish_close(tunnel_client *c) {
   tunnel__sched_close(&c->sched, sched_closed);
 }
 
+static void drain_timer_closed(uv_handle_t *h) {
+  tunnel_client *c = h->data;
+  tunnel__free(MEM(c), h);
+  c->handles--;
+  tunnel__client_maybe_finish_close(c);
+}
+
 static void timer_closed(uv_handle_t *h) {
   tunnel_client *c = h->data;
   c->handles--;
@@ -827,15 +859,70 @@ int tunnel_client_close(tunnel_client *c, tunnel_client_close_cb cb,
   c->close_cb = cb;
   c->close_ud = ud;
   tunnel__sched_cancel(&c->sched, &c->flush_task);
-  /* The engine ends its session (its streams end with it); then every
-   * connection goes. */
-  tunnel_engine_conn_closed(c->eng, TUNNEL_ENGINE_CONTROL, TUNNEL_ECANCELED,
-                            now_ms(c));
+  tunnel__sched_cancel(&c->sched, &c->connect_task);
+  if (c->drain_timer) { /* a drain ends now; only this callback fires */
+    uv_close((uv_handle_t *)c->drain_timer, drain_timer_closed);
+    c->drain_timer = NULL;
+  }
+  /* The engine ends its session (its streams end with it) and gives up
+   * reconnecting; then every connection goes. */
+  tunnel_engine_stop(c->eng, now_ms(c));
   session_down(c, TUNNEL_ECANCELED, "client closed");
   /* Non-mux joins are connections of their own: no session end reaches
    * them. */
   tunnel__splice_abort_all(&c->splices);
   tunnel__client_proxies_free(c);
   uv_close((uv_handle_t *)&c->timer, timer_closed);
+  return 0;
+}
+
+/* Visitors still carried: engine streams, joins to local services,
+ * whole connections handed over (non-mux), streams handed to the
+ * program. */
+static int visitors_left(const tunnel_client *c) {
+  return tunnel_engine_stream_count(c->eng) > 0 || c->splices.count > 0 ||
+         c->joins != NULL || c->handed.head != NULL;
+}
+
+static void drain_check(uv_timer_t *t) {
+  tunnel_client *c = t->data;
+  if (visitors_left(c) && now_ms(c) < c->drain_deadline)
+    return;
+  if (visitors_left(c))
+    tunnel__log(&c->cfg.log, TUNNEL_LOG_WARN,
+                "client: drain time over; closing what is left");
+  tunnel_client_close_cb cb = c->drain_cb;
+  void *ud = c->drain_ud;
+  uv_close((uv_handle_t *)c->drain_timer, drain_timer_closed);
+  c->drain_timer = NULL;
+  tunnel_client_close(c, cb, ud);
+}
+
+int tunnel_client_shutdown(tunnel_client *c, uint32_t drain_ms,
+                           tunnel_client_close_cb cb, void *ud) {
+  if (!c)
+    return TUNNEL_EINVAL;
+  if (c->closing || c->drain_timer)
+    return TUNNEL_ESTATE;
+  if (drain_ms == 0)
+    return tunnel_client_close(c, cb, ud);
+  uv_timer_t *t = tunnel__malloc(MEM(c), sizeof *t);
+  if (!t)
+    return TUNNEL_ENOMEM;
+  tunnel__sched_cancel(&c->sched, &c->connect_task);
+  /* Proxies withdrawn now, so their ports are free at once and no new
+   * visitor arrives; no reconnection after. */
+  tunnel_engine_drain(c->eng, now_ms(c));
+  tunnel__client_flush_soon(c);
+  uv_timer_init(c->loop, t);
+  t->data = c;
+  c->handles++;
+  c->drain_timer = t;
+  c->drain_deadline = now_ms(c) + drain_ms;
+  c->drain_cb = cb;
+  c->drain_ud = ud;
+  /* A drain is short and bounded: polled rather than hooked into every
+   * path a visitor can end by. */
+  uv_timer_start(t, drain_check, 0, 50);
   return 0;
 }

@@ -40,9 +40,9 @@ struct tunnel_client {
   struct tunnel_config cfg;
   tunnel__sched sched;
   tunnel_engine *eng;
-  uv_timer_t timer;      /* the connect deadline, then the engine's */
+  uv_timer_t timer;      /* the engine's deadlines */
   tunnel__task flush_task;
-  uint64_t connect_deadline;
+  tunnel__task connect_task; /* tunnel_client_connect, run from the loop */
   char *host;
   uint16_t port;
   int state;
@@ -56,6 +56,14 @@ struct tunnel_client {
   uint8_t *readbuf;
   tunnel_client_state_cb state_cb;
   void *state_ud;
+  tunnel_client_event_cb event_cb;
+  void *event_ud;
+  char reason[256]; /* why the last session or attempt ended */
+  /* tunnel_client_shutdown: the drain's end, then the close's callback. */
+  uv_timer_t *drain_timer;
+  uint64_t drain_deadline;
+  tunnel_client_close_cb drain_cb;
+  void *drain_ud;
   uint32_t handles; /* uv handles owned directly */
   uint32_t objects; /* connections and joins not yet freed */
   tunnel__tls_conf *tls; /* NULL: plain connections */

@@ -1675,9 +1675,11 @@ static proc *start_client(ctx *c, const char *label, const char *name,
   snprintf(server, sizeof server, "127.0.0.1:%u", server_port);
   snprintf(local, sizeof local, "127.0.0.1:%u", local_port);
   snprintf(remote, sizeof remote, "%u", remote_port);
-  char *args[16] = {(char *)client_path, "--server", server, "--token",
-                    (char *)token};
-  int n = 5;
+  /* A short drain: SIGTERM must end it within EXIT_MS even with a
+   * visitor's connection idle in frps's keep-alive pool. */
+  char *args[18] = {(char *)client_path, "--server", server, "--token",
+                    (char *)token, "--drain-ms", "1000"};
+  int n = 7;
   for (; opts && *opts; opts++)
     args[n++] = (char *)*opts;
   char *tail[] = {"tcp", local, "--name", (char *)name, "--remote-port",
@@ -2117,8 +2119,8 @@ static proc *start_client_proxy(ctx *c, const char *label,
   char server[32];
   snprintf(server, sizeof server, "127.0.0.1:%u", server_port);
   char *args[24] = {(char *)client_path, "--server", server, "--token",
-                    c->token};
-  int n = 5;
+                    c->token, "--drain-ms", "1000"};
+  int n = 7;
   if (!mux)
     args[n++] = "--no-mux";
   for (; *tail; tail++) {

@@ -551,6 +551,9 @@ static int setup_cfg(t *x, int mux) {
   /* Scripted time jumps ahead with no server bytes: the keepalive would
    * declare the link dead. keepalive_dead_link tests it. */
   tunnel_config_set_keepalive(x->cfg, 0, 0);
+  /* Sessions here end at the script's will; test_engine_life.c covers
+   * the engine's own reconnection. */
+  tunnel_config_set_reconnect(x->cfg, 0, 0, 0, 0);
   srv_init(&x->s, mux);
   return 0;
 }

@@ -463,7 +463,7 @@ static uint64_t run_once(ctx *c, int run) {
   snprintf(local, sizeof local, "127.0.0.1:%u", c->service_port);
   snprintf(name, sizeof name, "sig-%d", run);
   char *cargs[] = {client_path, "--server", server, "--token", c->token,
-                   "tcp", local, "--name", name,
+                   "--drain-ms", "0", "tcp", local, "--name", name,
                    sc->mux ? NULL : "--no-mux", NULL};
   spawn(c, &c->cli, "tunnel-client", cargs);
   wait_for(c, client_ready, START_MS);
