@@ -59,6 +59,7 @@ typedef struct tunnel_engine tunnel_engine;
 #define TUNNEL_ENGINE_PROXY_HTTP 2
 #define TUNNEL_ENGINE_PROXY_HTTPS 3
 #define TUNNEL_ENGINE_PROXY_UDP 4
+#define TUNNEL_ENGINE_PROXY_STCP 5
 
 /* status 0: logged in, `message` is the run id. Negative: the login was
  * refused (TUNNEL_EAUTH, `message` the server's reason), the session

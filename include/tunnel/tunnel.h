@@ -71,14 +71,15 @@ extern "C" {
   X(ENOTSUP, -25, "operation not supported")                                 \
   X(ECERTUNTRUSTED, -26, "certificate not trusted")                           \
   X(ECERTNAME, -27, "host name mismatch")                                     \
-  X(ECERTPIN, -28, "pin mismatch")
+  X(ECERTPIN, -28, "pin mismatch")                                           \
+  X(EMFILE, -29, "too many open files")
 
 typedef enum tunnel_errno {
   TUNNEL_OK = 0,
 #define TUNNEL__ERR_ENUM(name, value, desc) TUNNEL_##name = (value),
   TUNNEL_ERRNO_MAP(TUNNEL__ERR_ENUM)
 #undef TUNNEL__ERR_ENUM
-  TUNNEL__ERR_LAST = -29
+  TUNNEL__ERR_LAST = -30
 } tunnel_errno;
 
 /* Human-readable description; never NULL, static storage. */

@@ -194,7 +194,9 @@ typedef enum tunnel_server_stat_id {
   TUNNEL_SERVER_STAT_TLS_FULL = 20,
   TUNNEL_SERVER_STAT_TLS_RESUMED = 21,
   TUNNEL_SERVER_STAT_TLS_FAILED = 22,
-  TUNNEL_SERVER_STAT_COUNT_ = 23 /* not an id: the number of ids */
+  /* gauge: secret (stcp) services registered now */
+  TUNNEL_SERVER_STAT_PROXIES_STCP = 23,
+  TUNNEL_SERVER_STAT_COUNT_ = 24 /* not an id: the number of ids */
 } tunnel_server_stat_id;
 
 /* One value; TUNNEL_EINVAL for an unknown id or a NULL argument. */
@@ -242,7 +244,7 @@ TUNNEL_EXTERN int tunnel_server_foreach_proxy(const tunnel_server *srv,
                                               void *user_data);
 TUNNEL_EXTERN const char *
 tunnel_server_proxy_name(const tunnel_server_proxy_info *p);
-/* TUNNEL_PROXY_TCP, _HTTP or _HTTPS. */
+/* TUNNEL_PROXY_TCP, _HTTP, _HTTPS, _UDP or _STCP. */
 TUNNEL_EXTERN int tunnel_server_proxy_type(const tunnel_server_proxy_info *p);
 /* What the client was told: ":PORT" for TCP, "NAME[:PORT],..." for
  * HTTP/HTTPS. */
@@ -349,7 +351,8 @@ typedef enum tunnel_proxy_type {
   TUNNEL_PROXY_TCP = 1,
   TUNNEL_PROXY_HTTP = 2,
   TUNNEL_PROXY_HTTPS = 3,
-  TUNNEL_PROXY_UDP = 4
+  TUNNEL_PROXY_UDP = 4,
+  TUNNEL_PROXY_STCP = 5
 } tunnel_proxy_type;
 
 /* status 0: registered; `message` is the public address: "HOST:PORT" for

@@ -264,7 +264,8 @@ static void sched_closed(uv_handle_t *h) {
  * work stream, no HTTP exchange under way. Nothing new starts while the
  * server drains, so once true it stays true. */
 static int drain_idle(const tunnel_server *srv) {
-  if (srv->splices.count || srv->http.conns || srv->https.conns)
+  if (srv->splices.count || srv->npairs || srv->http.conns ||
+      srv->https.conns)
     return 0;
   for (const srv_ctl *c = srv->ctls; c; c = c->next)
     if (c->splices.count)
@@ -290,8 +291,8 @@ void tunnel__srv_maybe_finish_close(tunnel_server *srv) {
       uv_timer_start(&srv->drain_timer, drain_over, 0, 0);
     return;
   }
-  if (!srv->closing || srv->handles || srv->splices.count || srv->objects ||
-      srv->sched.refs || srv->sched.closing)
+  if (!srv->closing || srv->handles || srv->splices.count || srv->npairs ||
+      srv->objects || srv->sched.refs || srv->sched.closing)
     return;
   tunnel__sched_close(&srv->sched, sched_closed);
 }

@@ -46,6 +46,8 @@ typedef struct srv_waiter srv_waiter;
 typedef struct srv_vhost srv_vhost;
 typedef struct srv_vconn srv_vconn;
 typedef struct srv_metrics srv_metrics;
+typedef struct srv_wait srv_wait;
+typedef struct srv_pair srv_pair;
 
 /* A visitor connection on a public HTTP/HTTPS port. */
 struct srv_vconn {
@@ -99,8 +101,10 @@ struct tunnel_server {
   uint32_t nctl;
   tunnel__ratelimit *logins; /* failed logins per source address */
   tunnel__tls_conf *tls;     /* NULL: plain clients only */
+  uint64_t accept_warned;    /* loop time of the last failed-accept line */
   uint32_t handles;            /* open uv handles owned by server objects */
   tunnel__splice_set splices;  /* live splices */
+  uint32_t npairs;             /* live stream-to-stream joins (srv_stcp.c) */
   uint32_t objects;            /* sessions, controls, proxies not yet freed */
   int closing;
   tunnel_server_close_cb close_cb;
@@ -193,6 +197,24 @@ struct srv_waiter {
   void (*drop)(srv_waiter *w);
 };
 
+/* A visitor connection waiting, for at most work_conn_timeout, for a work
+ * stream of its proxy's client (srv_tcp.c): shared by the kinds whose
+ * visitors are whole connections. It must be the first member of the
+ * kind's record, which is allocated with the server's allocator and freed
+ * by the wait once it is over. */
+struct srv_wait {
+  srv_waiter w;
+  uv_timer_t timer;
+  srv_wait **list; /* the proxy's waiting visitors */
+  srv_wait *prev, *next;
+  /* A work stream came; the callee owns it. The wait is over (the record
+   * stays valid for the call). */
+  void (*got)(srv_wait *v, tunnel_stream *st);
+  /* No work stream will come (timeout, too many waiting, client or proxy
+   * gone): closes the visitor's connection. The wait ends after it. */
+  void (*drop)(srv_wait *v);
+};
+
 /* A logged-in client. */
 struct srv_ctl {
   tunnel_server *srv;
@@ -221,6 +243,9 @@ struct srv_ctl {
    * with the client, in non-mux mode too. The record is freed once the
    * last one is gone. */
   tunnel__splice_set splices;
+  /* Secret-service visitors joined stream to stream to its work streams
+   * (srv_stcp.c): aborted with the client, then no longer listed. */
+  srv_pair *pairs;
   int dead;
   int free_due; /* destroyed; waiting for its splices */
   tunnel__task free_task;
@@ -275,10 +300,31 @@ int tunnel__srv_send_plain(tunnel_server *srv, tunnel_stream *st,
 
 /* srv_accept.c */
 void tunnel__srv_on_client(uv_stream_t *l, int status);
+/* A listener could not accept (out of descriptors or memory): libuv has
+ * already refused the waiting connections; this says so, at most once a
+ * second. `what` names the listener. */
+void tunnel__srv_accept_failed(tunnel_server *srv, int status,
+                               const char *what);
 void tunnel__srv_conn_done(srv_conn *c, int keep_tcp);
 
 /* srv_session.c */
 void tunnel__srv_sess_destroy(srv_sess *sess);
+/* Keeps a channel that was answered and half-closed until its peer closes
+ * it (the answer arrives before any reset), at most the identification
+ * timeout; a connection of its own counts as unauthenticated meanwhile. */
+void tunnel__srv_drain_start(tunnel_server *srv, tunnel_stream *st,
+                             const char *addr);
+/* Failed attempts per address, shared by logins and secret-service
+ * visitors (srv->logins). The seconds `addr` must wait before it may try
+ * again, 0 when it may now; a refusal logs one line per window for the
+ * address, naming `what` ("login", ...). */
+uint32_t tunnel__srv_blocked_for(tunnel_server *srv, const char *addr,
+                                 const char *what);
+/* An attempt from `addr` failed its key check: it takes one of the
+ * address's attempts. */
+void tunnel__srv_count_failure(tunnel_server *srv, const char *addr);
+/* The server's wall clock, Unix seconds (0 if unknown). */
+int64_t tunnel__srv_now_seconds(void);
 void tunnel__srv_first_start(tunnel_server *srv, srv_sess *sess,
                              tunnel_stream *st, const char *addr);
 void tunnel__srv_first_end(srv_first *f);
@@ -347,11 +393,30 @@ srv_proxy *tunnel__srv_vhost_route(srv_vhost *vh, const char *host,
 /* srv_metrics.c: closes the metrics listener and its connections. */
 void tunnel__srv_metrics_close(tunnel_server *srv);
 
+/* srv_tcp.c: waits for a work stream of `p`'s client for `v` (got and
+ * drop set), listed in `list` meanwhile. got() may run before this
+ * returns; drop() runs (now or later) if no stream comes. */
+void tunnel__srv_wait_start(srv_proxy *p, srv_wait *v, srv_wait **list);
+/* Drops every visitor of `list` (its proxy closes). */
+void tunnel__srv_wait_drop_all(srv_proxy *p, srv_wait **list);
+
+/* srv_stcp.c: a channel's first message is NewVisitorConn. `sess` is the
+ * stream's session (NULL: a connection of its own). Joins the channel to
+ * a work stream of the named secret service, or answers why not and ends
+ * it. */
+void tunnel__srv_on_new_visitor(tunnel_server *srv, srv_sess *sess,
+                                tunnel_stream *st, const char *addr,
+                                const tunnel__msg *m);
+/* Ends every visitor joined to `ctl`'s work streams by srv_stcp.c (the
+ * client is gone). */
+void tunnel__srv_pairs_abort(srv_ctl *ctl);
+
 /* Proxy kinds. */
 extern const srv_kind tunnel__srv_kind_tcp;
 extern const srv_kind tunnel__srv_kind_http;
 extern const srv_kind tunnel__srv_kind_https;
 extern const srv_kind tunnel__srv_kind_udp;
+extern const srv_kind tunnel__srv_kind_stcp;
 /* Binds a proxy's public port: `wanted`, or (0) random probes over the
  * configured range; `try_port` binds one. On failure `err` says why for
  * the client. */

@@ -231,8 +231,22 @@ static void conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   identify(srv, addr, tcp, NULL, first, n);
 }
 
+void tunnel__srv_accept_failed(tunnel_server *srv, int status,
+                               const char *what) {
+  uint64_t now = uv_now(srv->loop);
+  if (srv->accept_warned && now - srv->accept_warned < 1000)
+    return;
+  srv->accept_warned = now;
+  tunnel__log(&srv->cfg.log, TUNNEL_LOG_WARN,
+              "server: cannot accept on the %s port (%s): refusing new "
+              "connections until resources return; existing ones go on",
+              what, uv_strerror(status));
+}
+
 void tunnel__srv_on_client(uv_stream_t *l, int status) {
   tunnel_server *srv = l->data;
+  if (status < 0 && !srv->closing)
+    tunnel__srv_accept_failed(srv, status, "control");
   if (status < 0 || srv->closing)
     return;
   uv_tcp_t *tcp = tunnel__malloc(MEM(srv), sizeof *tcp);

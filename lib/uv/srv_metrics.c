@@ -151,6 +151,8 @@ static void several(mbuf *b, const tunnel_server *srv, const char *name,
 static const char *type_name(int type) {
   return type == TUNNEL_PROXY_HTTP    ? "http"
          : type == TUNNEL_PROXY_HTTPS ? "https"
+         : type == TUNNEL_PROXY_UDP   ? "udp"
+         : type == TUNNEL_PROXY_STCP  ? "stcp"
                                       : "tcp";
 }
 
@@ -232,9 +234,10 @@ static void render_metrics(mbuf *b, const tunnel_server *srv,
   static const labelled proxies[] = {
       {"tcp", TUNNEL_SERVER_STAT_PROXIES_TCP},
       {"http", TUNNEL_SERVER_STAT_PROXIES_HTTP},
-      {"https", TUNNEL_SERVER_STAT_PROXIES_HTTPS}};
+      {"https", TUNNEL_SERVER_STAT_PROXIES_HTTPS},
+      {"stcp", TUNNEL_SERVER_STAT_PROXIES_STCP}};
   several(b, srv, "tunnel_proxies", "gauge", "Proxies registered, by type.",
-          "type", proxies, 3);
+          "type", proxies, 4);
   one(b, srv, "tunnel_visitors_open", "gauge",
       "Visitor connections carried by a work connection now.",
       TUNNEL_SERVER_STAT_VISITORS_OPEN);

@@ -13,7 +13,7 @@
 
 static const srv_kind *const kinds[] = {
     &tunnel__srv_kind_tcp, &tunnel__srv_kind_http, &tunnel__srv_kind_https,
-    &tunnel__srv_kind_udp};
+    &tunnel__srv_kind_udp, &tunnel__srv_kind_stcp};
 
 static const srv_kind *find_kind(const char *type) {
   for (size_t i = 0; type && i < sizeof kinds / sizeof kinds[0]; i++)

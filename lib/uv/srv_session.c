@@ -88,8 +88,8 @@ static void drain_shed(tunnel__anon *a) {
   tunnel__srv_drain_end(CONTAINER(a, srv_drain, anon));
 }
 
-static void drain_start(tunnel_server *srv, tunnel_stream *st,
-                        const char *addr) {
+void tunnel__srv_drain_start(tunnel_server *srv, tunnel_stream *st,
+                             const char *addr) {
   srv_drain *d = tunnel__calloc(MEM(srv), 1, sizeof *d);
   if (!d) {
     tunnel_stream_close(st, NULL, NULL);
@@ -261,6 +261,7 @@ void tunnel__srv_ctl_destroy(srv_ctl *ctl) {
   tunnel__srv_close_proxies(ctl);
   /* Its visitors go with it, whatever carries them. */
   tunnel__splice_abort_all(&ctl->splices);
+  tunnel__srv_pairs_abort(ctl);
   while (ctl->waiting) {
     srv_waiter *w = ctl->waiting;
     tunnel__srv_cancel_work(ctl, w);
@@ -320,7 +321,7 @@ static void send_refusal(tunnel_server *srv, tunnel_stream *st,
   tunnel__msg_clear(MEM(srv), &r);
   /* FIN after the answer; the client ends the session when it reads it. */
   tunnel_stream_shutdown(st, NULL, NULL);
-  drain_start(srv, st, addr);
+  tunnel__srv_drain_start(srv, st, addr);
 }
 
 /* `stat`: the refusal's counter. */
@@ -356,11 +357,10 @@ static size_t addr_bytes(const char *addr, uint8_t out[16]) {
   return 0;
 }
 
-/* Refuses a login from an address out of attempts, before any key check:
- * 1 when it did. A flood from one address gives one log line per window
- * with the count of refusals, not one per attempt. */
-static int refuse_if_blocked(tunnel_server *srv, tunnel_stream *st,
-                             const char *addr) {
+/* A flood from one address gives one log line per window with the count
+ * of refusals, not one per attempt. */
+uint32_t tunnel__srv_blocked_for(tunnel_server *srv, const char *addr,
+                                 const char *what) {
   uint8_t ab[16];
   size_t alen = addr_bytes(addr, ab);
   uint32_t report = 0;
@@ -368,32 +368,40 @@ static int refuse_if_blocked(tunnel_server *srv, tunnel_stream *st,
                                              uv_now(srv->loop), &report);
   if (!wait_ms)
     return 0;
-  TUNNEL__SRV_COUNT(srv, LOGINS_REFUSED_RATE);
   uint32_t wait_s = (wait_ms + 999u) / 1000u;
+  if (report)
+    tunnel__log(&srv->cfg.log, TUNNEL_LOG_WARN,
+                "server: %s from %s refused: too many failed %ss from "
+                "this address (%u refused since the last such line; blocked "
+                "for %u s more)",
+                what, addr, what, (unsigned)report, (unsigned)wait_s);
+  return wait_s;
+}
+
+/* Refuses a login from an address out of attempts, before any key check:
+ * 1 when it did. */
+static int refuse_if_blocked(tunnel_server *srv, tunnel_stream *st,
+                             const char *addr) {
+  uint32_t wait_s = tunnel__srv_blocked_for(srv, addr, "login");
+  if (!wait_s)
+    return 0;
+  TUNNEL__SRV_COUNT(srv, LOGINS_REFUSED_RATE);
   char why[96];
   snprintf(why, sizeof why,
            "too many failed logins from this address; retry in %u s",
            (unsigned)wait_s);
-  if (report)
-    tunnel__log(&srv->cfg.log, TUNNEL_LOG_WARN,
-                "server: login from %s refused: too many failed logins from "
-                "this address (%u refused since the last such line; blocked "
-                "for %u s more)",
-                addr, (unsigned)report, (unsigned)wait_s);
   send_refusal(srv, st, addr, why);
   return 1;
 }
 
-/* A login that failed authorization takes one of its address's
- * attempts. */
-static void count_failure(tunnel_server *srv, const char *addr) {
+void tunnel__srv_count_failure(tunnel_server *srv, const char *addr) {
   uint8_t ab[16];
   size_t alen = addr_bytes(addr, ab);
   if (alen)
     (void)tunnel__ratelimit_fail(srv->logins, ab, alen, uv_now(srv->loop));
 }
 
-static int64_t now_seconds(void) {
+int64_t tunnel__srv_now_seconds(void) {
   uv_timeval64_t tv;
   return uv_gettimeofday(&tv) == 0 ? tv.tv_sec : 0;
 }
@@ -414,7 +422,7 @@ static const char *check_key(tunnel_server *srv, const char *key,
   if (!ok)
     return "authorization failed: token mismatch";
   uint32_t skew = srv->cfg.auth_max_skew_s;
-  int64_t now = now_seconds();
+  int64_t now = tunnel__srv_now_seconds();
   if (skew && (ts < now - (int64_t)skew || ts > now + (int64_t)skew))
     return "authorization failed: timestamp out of range (check the "
            "clock)";
@@ -432,7 +440,7 @@ static void on_login(tunnel_server *srv, srv_sess *sess, tunnel_stream *st,
   }
   const char *why = check_key(srv, m->privilege_key, m->timestamp);
   if (why) {
-    count_failure(srv, addr);
+    tunnel__srv_count_failure(srv, addr);
     refuse_login(srv, st, addr, why, TUNNEL_SERVER_STAT_LOGINS_REFUSED_AUTH);
     return;
   }
@@ -441,7 +449,7 @@ static void on_login(tunnel_server *srv, srv_sess *sess, tunnel_stream *st,
     /* The same client reconnecting replaces its session, but only with a
      * later login: a replayed one must not take the live session over. */
     if (*tunnel__config_token(&srv->cfg) && m->timestamp <= old->login_ts) {
-      count_failure(srv, addr);
+      tunnel__srv_count_failure(srv, addr);
       refuse_login(srv, st, addr,
                    "authorization failed: login not newer than the "
                    "session it would replace (replayed)",
@@ -466,7 +474,7 @@ static void on_login(tunnel_server *srv, srv_sess *sess, tunnel_stream *st,
   ctl->st = st;
   ctl->login_ts = m->timestamp;
   ctl->since_ms = uv_now(srv->loop);
-  ctl->since_unix = now_seconds();
+  ctl->since_unix = tunnel__srv_now_seconds();
   snprintf(ctl->version, sizeof ctl->version, "%s",
            m->version ? m->version : "");
   snprintf(ctl->addr, sizeof ctl->addr, "%s", addr);
@@ -556,7 +564,7 @@ static void refuse_work_conn(tunnel_server *srv, tunnel_stream *st,
   tunnel__srv_send_plain(srv, st, &r);
   tunnel__msg_clear(MEM(srv), &r);
   tunnel_stream_shutdown(st, NULL, NULL);
-  drain_start(srv, st, addr);
+  tunnel__srv_drain_start(srv, st, addr);
 }
 
 /* Who may hand a client a work connection (which will carry a visitor):
@@ -676,6 +684,9 @@ static int on_first_msg(tunnel__ctlchan *ch, int err, const tunnel__msg *m,
     break;
   case TUNNEL__MSG_NEW_WORK_CONN:
     on_new_work_conn(srv, sess, st, addr, m);
+    break;
+  case TUNNEL__MSG_NEW_VISITOR_CONN:
+    tunnel__srv_on_new_visitor(srv, sess, st, addr, m);
     break;
   default:
     tunnel__log(&srv->cfg.log, TUNNEL_LOG_WARN,

@@ -45,6 +45,9 @@ int tunnel_server_stat(const tunnel_server *srv, int32_t which,
   case TUNNEL_SERVER_STAT_PROXIES_HTTPS:
     *value = count_proxies(srv, &tunnel__srv_kind_https);
     break;
+  case TUNNEL_SERVER_STAT_PROXIES_STCP:
+    *value = count_proxies(srv, &tunnel__srv_kind_stcp);
+    break;
   case TUNNEL_SERVER_STAT_VISITORS_OPEN:
     *value = srv->traffic.open;
     break;
@@ -129,6 +132,8 @@ int tunnel_server_proxy_type(const tunnel_server_proxy_info *i) {
     return TUNNEL_PROXY_HTTPS;
   if (i->p->kind == &tunnel__srv_kind_udp)
     return TUNNEL_PROXY_UDP;
+  if (i->p->kind == &tunnel__srv_kind_stcp)
+    return TUNNEL_PROXY_STCP;
   return TUNNEL_PROXY_TCP;
 }
 

@@ -1,5 +1,6 @@
 /* TCP proxies: a public port per proxy; each visitor connection waits for
- * a work stream and is then joined to it. */
+ * a work stream and is then joined to it. The wait is shared with the
+ * other kinds whose visitors are whole connections (srv_stcp.c). */
 #include <stdio.h>
 #include <string.h>
 
@@ -10,23 +11,105 @@
 #define MEM tunnel__srv_mem
 #define CONTAINER TUNNEL__CONTAINER
 
-typedef struct tcp_visitor tcp_visitor;
-
 typedef struct tcp_proxy {
   srv_proxy *p;
   uv_tcp_t *listener;
   uint16_t port;
   char bind_host[64];
-  tcp_visitor *waiting; /* visitors of this proxy waiting for work */
+  srv_wait *waiting; /* visitors of this proxy waiting for work */
 } tcp_proxy;
 
-struct tcp_visitor {
-  srv_waiter w;
+typedef struct tcp_visitor {
+  srv_wait v; /* first: the wait frees the record */
   tcp_proxy *tp;
   uv_tcp_t *tcp;
-  uv_timer_t timer; /* work_conn_timeout */
-  tcp_visitor *prev, *next;
-};
+} tcp_visitor;
+
+/* ------------------------------------------ waiting for a work stream */
+
+static void wait_timer_closed(uv_handle_t *h) {
+  srv_wait *v = CONTAINER(h, srv_wait, timer);
+  tunnel_server *srv = h->data;
+  tunnel__free(MEM(srv), v);
+  srv->handles--;
+  tunnel__srv_maybe_finish_close(srv);
+}
+
+/* Takes the record out of its list; it is freed once its timer closed. */
+static void wait_end(srv_wait *v, tunnel_server *srv) {
+  if (v->prev)
+    v->prev->next = v->next;
+  else
+    *v->list = v->next;
+  if (v->next)
+    v->next->prev = v->prev;
+  uv_timer_stop(&v->timer);
+  v->timer.data = srv;
+  uv_close((uv_handle_t *)&v->timer, wait_timer_closed);
+}
+
+static void wait_drop(srv_wait *v) {
+  tunnel_server *srv = v->w.proxy->srv;
+  v->drop(v);
+  wait_end(v, srv);
+}
+
+static void wait_got(srv_waiter *w, tunnel_stream *st) {
+  srv_wait *v = CONTAINER(w, srv_wait, w);
+  wait_end(v, w->proxy->srv);
+  v->got(v, st);
+}
+
+static void wait_dropped(srv_waiter *w) {
+  wait_drop(CONTAINER(w, srv_wait, w));
+}
+
+static void wait_timeout(uv_timer_t *t) {
+  srv_wait *v = CONTAINER(t, srv_wait, timer);
+  srv_proxy *p = v->w.proxy;
+  tunnel__log(&p->srv->cfg.log, TUNNEL_LOG_WARN,
+              "server: [%s] no work connection for proxy %s in time",
+              p->ctl->run_id, p->name);
+  tunnel__srv_cancel_work(p->ctl, &v->w);
+  wait_drop(v);
+}
+
+void tunnel__srv_wait_start(srv_proxy *p, srv_wait *v, srv_wait **list) {
+  tunnel_server *srv = p->srv;
+  srv_ctl *ctl = p->ctl;
+  v->w.proxy = p;
+  v->w.got = wait_got;
+  v->w.drop = wait_dropped;
+  if (uv_timer_init(srv->loop, &v->timer) != 0) {
+    v->drop(v);
+    tunnel__free(MEM(srv), v);
+    return;
+  }
+  srv->handles++;
+  v->list = list;
+  v->prev = NULL;
+  v->next = *list;
+  if (*list)
+    (*list)->prev = v;
+  *list = v;
+  uv_timer_start(&v->timer, wait_timeout, srv->cfg.work_conn_timeout_ms, 0);
+  if (tunnel__srv_want_work(ctl, &v->w) != 0) {
+    tunnel__log(&srv->cfg.log, TUNNEL_LOG_WARN,
+                "server: [%s] too many visitors waiting; dropping one",
+                ctl->run_id);
+    wait_drop(v);
+  }
+}
+
+void tunnel__srv_wait_drop_all(srv_proxy *p, srv_wait **list) {
+  while (*list) {
+    srv_wait *v = *list;
+    tunnel__srv_cancel_work(p->ctl, &v->w);
+    wait_drop(v);
+  }
+}
+
+/* ------------------------------------------------------------ visitors */
 
 /* Sends StartWorkConn on the work stream and joins it to the visitor. */
 static void join(tcp_proxy *tp, tunnel_stream *st, uv_tcp_t *vis) {
@@ -48,56 +131,15 @@ static void join(tcp_proxy *tp, tunnel_stream *st, uv_tcp_t *vis) {
   uv_close((uv_handle_t *)vis, tunnel__srv_free_tcp_closed);
 }
 
-static void visitor_timer_closed(uv_handle_t *h) {
-  tcp_visitor *v = CONTAINER(h, tcp_visitor, timer);
-  tunnel_server *srv = h->data;
-  tunnel__free(MEM(srv), v);
-  srv->handles--;
-  tunnel__srv_maybe_finish_close(srv);
+static void visitor_got(srv_wait *v, tunnel_stream *st) {
+  tcp_visitor *tv = (tcp_visitor *)v;
+  join(tv->tp, st, tv->tcp);
 }
 
-/* Forgets a visitor record; its connection was handed on or closed. */
-static void visitor_end(tcp_visitor *v) {
-  tcp_proxy *tp = v->tp;
-  tunnel_server *srv = tp->p->srv;
-  if (v->prev)
-    v->prev->next = v->next;
-  else
-    tp->waiting = v->next;
-  if (v->next)
-    v->next->prev = v->prev;
-  uv_timer_stop(&v->timer);
-  v->timer.data = srv;
-  uv_close((uv_handle_t *)&v->timer, visitor_timer_closed);
-}
-
-static void visitor_drop(tcp_visitor *v) {
-  tunnel_server *srv = v->tp->p->srv;
-  v->tcp->data = srv;
-  uv_close((uv_handle_t *)v->tcp, tunnel__srv_free_tcp_closed);
-  visitor_end(v);
-}
-
-static void visitor_got(srv_waiter *w, tunnel_stream *st) {
-  tcp_visitor *v = CONTAINER(w, tcp_visitor, w);
-  tcp_proxy *tp = v->tp;
-  uv_tcp_t *vis = v->tcp;
-  visitor_end(v);
-  join(tp, st, vis);
-}
-
-static void visitor_dropped(srv_waiter *w) {
-  visitor_drop(CONTAINER(w, tcp_visitor, w));
-}
-
-static void visitor_timeout(uv_timer_t *t) {
-  tcp_visitor *v = CONTAINER(t, tcp_visitor, timer);
-  srv_proxy *p = v->tp->p;
-  tunnel__log(&p->srv->cfg.log, TUNNEL_LOG_WARN,
-              "server: [%s] no work connection for proxy %s in time",
-              p->ctl->run_id, p->name);
-  tunnel__srv_cancel_work(p->ctl, &v->w);
-  visitor_drop(v);
+static void visitor_drop(srv_wait *v) {
+  tcp_visitor *tv = (tcp_visitor *)v;
+  tv->tcp->data = tv->tp->p->srv;
+  uv_close((uv_handle_t *)tv->tcp, tunnel__srv_free_tcp_closed);
 }
 
 static void on_visitor(uv_stream_t *l, int status) {
@@ -105,6 +147,8 @@ static void on_visitor(uv_stream_t *l, int status) {
   srv_proxy *p = tp->p;
   srv_ctl *ctl = p->ctl;
   tunnel_server *srv = p->srv;
+  if (status < 0 && !ctl->dead)
+    tunnel__srv_accept_failed(srv, status, "proxy");
   if (status < 0 || ctl->dead)
     return;
   uv_tcp_t *vis = tunnel__malloc(MEM(srv), sizeof *vis);
@@ -120,29 +164,16 @@ static void on_visitor(uv_stream_t *l, int status) {
     uv_close((uv_handle_t *)vis, tunnel__srv_free_tcp_closed);
     return;
   }
-  tcp_visitor *v = tunnel__calloc(MEM(srv), 1, sizeof *v);
-  if (!v || uv_timer_init(srv->loop, &v->timer) != 0) {
-    tunnel__free(MEM(srv), v);
+  tcp_visitor *tv = tunnel__calloc(MEM(srv), 1, sizeof *tv);
+  if (!tv) {
     uv_close((uv_handle_t *)vis, tunnel__srv_free_tcp_closed);
     return;
   }
-  srv->handles++;
-  v->tp = tp;
-  v->tcp = vis;
-  v->w.proxy = p;
-  v->w.got = visitor_got;
-  v->w.drop = visitor_dropped;
-  v->next = tp->waiting;
-  if (tp->waiting)
-    tp->waiting->prev = v;
-  tp->waiting = v;
-  uv_timer_start(&v->timer, visitor_timeout, srv->cfg.work_conn_timeout_ms, 0);
-  if (tunnel__srv_want_work(ctl, &v->w) != 0) {
-    tunnel__log(&srv->cfg.log, TUNNEL_LOG_WARN,
-                "server: [%s] too many visitors waiting; dropping one",
-                ctl->run_id);
-    visitor_drop(v);
-  }
+  tv->tp = tp;
+  tv->tcp = vis;
+  tv->v.got = visitor_got;
+  tv->v.drop = visitor_drop;
+  tunnel__srv_wait_start(p, &tv->v, &tp->waiting);
 }
 
 /* Binds and listens; 0 or an error (EADDRINUSE when taken). libuv may
@@ -224,11 +255,7 @@ static void listener_closed(uv_handle_t *h) {
 static void tcp_close(srv_proxy *p) {
   tcp_proxy *tp = p->kind_data;
   /* Waiting visitors go too: their work would never come. */
-  while (tp->waiting) {
-    tcp_visitor *v = tp->waiting;
-    tunnel__srv_cancel_work(p->ctl, &v->w);
-    visitor_drop(v);
-  }
+  tunnel__srv_wait_drop_all(p, &tp->waiting);
   tp->listener->data = tp;
   uv_close((uv_handle_t *)tp->listener, listener_closed);
 }

@@ -28,6 +28,8 @@ static const char *domain(const tunnel_server *srv) {
 static void on_visitor(uv_stream_t *l, int status) {
   srv_vhost *vh = l->data;
   tunnel_server *srv = vh->srv;
+  if (status < 0 && !srv->closing)
+    tunnel__srv_accept_failed(srv, status, vh->https ? "HTTPS" : "HTTP");
   if (status < 0 || srv->closing)
     return;
   uv_tcp_t *tcp = tunnel__malloc(MEM(srv), sizeof *tcp);

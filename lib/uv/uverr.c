@@ -42,6 +42,9 @@ int tunnel__uv_err(int s) {
   case UV_EAI_AGAIN:
   case UV_ENOENT:
     return TUNNEL_ENOTFOUND;
+  case UV_EMFILE:
+  case UV_ENFILE:
+    return TUNNEL_EMFILE;
   case UV_EBUSY:
   case UV_EALREADY:
     return TUNNEL_ESTATE;

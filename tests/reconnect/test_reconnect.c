@@ -25,7 +25,10 @@
  *       the proxy is withdrawn, and the client exits 0 afterwards;
  *   cycles  1,000 connect/disconnect cycles of a client: the server's
  *       memory (allocator-counted) and the process's descriptors stay
- *       flat, and every client frees all it allocated.
+ *       flat, and every client frees all it allocated;
+ *   emfile  the process runs out of file descriptors: a new visitor is
+ *       refused with a log line, a visitor already joined goes on, and
+ *       new visitors are served again once descriptors are back.
  *
  * Usage: test-reconnect TUNNEL_CLIENT CASE */
 #include <dirent.h>
@@ -129,10 +132,13 @@ typedef struct ctx {
   int relay_open;
   uint16_t relay_port;
   relay_pair *pairs;
+  int fd_warnings; /* log lines about running out of descriptors */
 } ctx;
 
 static void log_sink(int level, const char *msg, void *ud) {
-  (void)ud;
+  ctx *c = ud;
+  if (c && (strstr(msg, "too many open files") || strstr(msg, "EMFILE")))
+    c->fd_warnings++;
   if (level <= TUNNEL_LOG_WARN || getenv("TEST_VERBOSE"))
     fprintf(stderr, "# [%s] %s\n", tunnel_log_level_name(level), msg);
 }
@@ -153,7 +159,7 @@ static void server_start(ctx *c) {
   tunnel_config_set_proxy_bind_addr(cfg, "127.0.0.1");
   tunnel_config_set_port_range(cfg, c->lo, c->hi);
   tunnel_config_set_max_clients(cfg, 1000);
-  tunnel_config_set_log(cfg, log_sink, TUNNEL_LOG_WARN, NULL);
+  tunnel_config_set_log(cfg, log_sink, TUNNEL_LOG_WARN, c);
   assert_int_equal(tunnel_server_new(&c->srv, &c->loop, cfg), 0);
   tunnel_config_free(cfg);
   assert_int_equal(tunnel_server_listen(c->srv, "127.0.0.1", c->ctl_port), 0);
@@ -579,7 +585,7 @@ static void cli_start(ctx *c, cli *x, uint16_t port, int mux, int keepalive,
   tunnel_config_set_allocator(cfg, c_malloc, c_realloc, c_free, &x->mem);
   tunnel_config_set_token(cfg, TOKEN);
   tunnel_config_set_tcp_mux(cfg, mux);
-  tunnel_config_set_log(cfg, log_sink, TUNNEL_LOG_WARN, NULL);
+  tunnel_config_set_log(cfg, log_sink, TUNNEL_LOG_WARN, c);
   if (keepalive)
     assert_int_equal(
         tunnel_config_set_keepalive(cfg, KA_INTERVAL_MS, KA_TIMEOUT_MS), 0);
@@ -1126,6 +1132,141 @@ static void test_cycles(void **state) {
   teardown(c);
 }
 
+/* -------------------------------------------------------------- emfile */
+
+/* A visitor that stays connected for several exchanges. */
+typedef struct pvis {
+  uv_tcp_t tcp;
+  uv_connect_t creq;
+  uv_write_t wreq;
+  char sent[32], got[32];
+  size_t sent_len, got_len;
+  int err, connected, closed;
+} pvis;
+
+static void pv_closed(uv_handle_t *h) { ((pvis *)h->data)->closed = 1; }
+
+static void pv_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b) {
+  pvis *v = h->data;
+  (void)hint;
+  *b = uv_buf_init(v->got + v->got_len, (unsigned)(sizeof v->got - v->got_len));
+}
+
+static void pv_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
+  pvis *v = s->data;
+  (void)b;
+  if (n < 0)
+    v->err = (int)n;
+  else
+    v->got_len += (size_t)n;
+}
+
+static void pv_connected(uv_connect_t *req, int status) {
+  pvis *v = req->data;
+  if (status < 0) {
+    v->err = status;
+    return;
+  }
+  v->connected = 1;
+  uv_read_start((uv_stream_t *)&v->tcp, pv_alloc, pv_read);
+}
+
+static void pv_open(ctx *c, pvis *v, uint16_t port) {
+  memset(v, 0, sizeof *v);
+  uv_tcp_init(&c->loop, &v->tcp);
+  v->tcp.data = v->creq.data = v;
+  struct sockaddr_in a;
+  uv_ip4_addr("127.0.0.1", port, &a);
+  assert_int_equal(
+      uv_tcp_connect(&v->creq, &v->tcp, (struct sockaddr *)&a, pv_connected),
+      0);
+  IT_WAIT(&c->w, v->connected || v->err, WAIT_MS);
+}
+
+/* One exchange on an open visitor: 1 when the bytes came back. */
+static int pv_echo(ctx *c, pvis *v, const char *what) {
+  if (!v->connected || v->err)
+    return 0;
+  v->sent_len = (size_t)snprintf(v->sent, sizeof v->sent, "%s", what);
+  v->got_len = 0;
+  uv_buf_t b = uv_buf_init(v->sent, (unsigned)v->sent_len);
+  if (uv_write(&v->wreq, (uv_stream_t *)&v->tcp, &b, 1, NULL) != 0)
+    return 0;
+  it_waiter_arm(&c->w, 3000);
+  while (v->got_len < v->sent_len && !v->err && !c->w.fired)
+    uv_run(&c->loop, UV_RUN_ONCE);
+  it_waiter_disarm(&c->w);
+  return v->got_len == v->sent_len &&
+         memcmp(v->got, v->sent, v->sent_len) == 0;
+}
+
+static void pv_close(ctx *c, pvis *v) {
+  uv_close((uv_handle_t *)&v->tcp, pv_closed);
+  IT_WAIT(&c->w, v->closed, WAIT_MS);
+}
+
+static void test_emfile(void **state) {
+  (void)state;
+  ctx *c = setup();
+  cli x;
+  cli_start(c, &x, c->ctl_port, 1, 0, "fd", 0);
+  IT_WAIT(&c->w, x.registered == 1, WAIT_MS);
+  pvis v1;
+  pv_open(c, &v1, x.pub_port);
+  assert_true(pv_echo(c, &v1, "before"));
+  /* The process runs out of descriptors: a low limit, then filled. */
+  struct rlimit old, low;
+  assert_int_equal(getrlimit(RLIMIT_NOFILE, &old), 0);
+  low = old;
+  low.rlim_cur = (rlim_t)count_fds() + 16;
+  assert_int_equal(setrlimit(RLIMIT_NOFILE, &low), 0);
+  int fill[64], nfill = 0;
+  while (nfill < 64) {
+    int fd = dup(0);
+    if (fd < 0)
+      break;
+    fill[nfill++] = fd;
+  }
+  assert_true(nfill > 0 && nfill < 64);
+  /* One descriptor for a new visitor's own socket: the server has none
+   * left to accept it with (libuv accepts and closes it at once with a
+   * descriptor it keeps in reserve), and the visitor is refused. */
+  close(fill[--nfill]);
+  pvis v2;
+  pv_open(c, &v2, x.pub_port);
+  int refused_srv = !pv_echo(c, &v2, "server out of fds");
+  pv_close(c, &v2);
+  /* Two: the visitor's and the server's; the client has none left to
+   * reach the local service with, says so and refuses the visitor. */
+  close(fill[--nfill]);
+  pvis v3;
+  pv_open(c, &v3, x.pub_port);
+  int refused_cli = !pv_echo(c, &v3, "client out of fds");
+  pv_close(c, &v3);
+  /* What exists goes on meanwhile. */
+  int v1_ok = pv_echo(c, &v1, "during");
+  while (nfill)
+    close(fill[--nfill]);
+  assert_int_equal(setrlimit(RLIMIT_NOFILE, &old), 0);
+  fprintf(stderr,
+          "# out of descriptors: new visitor %s by the server, %s by the "
+          "client (%d log line(s)); the joined visitor %s\n",
+          refused_srv ? "refused" : "SERVED",
+          refused_cli ? "refused" : "SERVED", c->fd_warnings,
+          v1_ok ? "went on" : "was CUT");
+  assert_true(refused_srv);
+  assert_true(refused_cli);
+  assert_true(c->fd_warnings >= 1);
+  assert_true(v1_ok);
+  /* Descriptors back: new visitors are served again. */
+  assert_true(pv_echo(c, &v1, "after"));
+  round_trip(c, x.pub_port, "after the shortage");
+  assert_int_equal(x.events[TUNNEL_EVENT_LOST], 0);
+  pv_close(c, &v1);
+  cli_stop(c, &x);
+  teardown(c);
+}
+
 /* ----------------------------------------------------------------- main */
 
 static void on_fatal(int sig) {
@@ -1157,6 +1298,7 @@ int main(int argc, char **argv) {
       {"service-restart", cmocka_unit_test(test_service_restart)},
       {"drain", cmocka_unit_test(test_drain)},
       {"cycles", cmocka_unit_test(test_cycles)},
+      {"emfile", cmocka_unit_test(test_emfile)},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     if (strcmp(argv[2], cases[i].name) != 0)
