@@ -1,11 +1,14 @@
 /* Arbitrary server bytes into a started engine. Byte 0 picks the mode (bit
  * 0: non-mux) and what the program does (bit 1: consume at once, bit 2:
  * write back, bit 3: close on data, bit 4: refuse visitors, bit 5:
- * shutdown on the visitor's FIN); byte 1 the piece size. In non-mux mode
- * each piece goes to a connection picked by its first byte, every
- * connection the engine asks for is reported ready, and pieces starting
- * with 0xff report a connection closed. The clock advances with every
- * piece so heartbeats and deadlines fire. Output is drained each time. */
+ * shutdown on the visitor's FIN, bit 6: a piece starting with 'D' starts a
+ * drain, bit 7: one starting with 'S' stops the engine and connects again);
+ * byte 1 the piece size. In non-mux mode each piece goes to a connection
+ * picked by its first byte, every connection the engine asks for
+ * (connection 1 too, when it reconnects) is reported ready, and pieces
+ * starting with 0xff report a connection closed. The clock advances with
+ * every piece so heartbeats, deadlines and reconnections fire. Output is
+ * drained each time. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -138,6 +141,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                                 n & 1 ? TUNNEL_ECONNRESET : 0, now);
     else
       tunnel_engine_recv(e, conn, data, n, now);
+    if ((a.mode & 64) && data[0] == 'D')
+      tunnel_engine_drain(e, now);
+    if ((a.mode & 128) && data[0] == 'S') {
+      tunnel_engine_stop(e, now);
+      a.npending = 0; /* the stop forgot every connection */
+      tunnel_engine_connect(e, now);
+    }
     uint64_t next;
     tunnel_engine_tick(e, now, &next);
     drain(e);
