@@ -1,7 +1,7 @@
 /* frp's UDPPacket codec and the raw message framer. The first byte picks
- * the mode. Even: the rest is a UDPPacket body; whatever decodes must
- * re-encode, decode back to the same payload and address, and re-encode to
- * the same bytes. Odd: the rest is a byte stream for two framers, one fed
+ * the mode. Even: the rest is a UDPPacket body; the decoder and its general
+ * JSON path must agree; whatever decodes must re-encode, decode back to the
+ * same payload and address, and re-encode to the same bytes. Odd: the rest is a byte stream for two framers, one fed
  * everything at once and one fed pseudo-random pieces; both must hand out
  * the same messages at the same offsets and stop alike. UDPPacket bodies
  * they hand out go through the codec check as well. */
@@ -56,9 +56,14 @@ static void check_same(const tunnel__udp_packet *a,
 
 static void check_body(const tunnel__mem *mem, const uint8_t *body,
                        size_t len) {
-  tunnel__udp_packet p;
+  tunnel__udp_packet p, g;
   int rc = tunnel__udp_decode(mem, body, len, &p);
   CHECK(rc == 0 || rc == TUNNEL_EPROTO);
+  /* The shortcut for the common shape agrees with the general path. */
+  CHECK(tunnel__udp_decode_general(mem, body, len, &g) == rc);
+  if (rc == 0)
+    check_same(&p, &g);
+  tunnel__udp_packet_free(mem, &g);
   if (rc) {
     CHECK(p.data == NULL && p.len == 0);
     return;
