@@ -49,6 +49,7 @@
 #include <tunnel/uv.h>
 
 #include "../integration/it_common.h"
+#include "../integration/it_data.h"
 
 #define TOKEN "reconnect-token"
 /* Bound of the waits that normally take milliseconds. */
@@ -68,47 +69,6 @@
 static const char *g_client;
 static int g_pid; /* a spawned tunnel-client, killed by main on failure */
 
-/* ------------------------------------------------------------ allocator */
-
-typedef struct counter {
-  size_t live;
-} counter;
-
-typedef struct hdr {
-  size_t size;
-  size_t pad;
-} hdr;
-
-static void *c_malloc(size_t n, void *ud) {
-  hdr *h = malloc(sizeof *h + n);
-  if (!h)
-    return NULL;
-  h->size = n;
-  ((counter *)ud)->live += n;
-  return h + 1;
-}
-
-static void *c_realloc(void *p, size_t n, void *ud) {
-  if (!p)
-    return c_malloc(n, ud);
-  hdr *h = (hdr *)p - 1;
-  size_t old = h->size;
-  hdr *q = realloc(h, sizeof *q + n);
-  if (!q)
-    return NULL;
-  q->size = n;
-  ((counter *)ud)->live = ((counter *)ud)->live - old + n;
-  return q + 1;
-}
-
-static void c_free(void *p, void *ud) {
-  if (!p)
-    return;
-  hdr *h = (hdr *)p - 1;
-  ((counter *)ud)->live -= h->size;
-  free(h);
-}
-
 /* ---------------------------------------------------------------- ctx */
 
 typedef struct echo_conn echo_conn;
@@ -118,7 +78,7 @@ typedef struct ctx {
   uv_loop_t loop;
   it_waiter w;
   tunnel_server *srv;
-  counter srv_mem;
+  memstat srv_mem;
   int srv_closed;
   uint16_t ctl_port;
   uint16_t lo, hi;
@@ -154,7 +114,7 @@ static void srv_closed(tunnel_server *s, void *ud) {
 static void server_start(ctx *c) {
   tunnel_config *cfg;
   assert_int_equal(tunnel_config_new(&cfg), 0);
-  tunnel_config_set_allocator(cfg, c_malloc, c_realloc, c_free, &c->srv_mem);
+  tunnel_config_set_allocator(cfg, mem_malloc, mem_realloc, mem_free, &c->srv_mem);
   tunnel_config_set_token(cfg, TOKEN);
   tunnel_config_set_proxy_bind_addr(cfg, "127.0.0.1");
   tunnel_config_set_port_range(cfg, c->lo, c->hi);
@@ -525,7 +485,7 @@ typedef struct cli {
   ctx *c;
   tunnel_client *cl;
   tunnel_proxy *px;
-  counter mem;
+  memstat mem;
   uint16_t want_port, pub_port;
   int registered; /* status 0 reports of the proxy */
   int refused, again, last_px_status;
@@ -582,7 +542,7 @@ static void cli_start(ctx *c, cli *x, uint16_t port, int mux, int keepalive,
   x->want_port = want;
   tunnel_config *cfg;
   assert_int_equal(tunnel_config_new(&cfg), 0);
-  tunnel_config_set_allocator(cfg, c_malloc, c_realloc, c_free, &x->mem);
+  tunnel_config_set_allocator(cfg, mem_malloc, mem_realloc, mem_free, &x->mem);
   tunnel_config_set_token(cfg, TOKEN);
   tunnel_config_set_tcp_mux(cfg, mux);
   tunnel_config_set_log(cfg, log_sink, TUNNEL_LOG_WARN, c);
@@ -608,8 +568,8 @@ static void cli_stop(ctx *c, cli *x) {
   assert_int_equal(tunnel_client_close(x->cl, on_cli_closed, x), 0);
   IT_WAIT(&c->w, x->closed, WAIT_MS);
   x->cl = NULL;
-  if (x->mem.live)
-    fail_msg("a closed client still holds %zu bytes", x->mem.live);
+  if (x->mem.cur)
+    fail_msg("a closed client still holds %zu bytes", x->mem.cur);
 }
 
 /* ------------------------------------------------------------ fixture */
@@ -632,8 +592,8 @@ static void teardown(ctx *c) {
   int rc = it_waiter_finish(&c->w, WAIT_MS);
   if (rc)
     fail_msg("handles left open at the end: %s", uv_strerror(rc));
-  if (c->srv_mem.live)
-    fail_msg("the server left %zu bytes allocated", c->srv_mem.live);
+  if (c->srv_mem.cur)
+    fail_msg("the server left %zu bytes allocated", c->srv_mem.cur);
   free(c);
 }
 
@@ -1115,13 +1075,13 @@ static void test_cycles(void **state) {
     IT_WAIT(&c->w, tunnel_server_client_count(c->srv) == 0, WAIT_MS);
     it_sleep(&c->w, 0);
     if (i == CYCLES / 10) {
-      mem_warm = c->srv_mem.live;
+      mem_warm = c->srv_mem.cur;
       fds_warm = count_fds();
     }
   }
   /* The last session's handles finish closing. */
   it_sleep(&c->w, 50);
-  size_t mem_end = c->srv_mem.live;
+  size_t mem_end = c->srv_mem.cur;
   int fds_end = count_fds();
   fprintf(stderr,
           "# after %d cycles: server memory %zu bytes (%zu at cycle %d), "

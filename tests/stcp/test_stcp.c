@@ -34,48 +34,7 @@
 
 /* ------------------------------------------------ counted allocator */
 
-typedef struct counted {
-  size_t cur, peak;
-} counted;
-
-static counted g_mem;
-
-static void *c_malloc(size_t n, void *ud) {
-  counted *c = ud;
-  size_t *p = malloc(n + 16);
-  if (!p)
-    return NULL;
-  p[0] = n;
-  c->cur += n;
-  if (c->cur > c->peak)
-    c->peak = c->cur;
-  return (char *)p + 16;
-}
-
-static void c_free(void *ptr, void *ud) {
-  counted *c = ud;
-  if (!ptr)
-    return;
-  size_t *p = (size_t *)(void *)((char *)ptr - 16);
-  c->cur -= p[0];
-  free(p);
-}
-
-static void *c_realloc(void *ptr, size_t n, void *ud) {
-  counted *c = ud;
-  if (!ptr)
-    return c_malloc(n, ud);
-  size_t *p = (size_t *)(void *)((char *)ptr - 16);
-  size_t old = p[0];
-  size_t *q = realloc(p, n + 16);
-  if (!q)
-    return NULL;
-  q[0] = n;
-  c->cur = c->cur - old + n;
-  if (c->cur > c->peak)
-    c->peak = c->cur;
-  return (char *)q + 16;
-}
+static memstat g_mem;
 
 static const tunnel__mem *libc(void) { return tunnel__mem_default(); }
 
@@ -562,7 +521,7 @@ static void setup_case(tcase *t, const setup_opts *o) {
   tunnel_config *cfg = NULL;
   assert_int_equal(tunnel_config_new(&cfg), 0);
   assert_int_equal(
-      tunnel_config_set_allocator(cfg, c_malloc, c_realloc, c_free, &g_mem), 0);
+      tunnel_config_set_allocator(cfg, mem_malloc, mem_realloc, mem_free, &g_mem), 0);
   assert_int_equal(tunnel_config_set_token(cfg, TOKEN), 0);
   if (o && o->skew_set)
     assert_int_equal(tunnel_config_set_auth_max_skew(cfg, o->skew), 0);
