@@ -580,8 +580,11 @@ int tunnel_engine_start(tunnel_engine *e, uint64_t now_ms) {
     return TUNNEL_EINVAL;
   int rc = tunnel__eng_session_start(e, now_ms);
   if (rc == 0) {
+    /* A fresh start after a drain: its proxies register again. */
     e->halted = 0;
     e->draining = 0;
+    for (eng_proxy *p = e->proxies; p; p = p->next)
+      p->withdrawn = 0;
   }
   return rc;
 }

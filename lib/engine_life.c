@@ -74,13 +74,14 @@ void tunnel__eng_lost(tunnel_engine *e, int err, const char *why,
   }
   if (e->state_cb)
     e->state_cb(e, err, why, e->ud);
-  if (!e->halted)
+  /* A session lost while draining is news; one the program stopped is
+   * not. */
+  if (!e->halted || e->draining)
     tunnel__eng_event(e, TUNNEL_EVENT_LOST, err, 0, why);
   /* The program may have stopped the engine or started it again. */
   if (e->state != TUNNEL__E_DOWN || e->halted)
     return;
-  int give_up = !e->cfg.reconnect || !e->connect_cb || e->draining ||
-                final_error(err) ||
+  int give_up = !e->cfg.reconnect || !e->connect_cb || final_error(err) ||
                 (e->cfg.reconnect_max_attempts &&
                  e->failures >= e->cfg.reconnect_max_attempts);
   if (give_up) {
@@ -137,7 +138,8 @@ uint64_t tunnel__eng_life_tick(tunnel_engine *e, uint64_t next) {
     next = e->connect_deadline;
   if (e->s && e->state == TUNNEL__E_READY) {
     for (eng_proxy *p = e->proxies; p; p = p->next)
-      if (!p->sent && p->retry_at && p->retry_at < next)
+      if (!p->sent && !p->held && !p->withdrawn && p->retry_at &&
+          p->retry_at < next)
         next = p->retry_at;
   }
   return next;
