@@ -414,6 +414,24 @@ else
   say "tunnel-client reports --no-mux unavailable: no-mux rows will read n/a"
   put note.nomux "tunnel-client: --no-mux is not available in this build"
 fi
+# A secret service (stcp) for iperf3 and a visitor of it, both mux: the
+# visitor's local port is the row's entry (two sessions of the same server
+# on the path, against the tcp proxy's one).
+STCP_IPERF=""
+stcp_secret=bench-stcp-$RANDOM$RANDOM
+start stcp-service "$BIN/tunnel-client" --server "$CONTROL" --token "$token" \
+  stcp "127.0.0.1:$IPORT" --name bench-stcp --secret "$stcp_secret"
+STCP_SVC_PID=$LASTPID
+if [ "$(wait_line "$work/stcp-service.out" "$STCP_SVC_PID" 10)" = stcp://bench-stcp ]; then
+  TUNNEL_PROCS+=("stcp-service:$STCP_SVC_PID")
+  start stcp-visitor "$BIN/tunnel-client" --server "$CONTROL" --token "$token" \
+    visit bench-stcp --secret "$stcp_secret" --bind 127.0.0.1:0
+  if out=$(wait_line "$work/stcp-visitor.out" "$LASTPID" 10); then
+    TUNNEL_PROCS+=("stcp-visitor:$LASTPID")
+    STCP_IPERF=${out##*:}
+  fi
+fi
+[ -n "$STCP_IPERF" ] || put note.stcp "stcp rows read n/a: $(tail -q -n 2 "$work/stcp-service.err" "$work/stcp-visitor.err" 2>/dev/null | tr '\n' ' ')"
 # The same proxies with TLS between client and server. With no-mux, every
 # work connection is a TLS connection of its own (a resumed handshake).
 TLSMUX_IPERF="" TLSMUX_ECHO="" TLSMUX_PID="" TLSNOMUX_IPERF="" TLSNOMUX_ECHO=""
@@ -627,7 +645,7 @@ iperf_run() { # KEY DIR PORT ROUND
   stop "$IPERF_PID"
   check_tunnel "iperf3 $key $dir"
 }
-TPUT_ROWS=("direct:$IPORT" "socat:$SOCAT_IPERF" "ssh:$SSH_IPERF" "mux:$MUX_IPERF"
+TPUT_ROWS=("direct:$IPORT" "socat:$SOCAT_IPERF" "ssh:$SSH_IPERF" "mux:$MUX_IPERF" "stcp:$STCP_IPERF"
   "tlsmux:$TLSMUX_IPERF" "nomux:$NOMUX_IPERF" "tlsnomux:$TLSNOMUX_IPERF")
 CONN_ROWS=("direct:$EPORT" "socat:$SOCAT_ECHO" "ssh:$SSH_ECHO" "mux:$MUX_ECHO"
   "tlsmux:$TLSMUX_ECHO" "nomux:$NOMUX_ECHO" "tlsnomux:$TLSNOMUX_ECHO")

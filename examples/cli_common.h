@@ -82,15 +82,17 @@ static inline void cli_secret_free(char *s) {
 
 #define CLI_TOKEN_FILE_MAX 4096
 
-/* The first line of `path` (trailing CR/LF stripped) into a new string.
+/* The first line of `path` (trailing CR/LF stripped) into a new string;
+ * `what` names the file in messages ("token file", "secret file").
  * Read with read(2), not stdio, so that no library buffer keeps a copy.
  * An unreadable or empty file is an error naming the file; a file that
  * group or others may read gets a one-line warning. NULL after printing
  * the error. */
-static inline char *cli_read_token_file(const char *prog, const char *path) {
+static inline char *cli_read_secret_file(const char *prog, const char *what,
+                                         const char *path) {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
-    fprintf(stderr, "%s: cannot read token file '%s': %s\n", prog, path,
+    fprintf(stderr, "%s: cannot read %s '%s': %s\n", prog, what, path,
             strerror(errno));
     return NULL;
   }
@@ -98,9 +100,9 @@ static inline char *cli_read_token_file(const char *prog, const char *path) {
   if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
       (st.st_mode & (S_IRGRP | S_IROTH)))
     fprintf(stderr,
-            "%s: warning: token file '%s' is readable by group or others "
+            "%s: warning: %s '%s' is readable by group or others "
             "(chmod 600 it)\n",
-            prog, path);
+            prog, what, path);
   char buf[CLI_TOKEN_FILE_MAX + 1];
   size_t len = 0;
   int err = 0;
@@ -122,15 +124,15 @@ static inline char *cli_read_token_file(const char *prog, const char *path) {
     line--;
   char *out = NULL;
   if (err)
-    fprintf(stderr, "%s: cannot read token file '%s': %s\n", prog, path,
+    fprintf(stderr, "%s: cannot read %s '%s': %s\n", prog, what, path,
             strerror(err));
   else if (!nl && len == CLI_TOKEN_FILE_MAX)
-    fprintf(stderr, "%s: token file '%s': first line longer than %d bytes\n",
-            prog, path, CLI_TOKEN_FILE_MAX);
+    fprintf(stderr, "%s: %s '%s': first line longer than %d bytes\n",
+            prog, what, path, CLI_TOKEN_FILE_MAX);
   else if (line == 0)
-    fprintf(stderr, "%s: token file '%s' is empty\n", prog, path);
+    fprintf(stderr, "%s: %s '%s' is empty\n", prog, what, path);
   else if (memchr(buf, '\0', line))
-    fprintf(stderr, "%s: token file '%s' holds a NUL byte\n", prog, path);
+    fprintf(stderr, "%s: %s '%s' holds a NUL byte\n", prog, what, path);
   else if (!(out = malloc(line + 1)))
     fprintf(stderr, "%s: out of memory\n", prog);
   else {
@@ -157,7 +159,8 @@ static inline int cli_token(const char *prog, char *arg, const char *file,
       fprintf(stderr, "%s: out of memory\n", prog);
       return -1;
     }
-  } else if (file && !(*out = cli_read_token_file(prog, file))) {
+  } else if (file &&
+             !(*out = cli_read_secret_file(prog, "token file", file))) {
     return -1;
   }
   cli_wipe_string(arg);

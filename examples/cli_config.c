@@ -84,7 +84,7 @@ cli_proxy_conf *cli_client_conf_add_proxy(cli_client_conf *c) {
   c->proxies = np;
   cli_proxy_conf *p = &np[c->nproxies++];
   memset(p, 0, sizeof *p);
-  p->local_port = p->remote_port = -1;
+  p->local_port = p->remote_port = p->bind_port = -1;
   return p;
 }
 
@@ -102,6 +102,9 @@ void cli_client_conf_free(cli_client_conf *c) {
     free(p->http_password);
     list_free(p->header_names, p->nheaders);
     list_free(p->header_values, p->nheaders);
+    cli_secret_free(p->sk);
+    free(p->server_name);
+    free(p->bind_addr);
   }
   free(c->proxies);
   free(c->server_addr);
@@ -271,7 +274,7 @@ static const char *const ignored_proxy[] = {
     "bandwidth_limit", "bandwidth_limit_mode", "group", "group_key",
     "health_check_type", "health_check_timeout_s", "health_check_max_failed",
     "health_check_interval_s", "health_check_url", "proxy_protocol_version",
-    "route_by_http_user", NULL};
+    "route_by_http_user", "server_user", "allow_users", NULL};
 static const char *const ignored_server[] = {
     "log_file", "log_way", "log_max_days", "disable_log_color",
     "dashboard_addr", "dashboard_port", "dashboard_user", "dashboard_pwd",
@@ -404,14 +407,39 @@ static int set_proxy(cli_conf_ctx *ctx, cli_proxy_conf *p, const char *k,
       p->type = TUNNEL_PROXY_HTTPS;
     else if (!strcmp(v, "udp"))
       p->type = TUNNEL_PROXY_UDP;
-    else if (!strcmp(v, "stcp") || !strcmp(v, "xtcp") ||
-             !strcmp(v, "sudp") || !strcmp(v, "tcpmux")) {
+    else if (!strcmp(v, "stcp"))
+      p->type = TUNNEL_PROXY_STCP;
+    else if (!strcmp(v, "xtcp") || !strcmp(v, "sudp") ||
+             !strcmp(v, "tcpmux")) {
       cli_conf_error(ctx, where, "proxy type '%s' is not supported (tcp, "
-                     "udp, http and https are)", v);
+                     "udp, http, https and stcp are)", v);
       return -1;
     } else {
-      BAD("want tcp, http or https");
+      BAD("want tcp, udp, http, https or stcp");
     }
+  } else if (!strcmp(k, "role")) {
+    if (!strcmp(v, "visitor"))
+      p->visitor = 1;
+    else if (!strcmp(v, "server") || !*v)
+      p->visitor = 0;
+    else
+      BAD("want server or visitor");
+  } else if (!strcmp(k, "sk")) {
+    if (!*v)
+      BAD("empty");
+    if (strlen(v) > 255)
+      BAD("longer than 255 bytes");
+    if (set_str(&p->sk, v))
+      OOM();
+  } else if (!strcmp(k, "server_name") || !strcmp(k, "bind_addr")) {
+    if (!*v)
+      BAD("empty");
+    if (set_str(k[0] == 's' ? &p->server_name : &p->bind_addr, v))
+      OOM();
+  } else if (!strcmp(k, "bind_port")) {
+    /* 0: a port the system picks (printed once listening). */
+    if (parse_int(v, 0, 65535, &p->bind_port))
+      BAD("want a port, 0-65535");
   } else if (!strcmp(k, "local_ip")) {
     if (!*v)
       BAD("empty");
@@ -551,14 +579,51 @@ int cli_conf_set(cli_conf_ctx *ctx, cli_proxy_conf *proxy, const char *key,
 
 /* --------------------------------------------------------------- loading */
 
+static const char *kind_name(int type) {
+  return type == TUNNEL_PROXY_TCP     ? "tcp"
+         : type == TUNNEL_PROXY_UDP   ? "udp"
+         : type == TUNNEL_PROXY_HTTP  ? "http"
+         : type == TUNNEL_PROXY_HTTPS ? "https"
+                                      : "stcp";
+}
+
+/* A visitor's settings: a secret service's name, its secret and a local
+ * port, nothing of a proxy's. NULL, or the first key that is wrong
+ * (*missing: absent rather than out of place). */
+static const char *visitor_bad(const cli_proxy_conf *p, int json,
+                               int *missing) {
+  *missing = 1;
+  if (!p->server_name)
+    return json ? "serverName" : "server_name";
+  if (!p->sk)
+    return json ? "secretKey" : "sk";
+  if (p->bind_port < 0)
+    return json ? "bindPort" : "bind_port";
+  *missing = 0;
+  if (p->local_ip || p->local_port >= 0)
+    return json ? "localIP/localPort" : "local_ip/local_port";
+  if (p->remote_port >= 0)
+    return json ? "remotePort" : "remote_port";
+  if (p->subdomain || p->ndomains)
+    return p->subdomain ? "subdomain" : json ? "customDomains"
+                                             : "custom_domains";
+  if (p->host_rewrite || p->http_user || p->http_password || p->nlocations ||
+      p->nheaders)
+    return "HTTP settings";
+  return NULL;
+}
+
 /* What the settings of each proxy must agree on, once all are read. */
 static int check_proxies(cli_conf_ctx *ctx, int json) {
   cli_client_conf *c = ctx->client;
   char where[300];
+  size_t nvisitors = 0;
   for (size_t i = 0; i < c->nproxies; i++) {
     cli_proxy_conf *p = &c->proxies[i];
     if (json)
-      snprintf(where, sizeof where, "proxies[%zu]", i);
+      snprintf(where, sizeof where, "%s[%zu]",
+               p->visitor ? "visitors" : "proxies",
+               p->visitor ? nvisitors++ : i - nvisitors);
     else
       snprintf(where, sizeof where, "[%s]", p->name ? p->name : "");
     if (!p->name) {
@@ -574,6 +639,39 @@ static int check_proxies(cli_conf_ctx *ctx, int json) {
       cli_conf_error(ctx, where, "'type' is missing");
       return -1;
     }
+    if (p->visitor) {
+      int missing;
+      const char *vb = visitor_bad(p, json, &missing);
+      if (p->type != TUNNEL_PROXY_STCP) {
+        cli_conf_error(ctx, where, "%s visitors are not supported (stcp "
+                       "ones are)", kind_name(p->type));
+        return -1;
+      }
+      if (vb) {
+        cli_conf_error(ctx, where, missing ? "'%s' is missing"
+                                           : "'%s' does not apply to a "
+                                             "visitor", vb);
+        return -1;
+      }
+      continue;
+    }
+    if (p->server_name || p->bind_addr || p->bind_port >= 0) {
+      cli_conf_error(ctx, where, "'%s' applies to visitors only (%s)",
+                     p->server_name ? (json ? "serverName" : "server_name")
+                     : p->bind_addr ? (json ? "bindAddr" : "bind_addr")
+                                    : (json ? "bindPort" : "bind_port"),
+                     json ? "\"visitors\"" : "role = visitor");
+      return -1;
+    }
+    if ((p->type == TUNNEL_PROXY_STCP) != !!p->sk) {
+      if (p->sk)
+        cli_conf_error(ctx, where, "'%s' does not apply to a %s proxy",
+                       json ? "secretKey" : "sk", kind_name(p->type));
+      else
+        cli_conf_error(ctx, where, "'%s' is missing",
+                       json ? "secretKey" : "sk");
+      return -1;
+    }
     if (p->local_port < 0) {
       cli_conf_error(ctx, where, "'%s' is missing",
                      json ? "localPort" : "local_port");
@@ -581,7 +679,8 @@ static int check_proxies(cli_conf_ctx *ctx, int json) {
     }
     const char *bad = NULL;
     int port_kind = p->type == TUNNEL_PROXY_TCP || p->type == TUNNEL_PROXY_UDP;
-    if (port_kind && (p->subdomain || p->ndomains))
+    if ((port_kind || p->type == TUNNEL_PROXY_STCP) &&
+        (p->subdomain || p->ndomains))
       bad = p->subdomain ? "subdomain" : json ? "customDomains"
                                               : "custom_domains";
     else if (!port_kind && p->remote_port >= 0)
@@ -597,10 +696,7 @@ static int check_proxies(cli_conf_ctx *ctx, int json) {
                                     : "http_user/http_pwd");
     if (bad) {
       cli_conf_error(ctx, where, "'%s' does not apply to a %s proxy", bad,
-                     p->type == TUNNEL_PROXY_TCP    ? "tcp"
-                     : p->type == TUNNEL_PROXY_UDP  ? "udp"
-                     : p->type == TUNNEL_PROXY_HTTP ? "http"
-                                                    : "https");
+                     kind_name(p->type));
       return -1;
     }
     if (!p->http_user != !p->http_password) {

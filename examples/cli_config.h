@@ -23,6 +23,13 @@ typedef struct cli_proxy_conf {
   char *http_user, *http_password;
   char **header_names, **header_values;
   size_t nheaders;
+  char *sk; /* stcp: the secret (wiped when freed) */
+  /* A visitor of another client's stcp service (frp's role = visitor):
+   * a local port joined to `server_name`. */
+  int visitor;
+  char *server_name;
+  char *bind_addr;
+  int32_t bind_port;
 } cli_proxy_conf;
 
 typedef struct cli_client_conf {

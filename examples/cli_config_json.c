@@ -72,6 +72,8 @@ static const jkey proxy_keys[] = {
     {"httpPassword", "http_pwd", J_VALUE},
     {"requestHeaders", NULL, J_SECTION},
     {"requestHeaders.set", NULL, J_HEADERS},
+    {"secretKey", "sk", J_VALUE},
+    {"allowUsers", "allow_users", J_IGNORED},
     {"transport", NULL, J_SECTION},
     {"transport.useEncryption", "use_encryption", J_VALUE},
     {"transport.useCompression", "use_compression", J_VALUE},
@@ -80,6 +82,21 @@ static const jkey proxy_keys[] = {
     {"transport.proxyProtocolVersion", "proxy_protocol_version", J_IGNORED},
     {"loadBalancer", "group", J_IGNORED},
     {"healthCheck", "health_check_type", J_IGNORED},
+    {"plugin", "plugin", J_IGNORED},
+    {NULL, NULL, 0}};
+
+/* frp's "visitors": an stcp visitor's local port. */
+static const jkey visitor_keys[] = {
+    {"name", "name", J_VALUE},
+    {"type", "type", J_VALUE},
+    {"serverName", "server_name", J_VALUE},
+    {"secretKey", "sk", J_VALUE},
+    {"bindAddr", "bind_addr", J_VALUE},
+    {"bindPort", "bind_port", J_VALUE},
+    {"serverUser", "server_user", J_IGNORED},
+    {"transport", NULL, J_SECTION},
+    {"transport.useEncryption", "use_encryption", J_VALUE},
+    {"transport.useCompression", "use_compression", J_VALUE},
     {"plugin", "plugin", J_IGNORED},
     {NULL, NULL, 0}};
 
@@ -313,29 +330,31 @@ int cli_conf_parse_json(cli_conf_ctx *ctx, const char *text, size_t len) {
   int rc = 0;
   const cJSON *e;
   cJSON_ArrayForEach(e, root) {
-    if (ctx->is_client && !strcmp(e->string, "proxies")) {
+    int visitors = !strcmp(e->string, "visitors");
+    if (ctx->is_client && (visitors || !strcmp(e->string, "proxies"))) {
       if (!cJSON_IsArray(e)) {
-        rc = bad(&w, "proxies", "an array of objects");
+        rc = bad(&w, e->string, "an array of objects");
         break;
       }
       const cJSON *p;
       size_t i = 0;
       cJSON_ArrayForEach(p, e) {
         char prefix[40];
-        snprintf(prefix, sizeof prefix, "proxies[%zu].", i++);
+        snprintf(prefix, sizeof prefix, "%s[%zu].", e->string, i++);
         if (!cJSON_IsObject(p)) {
           cli_conf_error(ctx, NULL, "bad value for '%.*s': want an object",
                          (int)strlen(prefix) - 1, prefix);
           rc = -1;
           break;
         }
-        jwalk pw = {ctx, proxy_keys, cli_client_conf_add_proxy(ctx->client),
-                    prefix};
+        jwalk pw = {ctx, visitors ? visitor_keys : proxy_keys,
+                    cli_client_conf_add_proxy(ctx->client), prefix};
         if (!pw.proxy) {
           cli_conf_error(ctx, NULL, "out of memory");
           rc = -1;
           break;
         }
+        pw.proxy->visitor = visitors;
         if ((rc = walk(&pw, p, "")) != 0)
           break;
       }
@@ -343,9 +362,10 @@ int cli_conf_parse_json(cli_conf_ctx *ctx, const char *text, size_t len) {
         break;
       continue;
     }
-    if (!ctx->is_client && !strcmp(e->string, "proxies")) {
-      cli_conf_warn(ctx, NULL, "'proxies' is not used by the server, "
-                    "ignored");
+    if (!ctx->is_client &&
+        (visitors || !strcmp(e->string, "proxies"))) {
+      cli_conf_warn(ctx, NULL, "'%s' is not used by the server, ignored",
+                    e->string);
       continue;
     }
     if ((rc = one(&w, e, e->string)) != 0)
@@ -356,6 +376,18 @@ int cli_conf_parse_json(cli_conf_ctx *ctx, const char *text, size_t len) {
       cJSON_GetObjectItemCaseSensitive(root, "auth"), "token");
   if (cJSON_IsString(t))
     cli_wipe_string(t->valuestring);
+  /* And the secrets of secret services and their visitors. */
+  static const char *const lists[] = {"proxies", "visitors"};
+  for (size_t l = 0; l < 2; l++) {
+    const cJSON *arr = cJSON_GetObjectItemCaseSensitive(root, lists[l]), *p;
+    if (!cJSON_IsArray(arr))
+      continue;
+    cJSON_ArrayForEach(p, arr) {
+      cJSON *k = cJSON_GetObjectItemCaseSensitive(p, "secretKey");
+      if (cJSON_IsString(k))
+        cli_wipe_string(k->valuestring);
+    }
+  }
   cJSON_Delete(root);
   return rc || ctx->errors ? -1 : 0;
 }

@@ -1,6 +1,8 @@
 /* tunnel-client: the private side. Logs in to a tunnel-server and exposes a
- * local service: on a public port (tcp), or under a public name on the
- * server's HTTP (http) or HTTPS (https) port. */
+ * local service: on a public port (tcp, udp), under a public name on the
+ * server's HTTP (http) or HTTPS (https) port, or as a secret service only
+ * clients that know its secret reach (stcp); and visits such services
+ * through a local port (visit). */
 #include <signal.h>
 #include <stdio.h>
 #if defined(__GLIBC__)
@@ -29,7 +31,11 @@ static const char usage[] =
     "                       [--name NAME]\n"
     "                   | https LOCAL [--subdomain NAME | --hostname FQDN ...]\n"
     "                       [--name NAME]\n"
-    "                     [tcp|http|https LOCAL [...] ...]\n"
+    "                   | stcp LOCAL [--name NAME] (--secret KEY |\n"
+    "                       --secret-file FILE)\n"
+    "                   | visit NAME (--secret KEY | --secret-file FILE)\n"
+    "                       --bind [HOST:]PORT\n"
+    "                     [tcp|udp|http|https|stcp LOCAL [...] | visit ...]\n"
     "  -c, --config FILE  frp client configuration, INI (frpc.ini) or JSON\n"
     "                 (frpc.json); flags, then environment variables, then\n"
     "                 the file; its proxies run next to those given here\n"
@@ -69,14 +75,27 @@ static const char usage[] =
     "                 without either, the server picks an unguessable name\n"
     "  --host-rewrite Host header the local service sees\n"
     "  --basic-auth   visitors must log in with these credentials\n"
-    "Each tcp, udp, http or https word starts another proxy; the options after\n"
-    "it (--name, --remote-port, ...) are that proxy's.\n"
+    "  stcp           a secret service: no public address; visitors that\n"
+    "                 know NAME and the secret reach it through their own\n"
+    "                 client (visit, or frpc's stcp visitors)\n"
+    "  visit NAME     a local port for the secret service NAME (of another\n"
+    "                 client of the same server); each connection to it is\n"
+    "                 carried to the service\n"
+    "  --secret       the secret service's key (visible in the process\n"
+    "                 list: prefer --secret-file)\n"
+    "  --secret-file  FILE whose first line is the key (mode 600); --secret\n"
+    "                 wins over it\n"
+    "  --bind         the visitor's local address (host defaults to\n"
+    "                 127.0.0.1; port 0: one the system picks)\n"
+    "Each tcp, udp, http, https, stcp or visit word starts another proxy; the\n"
+    "options after it (--name, --remote-port, --secret, ...) are that one's.\n"
     "On success the public address is printed alone on stdout: tcp://HOST:PORT,\n"
     "udp://HOST:PORT, or http(s)://NAME[:PORT], one line per name\n"
-    "(again after a reconnection). A lost connection is re-established with\n"
-    "backoff; a refused login or proxy, a server certificate that fails\n"
-    "verification, or a first connection that fails, ends the program with\n"
-    "status 1.\n"
+    "(again after a reconnection); stcp://NAME for a secret service; and\n"
+    "tcp://HOST:PORT for a visitor's local port, once logged in. A lost\n"
+    "connection is re-established with backoff; a refused login or proxy, a\n"
+    "server certificate that fails verification, or a first connection that\n"
+    "fails, ends the program with status 1.\n"
     "\n"
     "Example INI file (frp's legacy format):\n"
     "  [common]\n"
@@ -110,6 +129,17 @@ static const char usage[] =
     "  type = https\n"
     "  local_port = 8443\n"
     "  custom_domains = secure.example.com\n"
+    "  [db]\n"
+    "  type = stcp\n"
+    "  sk = DB-SECRET\n"
+    "  local_port = 5432\n"
+    "  [other-db]                     ; another client's secret service\n"
+    "  type = stcp\n"
+    "  role = visitor\n"
+    "  server_name = db2\n"
+    "  sk = DB2-SECRET\n"
+    "  bind_addr = 127.0.0.1\n"
+    "  bind_port = 15432\n"
     "\n"
     "The same as JSON (frp's current format):\n"
     "  {\"serverAddr\": \"tunnel.example.com\", \"serverPort\": 7000,\n"
@@ -127,10 +157,23 @@ static const char usage[] =
     "      \"httpUser\": \"admin\", \"httpPassword\": \"PASSWORD\",\n"
     "      \"requestHeaders\": {\"set\": {\"X-From-Tunnel\": \"yes\"}}},\n"
     "     {\"name\": \"site\", \"type\": \"https\", \"localPort\": 8443,\n"
-    "      \"customDomains\": [\"secure.example.com\"]}]}\n"
+    "      \"customDomains\": [\"secure.example.com\"]},\n"
+    "     {\"name\": \"db\", \"type\": \"stcp\", \"secretKey\": \"DB-SECRET\",\n"
+    "      \"localPort\": 5432}],\n"
+    "   \"visitors\": [\n"
+    "     {\"name\": \"other-db\", \"type\": \"stcp\", \"serverName\": \"db2\",\n"
+    "      \"secretKey\": \"DB2-SECRET\", \"bindAddr\": \"127.0.0.1\",\n"
+    "      \"bindPort\": 15432}]}\n"
     "Unknown keys are warned about; TOML files are not read.\n";
 
 static tunnel_client *client;
+/* Visitors' local ports, printed once logged in. */
+typedef struct cli_visitor {
+  tunnel_visitor *v;
+  const char *host;
+} cli_visitor;
+static cli_visitor *visitors;
+static size_t nvisitors;
 static uv_signal_t sigint_h, sigterm_h;
 static uint32_t drain_ms = 5000;
 static int logged_in_once;
@@ -190,6 +233,16 @@ static void on_event(tunnel_client *c, int32_t event, int32_t status,
   switch (event) {
   case TUNNEL_EVENT_LOGGED_IN:
     fprintf(stderr, "tunnel-client: logged in (run id %s)\n", msg);
+    if (!logged_in_once) {
+      for (size_t i = 0; i < nvisitors; i++) {
+        uint16_t port = 0;
+        tunnel_visitor_port(visitors[i].v, &port);
+        const char *h = visitors[i].host;
+        printf(strchr(h, ':') ? "tcp://[%s]:%u\n" : "tcp://%s:%u\n", h,
+               (unsigned)port);
+      }
+      fflush(stdout);
+    }
     logged_in_once = 1;
     return;
   case TUNNEL_EVENT_LOST:
@@ -258,7 +311,8 @@ static int fail(const char *what, int rc) {
   return 1;
 }
 
-static const char *const kind_names[] = {"", "tcp", "http", "https", "udp"};
+static const char *const kind_names[] = {"",    "tcp", "http",
+                                         "https", "udp", "stcp"};
 
 /* The proxy the command line's proxy options apply to: the one its last
  * tcp/http/https word started, or (options before any such word) a new one
@@ -281,10 +335,34 @@ static int set_str_arg(char **dst, const char *v) {
   return 0;
 }
 
+/* A visitor's local port. 0, or 1 after printing why. */
+static int add_visitor(const cli_proxy_conf *pc) {
+  const char *host = pc->bind_addr ? pc->bind_addr : "127.0.0.1";
+  cli_visitor *nv = realloc(visitors, (nvisitors + 1) * sizeof *nv);
+  if (!nv)
+    return fail("visitor", TUNNEL_ENOMEM);
+  visitors = nv;
+  tunnel_visitor *v;
+  int rc = tunnel_visitor_new(&v, client, pc->server_name, pc->sk);
+  if (rc)
+    return fail("visitor", rc);
+  rc = tunnel_visitor_listen(v, host, (uint16_t)pc->bind_port);
+  if (rc) {
+    fprintf(stderr, "tunnel-client: cannot listen on %s:%d for %s: %s\n",
+            host, (int)pc->bind_port, pc->server_name, tunnel_strerror(rc));
+    return 1;
+  }
+  visitors[nvisitors].v = v;
+  visitors[nvisitors++].host = host;
+  return 0;
+}
+
 /* Registers one proxy with the client. 0, or 1 after printing why. */
 static int add_proxy(const cli_proxy_conf *pc) {
   tunnel_proxy *p;
   int rc;
+  if (pc->visitor)
+    return add_visitor(pc);
   const char *kind = kind_names[pc->type];
   if ((rc = tunnel_proxy_new(&p, client, pc->name, pc->type)) != 0 ||
       (rc = tunnel_proxy_set_local(p, pc->local_ip ? pc->local_ip
@@ -314,6 +392,8 @@ static int add_proxy(const cli_proxy_conf *pc) {
   if (pc->http_user && (rc = tunnel_proxy_set_basic_auth(
                             p, pc->http_user, pc->http_password)) != 0)
     return fail("basic auth", rc);
+  if (pc->sk && (rc = tunnel_proxy_set_secret(p, pc->sk)) != 0)
+    return fail("secret", rc);
   if ((rc = tunnel_proxy_start(p)) != 0)
     return fail("proxy", rc);
   return 0;
@@ -476,8 +556,62 @@ static int run(int argc, char **argv, cli_client_conf *fc) {
         return 2;
       }
       i++;
+    } else if (!strcmp(a, "visit") && v) {
+      if (cur >= 0 && fc->proxies[cur].type)
+        cur = -1;
+      if (!(pc = cli_proxy(fc, &cur)))
+        goto oom;
+      pc->type = TUNNEL_PROXY_STCP;
+      pc->visitor = 1;
+      if (!*v || strlen(v) > 255) {
+        fprintf(stderr, "tunnel-client: bad visit NAME '%s'\n", v);
+        return 2;
+      }
+      if (set_str_arg(&pc->server_name, v))
+        goto oom;
+      i++;
+    } else if (!strcmp(a, "--secret") && v) {
+      if (!*v || strlen(v) > 255) {
+        fprintf(stderr, "tunnel-client: bad --secret (1-255 bytes)\n");
+        return 2;
+      }
+      if (!(pc = cli_proxy(fc, &cur)))
+        goto oom;
+      cli_secret_free(pc->sk);
+      pc->sk = strdup(v);
+      /* The process list no longer shows it. */
+      cli_wipe_string(argv[i + 1]);
+      if (!pc->sk)
+        goto oom;
+      i++;
+    } else if (!strcmp(a, "--secret-file") && v) {
+      if (!(pc = cli_proxy(fc, &cur)))
+        goto oom;
+      if (!pc->sk) { /* --secret wins, before or after */
+        if (!(pc->sk =
+                  cli_read_secret_file("tunnel-client", "secret file", v)))
+          return 2;
+        if (strlen(pc->sk) > 255) {
+          fprintf(stderr, "tunnel-client: secret file '%s': longer than 255 "
+                          "bytes\n", v);
+          return 2;
+        }
+      }
+      i++;
+    } else if (!strcmp(a, "--bind") && v) {
+      uint16_t bport;
+      char bhost[256] = "127.0.0.1";
+      if (cli_parse_hostport(v, bhost, sizeof bhost, &bport) != 0) {
+        fprintf(stderr, "tunnel-client: bad --bind '%s' ([HOST:]PORT)\n", v);
+        return 2;
+      }
+      if (!(pc = cli_proxy(fc, &cur)) || set_str_arg(&pc->bind_addr, bhost))
+        goto oom;
+      pc->bind_port = bport;
+      i++;
     } else if ((!strcmp(a, "tcp") || !strcmp(a, "http") ||
-                !strcmp(a, "https") || !strcmp(a, "udp")) &&
+                !strcmp(a, "https") || !strcmp(a, "udp") ||
+                !strcmp(a, "stcp")) &&
                v) {
       /* A kind word starts a proxy, unless options before it began one. */
       if (cur >= 0 && fc->proxies[cur].type)
@@ -488,6 +622,7 @@ static int run(int argc, char **argv, cli_client_conf *fc) {
         goto oom;
       pc->type = a[0] == 't'   ? TUNNEL_PROXY_TCP
                  : a[0] == 'u' ? TUNNEL_PROXY_UDP
+                 : a[0] == 's' ? TUNNEL_PROXY_STCP
                  : a[4]        ? TUNNEL_PROXY_HTTPS
                                : TUNNEL_PROXY_HTTP;
       if (cli_parse_hostport(v, lhost, sizeof lhost, &lport) != 0 ||
@@ -556,13 +691,33 @@ static int run(int argc, char **argv, cli_client_conf *fc) {
     cli_proxy_conf *pc = &fc->proxies[k];
     int type = pc->type;
     int port_kind = type == TUNNEL_PROXY_TCP || type == TUNNEL_PROXY_UDP;
-    if ((port_kind && (pc->subdomain || pc->ndomains || pc->host_rewrite ||
-                       pc->http_user)) ||
-        (!port_kind && pc->remote_port >= 0) ||
-        (type == TUNNEL_PROXY_HTTPS && (pc->host_rewrite || pc->http_user))) {
-      fprintf(stderr, "tunnel-client: option not valid for a %s proxy\n%s",
-              kind_names[type], usage);
+    int stcp = type == TUNNEL_PROXY_STCP;
+    if (((port_kind || stcp) && (pc->subdomain || pc->ndomains ||
+                                 pc->host_rewrite || pc->http_user)) ||
+        ((!port_kind || pc->visitor) && pc->remote_port >= 0) ||
+        (type == TUNNEL_PROXY_HTTPS && (pc->host_rewrite || pc->http_user)) ||
+        (!stcp && pc->sk) || (!pc->visitor && pc->bind_addr) ||
+        (pc->visitor && pc->name)) {
+      fprintf(stderr, "tunnel-client: option not valid for a%s\n%s",
+              pc->visitor ? " visit" : stcp ? " stcp proxy"
+              : type == TUNNEL_PROXY_HTTP   ? "n http proxy"
+              : type == TUNNEL_PROXY_HTTPS  ? "n https proxy"
+              : type == TUNNEL_PROXY_UDP    ? " udp proxy"
+                                            : " tcp proxy",
+              usage);
       return 2;
+    }
+    if (stcp && !pc->sk) {
+      fprintf(stderr, "tunnel-client: %s needs --secret or --secret-file\n",
+              pc->visitor ? "visit" : "stcp");
+      return 2;
+    }
+    if (pc->visitor) {
+      if (pc->bind_port < 0) {
+        fprintf(stderr, "tunnel-client: visit needs --bind [HOST:]PORT\n");
+        return 2;
+      }
+      continue;
     }
     if (!pc->name) {
       char gen[64];
@@ -699,5 +854,6 @@ int main(int argc, char **argv) {
   cli_client_conf_init(&fc);
   int rc = run(argc, argv, &fc);
   cli_client_conf_free(&fc);
+  free(visitors);
   return rc;
 }

@@ -2,7 +2,8 @@
  * 0: non-mux) and what the program does (bit 1: consume at once, bit 2:
  * write back, bit 3: close on data, bit 4: refuse visitors, bit 5:
  * shutdown on the visitor's FIN, bit 6: a piece starting with 'D' starts a
- * drain, bit 7: one starting with 'S' stops the engine and connects again);
+ * drain, bit 7: one starting with 'S' stops the engine and connects again;
+ * whatever the mode, one starting with 'V' visits a secret service);
  * byte 1 the piece size. In non-mux mode each piece goes to a connection
  * picked by its first byte, every connection the engine asks for
  * (connection 1 too, when it reconnects) is reported ready, and pieces
@@ -141,6 +142,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                                 n & 1 ? TUNNEL_ECONNRESET : 0, now);
     else
       tunnel_engine_recv(e, conn, data, n, now);
+    if (data[0] == 'V') {
+      uint32_t visit;
+      tunnel_engine_visit(e, "svc", "secret", &visit);
+    }
     if ((a.mode & 64) && data[0] == 'D')
       tunnel_engine_drain(e, now);
     if ((a.mode & 128) && data[0] == 'S') {

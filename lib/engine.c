@@ -66,6 +66,12 @@ void tunnel__eng_session_down(eng_session *s, int err, const char *why) {
   tunnel__log(&e->cfg.log, e->state_cb ? TUNNEL_LOG_INFO : TUNNEL_LOG_WARN,
               "engine: %s: %s", why, tunnel_strerror(err));
   for (tunnel__eng_stream *st = s->streams; st; st = st->next) {
+    if (tunnel__eng_visiting(st)) {
+      st->state = TUNNEL__ST_DRAIN; /* visits waiting for their answer */
+      if (e->visit_cb)
+        e->visit_cb(e, st->num, TUNNEL_ECLOSED, why, e->ud);
+      continue;
+    }
     if (st->state != TUNNEL__ST_OPEN)
       continue;
     st->state = TUNNEL__ST_DRAIN; /* the program's calls no longer find it */
@@ -82,16 +88,21 @@ void tunnel__eng_session_down(eng_session *s, int err, const char *why) {
 
 /* ------------------------------------------------------------ messages */
 
+int tunnel__eng_sign(tunnel_engine *e, const char *secret, int64_t *ts,
+                     char **key) {
+  char hex[33];
+  *ts = e->time_cb ? e->time_cb(e->ud) : 0;
+  int rc = tunnel__privilege_key(secret, strlen(secret), *ts, hex);
+  if (rc == 0)
+    rc = tunnel__msg_set_str(MEM(e), key, hex);
+  tunnel__wipe(hex, sizeof hex);
+  return rc;
+}
+
 /* Fills privilege_key and timestamp. */
 static int sign(tunnel_engine *e, tunnel__msg *m) {
-  const char *token = tunnel__config_token(&e->cfg);
-  char key[33];
-  m->timestamp = e->time_cb ? e->time_cb(e->ud) : 0;
-  int rc = tunnel__privilege_key(token, strlen(token), m->timestamp, key);
-  if (rc == 0)
-    rc = tunnel__msg_set_str(MEM(e), &m->privilege_key, key);
-  tunnel__wipe(key, sizeof key);
-  return rc;
+  return tunnel__eng_sign(e, tunnel__config_token(&e->cfg), &m->timestamp,
+                          &m->privilege_key);
 }
 
 static void clear_signed(tunnel_engine *e, tunnel__msg *m) {
@@ -151,6 +162,8 @@ static const char *type_name(int32_t type) {
     return "https";
   case TUNNEL_ENGINE_PROXY_UDP:
     return "udp";
+  case TUNNEL_ENGINE_PROXY_STCP:
+    return "stcp";
   default:
     return "tcp";
   }
@@ -442,6 +455,13 @@ int tunnel_engine_set_event_cb(tunnel_engine *e, tunnel_engine_event_cb cb) {
   if (!e)
     return TUNNEL_EINVAL;
   e->event_cb = cb;
+  return 0;
+}
+
+int tunnel_engine_set_visit_cb(tunnel_engine *e, tunnel_engine_visit_cb cb) {
+  if (!e)
+    return TUNNEL_EINVAL;
+  e->visit_cb = cb;
   return 0;
 }
 
@@ -770,6 +790,8 @@ int tunnel_engine_tick(tunnel_engine *e, uint64_t now_ms, uint64_t *next_ms) {
   }
   if (s && !s->dead && e->state == TUNNEL__E_READY)
     next = tunnel__eng_dgram_tick(s, next);
+  if (s && !s->dead && e->state == TUNNEL__E_READY)
+    next = tunnel__eng_visit_tick(s, next);
   next = tunnel__eng_life_tick(e, next);
   s = e->s; /* a callback may have started another session */
   if (s && e->state == TUNNEL__E_LOGIN && e->cfg.login_timeout_ms)

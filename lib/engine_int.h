@@ -37,7 +37,10 @@ enum {
   TUNNEL__ST_WORK,       /* NewWorkConn sent, waiting for StartWorkConn */
   TUNNEL__ST_OPEN,       /* a visitor's stream, the program's */
   TUNNEL__ST_DRAIN,      /* non-mux: finished, its last bytes not yet sent */
-  TUNNEL__ST_DGRAM       /* a UDP proxy's channel of UDPPackets */
+  TUNNEL__ST_DGRAM,      /* a UDP proxy's channel of UDPPackets */
+  /* The program's visit to a secret service (engine_visit.c): */
+  TUNNEL__ST_VCONNECTING, /* non-mux: connection asked, message queued */
+  TUNNEL__ST_VISIT        /* NewVisitorConn sent, waiting for the answer */
 };
 
 typedef struct tunnel__eng_proxy {
@@ -77,8 +80,8 @@ typedef struct tunnel__eng_stream {
   uint8_t want_writable; /* non-mux: a write was cut short */
   void *user;            /* tunnel__engine_stream_set_user */
   uint32_t proxy;        /* ST_DGRAM: the proxy it carries */
-  uint64_t next_ping;    /* ST_DGRAM */
-  tunnel__msg_reader reader; /* ST_WORK: StartWorkConn */
+  uint64_t next_ping;    /* ST_DGRAM; ST_VCONNECTING/ST_VISIT: deadline */
+  tunnel__msg_reader reader; /* ST_WORK, ST_VISIT: the first message */
   tunnel__bufq out;          /* non-mux: bytes for the connection */
 } tunnel__eng_stream;
 
@@ -106,6 +109,7 @@ struct tunnel__eng_session {
   tunnel__eng_stream *streams;
   tunnel__eng_table table;
   uint32_t nworks; /* work channels waiting for a visitor */
+  uint32_t nvisits; /* the program's visits waiting for their answer */
 };
 
 struct tunnel_engine {
@@ -123,6 +127,7 @@ struct tunnel_engine {
   tunnel_engine_time_cb time_cb;
   tunnel_engine_datagram_cb dgram_cb;
   tunnel_engine_event_cb event_cb;
+  tunnel_engine_visit_cb visit_cb;
   tunnel__eng_proxy *proxies;
   uint32_t next_proxy;
   uint32_t next_num;
@@ -196,6 +201,10 @@ void tunnel__eng_ctl_input(tunnel__eng_session *s, const uint8_t *data,
                            size_t len);
 /* Queues a control message; failing to ends the session. */
 int tunnel__eng_send_ctl(tunnel__eng_session *s, const tunnel__msg *m);
+/* md5hex(secret ‖ timestamp) into *key, the time callback's timestamp
+ * into *ts: how Login, NewWorkConn, Ping and NewVisitorConn are signed. */
+int tunnel__eng_sign(tunnel_engine *e, const char *secret, int64_t *ts,
+                     char **key);
 
 /* engine_proxy.c */
 
@@ -243,5 +252,41 @@ uint32_t tunnel__eng_conn_next(tunnel__eng_session *s, uint32_t after,
                                uint32_t best);
 /* Copies up to `cap` queued bytes into `buf`. */
 size_t tunnel__eng_copy_out(tunnel__bufq *q, uint8_t *buf, size_t cap);
+/* A new stream of the session (numbered, in the table; state 0), or NULL
+ * when out of memory. */
+tunnel__eng_stream *tunnel__eng_stream_new(tunnel__eng_session *s);
+/* Forgets a stream: no callback, nothing sent. */
+void tunnel__eng_stream_drop(tunnel__eng_stream *st);
+/* Bytes for the program's data callback on an open stream. */
+void tunnel__eng_deliver(tunnel__eng_stream *st, const uint8_t *data,
+                         size_t len);
+/* Mux: opens the yamux stream of `st` and writes `q` on it (a channel's
+ * first message). On failure the stream is gone (reset if it was opened,
+ * no callback). */
+int tunnel__eng_open_send(tunnel__eng_stream *st, tunnel__bufq *q);
+/* The callback of a stream that is gone, its user pointer still found by
+ * number meanwhile: the end callback, or with `visit_msg` the visit
+ * callback. */
+void tunnel__eng_gone(tunnel_engine *e, uint32_t num, void *user,
+                      int status, const char *visit_msg);
+
+/* engine_visit.c: the program's visits to secret services. */
+
+static inline int tunnel__eng_visiting(const tunnel__eng_stream *st) {
+  return st->state == TUNNEL__ST_VCONNECTING ||
+         st->state == TUNNEL__ST_VISIT;
+}
+/* The answer to a visit arrived (`m`, any type); `rest` followed it. */
+void tunnel__eng_visit_answered(tunnel__eng_stream *st, const tunnel__msg *m,
+                                const uint8_t *rest, size_t rest_len);
+/* The visit ended before its answer: the stream goes (`discard`: as an
+ * unwanted channel, reset or handed back through the disconnect callback;
+ * else silently, the program's connection being gone already), then the
+ * program hears `status` and `why` (NULL: the usual words for it). */
+void tunnel__eng_visit_failed(tunnel__eng_stream *st, int status,
+                              const char *why, int discard);
+/* Visits past their deadline fail; returns the earlier of `next` and the
+ * next deadline. */
+uint64_t tunnel__eng_visit_tick(tunnel__eng_session *s, uint64_t next);
 
 #endif /* TUNNEL_ENGINE_INT_H */

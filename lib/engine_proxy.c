@@ -25,6 +25,7 @@ eng_proxy *tunnel__eng_proxy_by_id(tunnel_engine *e, uint32_t id) {
 }
 
 void tunnel__eng_proxy_free(tunnel_engine *e, eng_proxy *p) {
+  tunnel__wipe_string(p->opts.sk);
   tunnel__msg_clear(MEM(e), &p->opts);
   tunnel__free(MEM(e), p->name);
   tunnel__free(MEM(e), p);
@@ -35,7 +36,8 @@ int tunnel_engine_add_proxy(tunnel_engine *e, const char *name, int32_t type,
   if (!e || !name || !*name || strlen(name) > 255)
     return TUNNEL_EINVAL;
   if (type != TUNNEL_ENGINE_PROXY_TCP && type != TUNNEL_ENGINE_PROXY_HTTP &&
-      type != TUNNEL_ENGINE_PROXY_HTTPS && type != TUNNEL_ENGINE_PROXY_UDP)
+      type != TUNNEL_ENGINE_PROXY_HTTPS && type != TUNNEL_ENGINE_PROXY_UDP &&
+      type != TUNNEL_ENGINE_PROXY_STCP)
     return TUNNEL_ENOTSUP;
   if (tunnel__eng_proxy_by_name(e, name))
     return TUNNEL_EEXIST;
@@ -98,12 +100,13 @@ int tunnel__engine_proxy_hold(tunnel_engine *e, uint32_t proxy, int held) {
 }
 
 /* Option kinds: which proxy types have them. */
-enum { OPT_TCP = 1, OPT_HTTP = 2, OPT_HTTPS = 4, OPT_UDP = 8 };
+enum { OPT_TCP = 1, OPT_HTTP = 2, OPT_HTTPS = 4, OPT_UDP = 8, OPT_STCP = 16 };
 
 static int type_bit(int32_t type) {
   return type == TUNNEL_ENGINE_PROXY_TCP    ? OPT_TCP
          : type == TUNNEL_ENGINE_PROXY_HTTP ? OPT_HTTP
          : type == TUNNEL_ENGINE_PROXY_UDP  ? OPT_UDP
+         : type == TUNNEL_ENGINE_PROXY_STCP ? OPT_STCP
                                             : OPT_HTTPS;
 }
 
@@ -222,4 +225,21 @@ int tunnel_engine_proxy_set_header(tunnel_engine *e, uint32_t proxy,
   eng_proxy *p;
   int rc = proxy_opt(e, proxy, OPT_HTTP, &p);
   return rc ? rc : tunnel__msg_map_add(MEM(e), &p->opts.headers, name, value);
+}
+
+int tunnel_engine_proxy_set_secret(tunnel_engine *e, uint32_t proxy,
+                                   const char *secret) {
+  if (!secret || !*secret || strlen(secret) > 255)
+    return TUNNEL_EINVAL;
+  eng_proxy *p;
+  int rc = proxy_opt(e, proxy, OPT_STCP, &p);
+  if (rc)
+    return rc;
+  char *k = tunnel__strdup(MEM(e), secret);
+  if (!k)
+    return TUNNEL_ENOMEM;
+  tunnel__wipe_string(p->opts.sk); /* a secret leaves no copy behind */
+  tunnel__free(MEM(e), p->opts.sk);
+  p->opts.sk = k;
+  return 0;
 }

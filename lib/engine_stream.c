@@ -134,6 +134,8 @@ static void stream_drop(eng_stream *st) {
   }
   if (st->state == TUNNEL__ST_CONNECTING || st->state == TUNNEL__ST_WORK)
     s->nworks--;
+  else if (tunnel__eng_visiting(st))
+    s->nvisits--;
   table_remove(&s->table, MEM(s->e), st);
   if (st->prev)
     st->prev->next = st->next;
@@ -144,18 +146,24 @@ static void stream_drop(eng_stream *st) {
   stream_free(st);
 }
 
-/* The end callback of a stream that is gone: its user pointer is still
- * found by number for the callback's duration. */
-static void end_gone(tunnel_engine *e, uint32_t num, void *user, int status) {
-  if (!e->end_cb)
+void tunnel__eng_gone(tunnel_engine *e, uint32_t num, void *user,
+                      int status, const char *visit_msg) {
+  if (visit_msg ? !e->visit_cb : !e->end_cb)
     return;
   uint32_t prev_num = e->ending_num;
   void *prev_user = e->ending_user;
   e->ending_num = num;
   e->ending_user = user;
-  e->end_cb(e, num, status, e->ud);
+  if (visit_msg)
+    e->visit_cb(e, num, status, visit_msg, e->ud);
+  else
+    e->end_cb(e, num, status, e->ud);
   e->ending_num = prev_num;
   e->ending_user = prev_user;
+}
+
+static void end_gone(tunnel_engine *e, uint32_t num, void *user, int status) {
+  tunnel__eng_gone(e, num, user, status, NULL);
 }
 
 static eng_stream *stream_new(eng_session *s) {
@@ -180,6 +188,10 @@ static eng_stream *stream_new(eng_session *s) {
   return st;
 }
 
+eng_stream *tunnel__eng_stream_new(eng_session *s) { return stream_new(s); }
+
+void tunnel__eng_stream_drop(eng_stream *st) { stream_drop(st); }
+
 void tunnel__eng_streams_free(eng_session *s) {
   while (s->streams) {
     eng_stream *st = s->streams;
@@ -200,6 +212,10 @@ static void deliver(eng_stream *st, const uint8_t *data, size_t len) {
     e->data_cb(e, st->num, data, len, e->ud);
   else if (st->s->mux)
     tunnel__ymx_consumed(st->s->ymx, st->id, len);
+}
+
+void tunnel__eng_deliver(eng_stream *st, const uint8_t *data, size_t len) {
+  deliver(st, data, len);
 }
 
 /* ------------------------------------------------------- work channels */
@@ -280,7 +296,8 @@ static void start_work(eng_stream *st, const tunnel__msg *m,
   deliver(st, rest, rest_len);
 }
 
-/* Reads StartWorkConn from a work channel. */
+/* Reads the first message of a channel: StartWorkConn on a work
+ * channel, the answer to a visit on the program's own. */
 static void work_input(eng_stream *st, const uint8_t *data, size_t len) {
   eng_session *s = st->s;
   tunnel__msg m;
@@ -292,13 +309,40 @@ static void work_input(eng_stream *st, const uint8_t *data, size_t len) {
     tunnel__log(&s->e->cfg.log, TUNNEL_LOG_DEBUG,
                 "engine: bad message on a work channel: %s",
                 tunnel_strerror(rc));
-    tunnel__eng_stream_discard(st);
+    if (st->state == TUNNEL__ST_VISIT)
+      tunnel__eng_visit_failed(st, TUNNEL_EPROTO, NULL, 1);
+    else
+      tunnel__eng_stream_discard(st);
     return;
   }
   if (rc == 0)
     return;
-  start_work(st, &m, data + used, len - used);
+  if (st->state == TUNNEL__ST_VISIT)
+    tunnel__eng_visit_answered(st, &m, data + used, len - used);
+  else
+    start_work(st, &m, data + used, len - used);
   tunnel__msg_clear(MEM(s->e), &m);
+}
+
+int tunnel__eng_open_send(eng_stream *st, tunnel__bufq *q) {
+  eng_session *s = st->s;
+  int rc = tunnel__ymx_open(s->ymx, st, &st->id);
+  if (rc) {
+    stream_drop(st);
+    return rc;
+  }
+  /* A new stream's window (256 KiB at least) takes the whole message. */
+  tunnel__iov v[4];
+  size_t k = tunnel__bufq_iov(q, v, 4);
+  for (size_t i = 0; i < k && rc == 0; i++) {
+    size_t w = 0;
+    rc = tunnel__ymx_write(s->ymx, st->id, v[i].base, v[i].len, &w);
+    if (rc == 0 && w < v[i].len)
+      rc = TUNNEL_ENOMEM;
+  }
+  if (rc)
+    tunnel__eng_stream_discard(st);
+  return rc;
 }
 
 void tunnel__eng_new_work(eng_session *s) {
@@ -331,30 +375,15 @@ void tunnel__eng_new_work(eng_session *s) {
   st->state = TUNNEL__ST_WORK;
   tunnel__bufq q;
   tunnel__bufq_init(&q, MEM(e), TUNNEL__ENG_CTL_CHUNK);
-  int rc = tunnel__ymx_open(s->ymx, st, &st->id);
-  if (rc) {
-    tunnel__bufq_free(&q);
+  int rc = tunnel__eng_encode_work_conn(e, &q);
+  if (rc == 0)
+    rc = tunnel__eng_open_send(st, &q);
+  else
     stream_drop(st);
-    tunnel__log(&e->cfg.log, TUNNEL_LOG_WARN,
-                "engine: cannot open a work stream: %s", tunnel_strerror(rc));
-    return;
-  }
-  rc = tunnel__eng_encode_work_conn(e, &q);
-  /* A new stream's window (256 KiB at least) takes the whole message. */
-  tunnel__iov v[4];
-  size_t k = rc ? 0 : tunnel__bufq_iov(&q, v, 4);
-  for (size_t i = 0; i < k && rc == 0; i++) {
-    size_t w = 0;
-    rc = tunnel__ymx_write(s->ymx, st->id, v[i].base, v[i].len, &w);
-    if (rc == 0 && w < v[i].len)
-      rc = TUNNEL_ENOMEM;
-  }
   tunnel__bufq_free(&q);
-  if (rc) {
+  if (rc)
     tunnel__log(&e->cfg.log, TUNNEL_LOG_WARN,
                 "engine: cannot start a work stream: %s", tunnel_strerror(rc));
-    tunnel__eng_stream_discard(st);
-  }
 }
 
 /* ---------------------------------------------------------- yamux glue */
@@ -376,7 +405,7 @@ static void ymx_on_data(tunnel__ymx *y, uint32_t id, void *su,
     return;
   }
   eng_stream *st = su;
-  if (st->state == TUNNEL__ST_WORK)
+  if (st->state == TUNNEL__ST_WORK || st->state == TUNNEL__ST_VISIT)
     work_input(st, data, len);
   else if (st->state == TUNNEL__ST_OPEN)
     deliver(st, data, len);
@@ -398,6 +427,10 @@ static void ymx_on_fin(tunnel__ymx *y, uint32_t id, void *su, void *ud) {
     tunnel__eng_stream_discard(st); /* the server will not use it */
     return;
   }
+  if (tunnel__eng_visiting(st)) {
+    tunnel__eng_visit_failed(st, TUNNEL_ECONNRESET, NULL, 1);
+    return;
+  }
   st->remote_fin = 1;
   if (s->e->end_cb)
     s->e->end_cb(s->e, st->num, 0, s->e->ud);
@@ -417,6 +450,10 @@ static void ymx_on_rst(tunnel__ymx *y, uint32_t id, void *su, void *ud) {
   void *user = st->user;
   int open = st->state == TUNNEL__ST_OPEN;
   tunnel__ymx_set_user(y, id, NULL);
+  if (tunnel__eng_visiting(st)) {
+    tunnel__eng_visit_failed(st, TUNNEL_ECONNRESET, NULL, 0);
+    return;
+  }
   stream_drop(st);
   if (open)
     end_gone(e, num, user, TUNNEL_ERESET);
@@ -467,9 +504,10 @@ int tunnel__eng_conn_recv(eng_session *s, uint32_t conn, const uint8_t *data,
   eng_stream *st = tunnel__eng_find_stream(s, conn);
   if (!st)
     return tunnel__eng_known_conn(s->e, conn) ? 0 : TUNNEL_EINVAL;
-  if (st->state == TUNNEL__ST_CONNECTING)
+  if (st->state == TUNNEL__ST_CONNECTING ||
+      st->state == TUNNEL__ST_VCONNECTING)
     return TUNNEL_ESTATE;
-  if (st->state == TUNNEL__ST_WORK)
+  if (st->state == TUNNEL__ST_WORK || st->state == TUNNEL__ST_VISIT)
     work_input(st, data, len);
   else if (st->state == TUNNEL__ST_OPEN && !st->remote_fin)
     deliver(st, data, len);
@@ -510,7 +548,8 @@ static void conn_sent(tunnel_engine *e, eng_stream *st) {
 size_t tunnel__eng_conn_send(eng_session *s, uint32_t conn, uint8_t *buf,
                              size_t cap) {
   eng_stream *st = tunnel__eng_find_stream(s, conn);
-  if (!st)
+  /* A visit's message waits for its connection. */
+  if (!st || st->state == TUNNEL__ST_VCONNECTING)
     return 0;
   size_t len = tunnel__eng_copy_out(&st->out, buf, cap);
   conn_sent(s->e, st);
@@ -519,7 +558,7 @@ size_t tunnel__eng_conn_send(eng_session *s, uint32_t conn, uint8_t *buf,
 
 tunnel__bufq *tunnel__eng_conn_queue(eng_session *s, uint32_t conn) {
   eng_stream *st = tunnel__eng_find_stream(s, conn);
-  return st ? &st->out : NULL;
+  return st && st->state != TUNNEL__ST_VCONNECTING ? &st->out : NULL;
 }
 
 void tunnel__eng_conn_consume(eng_session *s, uint32_t conn, size_t n) {
@@ -588,7 +627,8 @@ uint32_t tunnel__eng_conn_next(eng_session *s, uint32_t after,
   /* A walk: connections of their own are few (each is a socket), and
    * the order asked for is the numbers', not the table's. */
   for (eng_stream *st = s->streams; st; st = st->next)
-    if (st->out.size && st->num > after && st->num < best)
+    if (st->out.size && st->num > after && st->num < best &&
+        st->state != TUNNEL__ST_VCONNECTING)
       best = st->num;
   return best;
 }
@@ -608,6 +648,12 @@ int tunnel_engine_conn_ready(tunnel_engine *e, uint32_t conn,
   if (!st)
     return s && !s->mux && tunnel__eng_known_conn(e, conn) ? TUNNEL_ESTATE
                                                            : TUNNEL_EINVAL;
+  if (st->state == TUNNEL__ST_VCONNECTING) {
+    /* NewVisitorConn was queued with the visit: it leaves now. */
+    e->now = now_ms;
+    st->state = TUNNEL__ST_VISIT;
+    return 0;
+  }
   if (st->state != TUNNEL__ST_CONNECTING)
     return TUNNEL_ESTATE;
   e->now = now_ms;
@@ -652,7 +698,10 @@ int tunnel_engine_conn_closed(tunnel_engine *e, uint32_t conn, int status,
   tunnel__eng_enter(e);
   e->now = now_ms;
   uint32_t num = st->num;
-  if (st->state != TUNNEL__ST_OPEN) {
+  if (tunnel__eng_visiting(st)) {
+    tunnel__eng_visit_failed(st, status ? status : TUNNEL_ECONNRESET, NULL,
+                             0);
+  } else if (st->state != TUNNEL__ST_OPEN) {
     stream_drop(st);
   } else if (status == 0) {
     /* The server finished sending: the visitor half-closed. */
@@ -730,7 +779,16 @@ int tunnel_engine_stream_shutdown(tunnel_engine *e, uint32_t stream) {
 }
 
 int tunnel_engine_stream_close(tunnel_engine *e, uint32_t stream) {
-  eng_stream *st = e ? find_open(e, stream) : NULL;
+  eng_stream *st = e ? tunnel__eng_find_stream(e->s, stream) : NULL;
+  if (st && tunnel__eng_visiting(st)) {
+    /* A visit abandoned before its answer: no callback for it. */
+    tunnel__eng_enter(e);
+    tunnel__eng_stream_discard(st);
+    tunnel__eng_leave(e);
+    return 0;
+  }
+  if (st && st->state != TUNNEL__ST_OPEN)
+    st = NULL;
   if (!st)
     return TUNNEL_EINVAL;
   eng_session *s = st->s;

@@ -237,6 +237,15 @@ TUNNEL_EXTERN int tunnel_engine_proxy_set_header(tunnel_engine *e,
                                                  uint32_t proxy,
                                                  const char *name,
                                                  const char *value);
+/* STCP only (TUNNEL_ENOTSUP for other types): the secret a visitor must
+ * prove to reach this secret service (frp's `sk`), copied, 1 to 255 bytes.
+ * A secret service has no public address: its registration reports 0 and
+ * "" to the proxy callback, and visitors arrive through the open callback
+ * as for a TCP proxy. The server refuses one registered without a
+ * secret. */
+TUNNEL_EXTERN int tunnel_engine_proxy_set_secret(tunnel_engine *e,
+                                                 uint32_t proxy,
+                                                 const char *secret);
 /* Forgets a proxy: the server is told (CloseProxy) if it registered it,
  * so its port or names are free at once; visitors' streams already open
  * go on; work channels still waiting for it are dropped. The number is
@@ -274,7 +283,8 @@ TUNNEL_EXTERN int tunnel_engine_stop(tunnel_engine *e, uint64_t now_ms);
  * once tunnel_engine_stream_count() is 0 (or the program's patience ends)
  * call tunnel_engine_stop(). Without a session it just stops. */
 TUNNEL_EXTERN int tunnel_engine_drain(tunnel_engine *e, uint64_t now_ms);
-/* Visitor streams open now (handed to the program and not yet closed). */
+/* Visitor streams open now (handed to the program and not yet closed),
+ * the program's own open visits to secret services included. */
 TUNNEL_EXTERN uint32_t tunnel_engine_stream_count(const tunnel_engine *e);
 /* Bytes received on `conn`. An error ends the session (the state callback
  * says why) and is returned. */
@@ -343,6 +353,46 @@ TUNNEL_EXTERN int tunnel_engine_stream_close(tunnel_engine *e,
 /* The program consumed `n` bytes delivered by the data callback. */
 TUNNEL_EXTERN int tunnel_engine_stream_consumed(tunnel_engine *e,
                                                 uint32_t stream, size_t n);
+
+/* ------------------------------------------- visiting a secret service */
+
+/* The outcome of tunnel_engine_visit() for `stream`. status 0: the
+ * service's client has a visitor; from now on `stream` is an open stream
+ * like a visitor's (data, end and writable callbacks; stream_write,
+ * shutdown, close, consumed; without multiplexing, conn_detach), bytes
+ * that followed the answer arrive through the data callback right after
+ * this one. Negative: the stream number is gone: TUNNEL_EREFUSED with the
+ * server's reason (a wrong secret, an unknown name), TUNNEL_ECLOSED when
+ * the session ended first, TUNNEL_ETIMEDOUT when the server did not answer
+ * within the login timeout (counted from the first tunnel_engine_tick()
+ * after the visit), TUNNEL_ECONNRESET when it closed the channel
+ * without an answer, TUNNEL_EPROTO for an answer that is not one, or the
+ * connection's own failure (non-mux). `message` is valid for the call
+ * ("" when there is nothing to add). */
+typedef void (*tunnel_engine_visit_cb)(tunnel_engine *e, uint32_t stream,
+                                       int status, const char *message,
+                                       void *user_data);
+TUNNEL_EXTERN int tunnel_engine_set_visit_cb(tunnel_engine *e,
+                                             tunnel_engine_visit_cb cb);
+/* Opens a channel to the secret service `name` (another client's STCP
+ * proxy) proving `secret` (frp's NewVisitorConn, signed like a login:
+ * md5 of the secret and the time callback's timestamp, so a server that
+ * bounds the clock skew needs that callback). With multiplexing the
+ * channel is a new stream of the session; without, the connect callback
+ * is asked for connection *stream_out (the same number), reported as work
+ * connections are, and a connect callback that reports a failure at once
+ * gets the visit callback before this returns. *stream_out is set before
+ * anything is asked; the visit callback says how it ended. Closing the
+ * stream before that (tunnel_engine_stream_close) abandons the visit
+ * without a visit callback (without multiplexing, the disconnect callback
+ * ends its connection). Errors: TUNNEL_EINVAL (name empty or over 255
+ * bytes, secret empty or over 255 bytes), TUNNEL_ESTATE (not logged in,
+ * draining, or no connect callback without multiplexing), TUNNEL_ELIMIT
+ * (as many visits waiting for their answer as max_work_conns, or the
+ * session's stream limit), TUNNEL_ENOMEM. */
+TUNNEL_EXTERN int tunnel_engine_visit(tunnel_engine *e, const char *name,
+                                      const char *secret,
+                                      uint32_t *stream_out);
 
 #ifdef __cplusplus
 }

@@ -346,7 +346,10 @@ TUNNEL_EXTERN int tunnel_client_close(tunnel_client *c,
 /* TCP: a public port. HTTP: requests routed by Host through the server's
  * HTTP port. HTTPS: TLS connections routed by their server name (SNI)
  * through the server's HTTPS port, untouched (the local service holds the
- * certificate). */
+ * certificate). UDP: datagrams through a public port. STCP: a secret
+ * service, with no public address: only visitors that know its name and
+ * its secret reach it, through their own client (tunnel_client_dial,
+ * tunnel_visitor). */
 typedef enum tunnel_proxy_type {
   TUNNEL_PROXY_TCP = 1,
   TUNNEL_PROXY_HTTP = 2,
@@ -357,7 +360,8 @@ typedef enum tunnel_proxy_type {
 
 /* status 0: registered; `message` is the public address: "HOST:PORT" for
  * TCP; for HTTP/HTTPS the names routed to the proxy, "NAME[:PORT]" joined
- * by commas (the port omitted when it is the scheme's default). Again
+ * by commas (the port omitted when it is the scheme's default); for STCP
+ * the proxy's name, which is what its visitors ask for. Again
  * after each reconnection. Negative: refused, `message` is the server's
  * reason: TUNNEL_EREFUSED is final; TUNNEL_EAGAIN is a proxy refused
  * after a reconnection although accepted before (its port or name most
@@ -402,6 +406,11 @@ TUNNEL_EXTERN int tunnel_proxy_set_basic_auth(tunnel_proxy *p,
 /* HTTP: a request header set on every request (replacing the visitor's). */
 TUNNEL_EXTERN int tunnel_proxy_set_header(tunnel_proxy *p, const char *name,
                                           const char *value);
+/* STCP: the secret its visitors must prove (frp's `sk`), copied, 1 to
+ * 255 bytes; required before tunnel_proxy_start (TUNNEL_EINVAL without
+ * it). TUNNEL_ENOTSUP for other kinds. */
+TUNNEL_EXTERN int tunnel_proxy_set_secret(tunnel_proxy *p,
+                                          const char *secret);
 /* UDP: how long a visitor's address keeps its socket towards the local
  * service without a datagram either way (default 60,000 ms). */
 TUNNEL_EXTERN int tunnel_proxy_set_idle_timeout(tunnel_proxy *p, uint32_t ms);
@@ -416,6 +425,55 @@ TUNNEL_EXTERN int tunnel_proxy_start(tunnel_proxy *p);
 /* Unregisters the proxy and frees it. Visitors already joined continue. */
 TUNNEL_EXTERN int tunnel_proxy_close(tunnel_proxy *p);
 TUNNEL_EXTERN const char *tunnel_proxy_name(const tunnel_proxy *p);
+
+/* -------------------------------------------- visiting secret services */
+
+/* The outcome of tunnel_client_dial. status 0: `stream` is a byte stream
+ * to the secret service, owned by the program from now on (end it with
+ * tunnel_stream_close()); `message` is "". Negative: `stream` is NULL and
+ * `message` says why (valid for the call): TUNNEL_EREFUSED with the
+ * server's reason (a wrong secret, no such service), TUNNEL_ETIMEDOUT (the
+ * client was not logged in within 10 s, or the server did not answer
+ * within the login timeout), TUNNEL_ECLOSED (the session ended first),
+ * TUNNEL_ECANCELED (the client was closed first), TUNNEL_ELIMIT (too many
+ * dials waiting for a login), or another transport error. */
+typedef void (*tunnel_client_dial_cb)(tunnel_client *c, int status,
+                                      tunnel_stream *stream,
+                                      const char *message, void *user_data);
+/* The in-process mirror of an accept callback: a stream to the secret
+ * service `name` (another client's STCP proxy) proving `secret`, with no
+ * local port on either end. The client carries it: a new stream of its
+ * session, or a connection of its own without multiplexing (over TLS when
+ * the client uses TLS). A dial made while the client is not logged in
+ * (connecting, reconnecting) waits for the login, at most 10 s and 256
+ * dials at a time. `cb` fires exactly once, from the loop, never inside
+ * this call. Errors: TUNNEL_EINVAL (empty or over 255 bytes), TUNNEL_ESTATE
+ * (the client is closing or draining), TUNNEL_ENOMEM. */
+TUNNEL_EXTERN int tunnel_client_dial(tunnel_client *c, const char *name,
+                                     const char *secret,
+                                     tunnel_client_dial_cb cb,
+                                     void *user_data);
+
+/* A local port for a secret service (frp's stcp visitor): each connection
+ * accepted there is dialled as by tunnel_client_dial and joined to it,
+ * bytes, backpressure and half-closes carried both ways. A connection that
+ * cannot be carried (refused, no answer, no login within 10 s) is closed
+ * and one log line says why. Belongs to its client and goes with it. */
+typedef struct tunnel_visitor tunnel_visitor;
+/* `name` and `secret` as for tunnel_client_dial, copied. */
+TUNNEL_EXTERN int tunnel_visitor_new(tunnel_visitor **out, tunnel_client *c,
+                                     const char *name, const char *secret);
+/* Listens on host:port (`host` numeric IPv4 or IPv6; port 0: an ephemeral
+ * port, see tunnel_visitor_port). Once per visitor (TUNNEL_ESTATE after);
+ * TUNNEL_EADDRINUSE and the like from the socket. */
+TUNNEL_EXTERN int tunnel_visitor_listen(tunnel_visitor *v, const char *host,
+                                        uint16_t port);
+/* The port listened on (TUNNEL_ESTATE before tunnel_visitor_listen). */
+TUNNEL_EXTERN int tunnel_visitor_port(const tunnel_visitor *v,
+                                      uint16_t *port);
+/* Stops listening and frees the visitor; connections still waiting for
+ * their channel are closed, those already joined go on. */
+TUNNEL_EXTERN int tunnel_visitor_close(tunnel_visitor *v);
 
 #ifdef __cplusplus
 }

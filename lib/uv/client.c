@@ -42,6 +42,9 @@ struct tunnel__cl_conn {
    * way; the bytes that came with StartWorkConn. */
   tunnel_proxy *opened;
   tunnel__bufq prefix;
+  /* Non-mux: the program's visit answered on it, to be handed over the
+   * same way. */
+  tunnel__cl_visit *dialed;
 };
 
 typedef struct tunnel__cl_conn cl_conn;
@@ -78,6 +81,11 @@ static cl_conn *conn_new(tunnel_client *c, uint32_t num) {
 
 static void conn_free(cl_conn *k) {
   tunnel_client *c = k->c;
+  if (k->dialed) { /* gone before it was handed over */
+    tunnel__cl_visit *v = k->dialed;
+    k->dialed = NULL;
+    tunnel__client_visit_lost(v, TUNNEL_ECLOSED);
+  }
   for (cl_conn **pp = &c->conns; *pp; pp = &(*pp)->next) {
     if (*pp == k) {
       *pp = k->next;
@@ -132,13 +140,19 @@ static const char *link_reason(tunnel__link *l, const char *fallback) {
 static int conn_hand_over(cl_conn *k) {
   tunnel_client *c = k->c;
   tunnel_proxy *p = k->opened;
+  tunnel__cl_visit *dialed = k->dialed;
   int rc = tunnel_engine_conn_detach(c->eng, k->num);
   if (rc == TUNNEL_ESTATE && k->writing &&
       tunnel__engine_out_pending(c->eng, k->num))
     return 0; /* NewWorkConn still being written: again when it is */
   k->opened = NULL;
-  if (rc != 0)
-    return 0; /* ended within the same call (the engine said so) */
+  k->dialed = NULL;
+  if (rc != 0) {
+    /* Ended within the same call (the engine said so). */
+    if (dialed)
+      tunnel__client_visit_lost(dialed, TUNNEL_ECONNRESET);
+    return 0;
+  }
   tunnel__link *l = k->link;
   k->link = NULL;
   k->dead = 1;
@@ -167,17 +181,22 @@ static int conn_hand_over(cl_conn *k) {
   if (!st) {
     tunnel__log(&c->cfg.log, TUNNEL_LOG_WARN,
                 "client: no memory for a visitor");
+    if (dialed)
+      tunnel__client_visit_lost(dialed, TUNNEL_ENOMEM);
     return 1;
   }
   tunnel__stream_list_add(&c->handed, st);
-  tunnel__client_visitor(p, st);
+  if (dialed)
+    tunnel__client_visit_opened(dialed, st);
+  else
+    tunnel__client_visitor(p, st);
   return 1;
 }
 
 /* After each engine call made from the loop. */
 static void after_engine(tunnel_client *c) {
   for (cl_conn *k = c->conns; k;) {
-    if (k->opened && !k->dead && conn_hand_over(k))
+    if ((k->opened || k->dialed) && !k->dead && conn_hand_over(k))
       k = c->conns; /* the list changed */
     else
       k = k->next;
@@ -408,6 +427,7 @@ static void on_state(tunnel_engine *e, int status, const char *message,
     tunnel__log(&c->cfg.log, TUNNEL_LOG_INFO, "client: TLS %s, %s handshake",
                 tunnel__tls_ciphersuite(l->tls),
                 tunnel__tls_resumed(l->tls) ? "resumed" : "full");
+  tunnel__client_visits_kick(c);
   if (c->state_cb)
     c->state_cb(c, 0, message, c->state_ud);
 }
@@ -419,6 +439,11 @@ static void on_proxy(tunnel_engine *e, uint32_t proxy, int status,
   tunnel_proxy *p = tunnel__client_proxy(c, proxy);
   if (!p || !p->status_cb)
     return;
+  if (status == 0 && p->type == TUNNEL_PROXY_STCP) {
+    /* No public address: visitors ask for it by name. */
+    p->status_cb(p, 0, p->name, p->status_ud);
+    return;
+  }
   if (status ||
       (p->type != TUNNEL_PROXY_TCP && p->type != TUNNEL_ENGINE_PROXY_UDP)) {
     /* HTTP: the names the server routes to it, "NAME[:PORT][,NAME...]". */
@@ -465,8 +490,15 @@ static void on_data(tunnel_engine *e, uint32_t stream, const uint8_t *data,
   tunnel_client *c = ud;
   if (!c->cfg.tcp_mux) {
     cl_conn *k = conn_find(c, stream);
-    if (k && k->opened && tunnel__bufq_append(&k->prefix, data, len) != 0)
-      k->opened = NULL, tunnel_engine_stream_close(e, stream);
+    if (k && (k->opened || k->dialed) &&
+        tunnel__bufq_append(&k->prefix, data, len) != 0) {
+      tunnel__cl_visit *v = k->dialed;
+      k->opened = NULL;
+      k->dialed = NULL;
+      tunnel_engine_stream_close(e, stream);
+      if (v)
+        tunnel__client_visit_lost(v, TUNNEL_ENOMEM);
+    }
     return;
   }
   tunnel_stream *st = tunnel__engine_stream_user(e, stream);
@@ -478,8 +510,14 @@ static void on_end(tunnel_engine *e, uint32_t stream, int status, void *ud) {
   tunnel_client *c = ud;
   if (!c->cfg.tcp_mux) {
     cl_conn *k = conn_find(c, stream);
-    if (k && status < 0)
+    if (k && status < 0) {
       k->opened = NULL; /* never handed over: the engine closes it */
+      if (k->dialed) {
+        tunnel__cl_visit *v = k->dialed;
+        k->dialed = NULL;
+        tunnel__client_visit_lost(v, status);
+      }
+    }
     return;
   }
   tunnel_stream *st = tunnel__engine_stream_user(e, stream);
@@ -492,6 +530,22 @@ static void on_writable(tunnel_engine *e, uint32_t stream, void *ud) {
   tunnel_stream *st = tunnel__engine_stream_user(e, stream);
   if (st)
     tunnel__stream_eng_pump(st);
+}
+
+static void on_visit(tunnel_engine *e, uint32_t stream, int status,
+                     const char *message, void *ud) {
+  tunnel_client *c = ud;
+  (void)e;
+  tunnel__cl_visit *v = tunnel__client_on_visit(c, stream, status, message);
+  if (!v)
+    return;
+  /* Non-mux: the connection becomes the stream once this engine call
+   * returns, as a visitor's does. */
+  cl_conn *k = conn_find(c, stream);
+  if (k)
+    k->dialed = v;
+  else
+    tunnel__client_visit_lost(v, TUNNEL_ECLOSED);
 }
 
 static void on_datagram(tunnel_engine *e, uint32_t proxy, const char *ip,
@@ -604,6 +658,7 @@ static void flush(tunnel_client *c) {
   }
   if (c->closing)
     return;
+  next = tunnel__client_visits_tick(c, next);
   if (next == UINT64_MAX) {
     uv_timer_stop(&c->timer);
     return;
@@ -753,6 +808,7 @@ int tunnel_client_new(tunnel_client **out, uv_loop_t *loop,
   tunnel_engine_set_stream_cbs(c->eng, on_open, on_data, on_end, on_writable);
   tunnel_engine_set_conn_cbs(c->eng, on_connect, on_disconnect);
   tunnel_engine_set_datagram_cb(c->eng, on_datagram);
+  tunnel_engine_set_visit_cb(c->eng, on_visit);
   tunnel_engine_set_event_cb(c->eng, on_event);
   tunnel_engine_set_random_cb(c->eng, fill_random);
   tunnel_engine_set_time_cb(c->eng, unix_time);
@@ -860,6 +916,8 @@ int tunnel_client_close(tunnel_client *c, tunnel_client_close_cb cb,
   c->close_ud = ud;
   tunnel__sched_cancel(&c->sched, &c->flush_task);
   tunnel__sched_cancel(&c->sched, &c->connect_task);
+  tunnel__sched_cancel(&c->sched, &c->visit_task);
+  tunnel__client_visitors_free(c);
   if (c->drain_timer) { /* a drain ends now; only this callback fires */
     uv_close((uv_handle_t *)c->drain_timer, drain_timer_closed);
     c->drain_timer = NULL;
@@ -868,6 +926,7 @@ int tunnel_client_close(tunnel_client *c, tunnel_client_close_cb cb,
    * reconnecting; then every connection goes. */
   tunnel_engine_stop(c->eng, now_ms(c));
   session_down(c, TUNNEL_ECANCELED, "client closed");
+  tunnel__client_visits_abort(c);
   /* Non-mux joins are connections of their own: no session end reaches
    * them. */
   tunnel__splice_abort_all(&c->splices);
@@ -881,7 +940,7 @@ int tunnel_client_close(tunnel_client *c, tunnel_client_close_cb cb,
  * program. */
 static int visitors_left(const tunnel_client *c) {
   return tunnel_engine_stream_count(c->eng) > 0 || c->splices.count > 0 ||
-         c->joins != NULL || c->handed.head != NULL;
+         c->joins != NULL || c->handed.head != NULL || c->visits != NULL;
 }
 
 static void drain_check(uv_timer_t *t) {

@@ -19,6 +19,10 @@
 #include "tlsconf.h"
 
 #define TUNNEL__CLIENT_READBUF (64u * 1024u)
+/* Visits to secret services waiting for a login, at once and for how
+ * long. */
+#define TUNNEL__CLIENT_VISIT_WAIT_MAX 256u
+#define TUNNEL__CLIENT_VISIT_WAIT_MS 10000u
 /* UDP visitors mapped at once per proxy (each holds a socket). */
 #define TUNNEL__CLIENT_UDP_PEERS 1024u
 #define TUNNEL__CLIENT_UDP_IDLE_MS 60000u
@@ -34,6 +38,7 @@ enum {
 typedef struct tunnel__cl_conn tunnel__cl_conn;
 typedef struct tunnel__cl_join tunnel__cl_join;
 typedef struct tunnel__cl_udp_peer tunnel__cl_udp_peer;
+typedef struct tunnel__cl_visit tunnel__cl_visit;
 
 struct tunnel_client {
   uv_loop_t *loop;
@@ -49,6 +54,13 @@ struct tunnel_client {
   tunnel__cl_conn *conns;  /* connections to the server */
   tunnel__cl_join *joins;  /* visitors waiting for the local service */
   tunnel_proxy *proxies;
+  /* Visits to secret services (client_visit.c): dialled by the program or
+   * by a visitor's local connection. */
+  tunnel__cl_visit *visits;
+  uint32_t visits_waiting;        /* of them, waiting for a login */
+  tunnel__cl_visit *visit_current; /* inside tunnel_engine_visit() */
+  tunnel__task visit_task;        /* waiting visits go once logged in */
+  tunnel_visitor *visitors;
   /* Non-mux visitors: whole connections, which no session end reaches. */
   tunnel__stream_list handed;
   tunnel_stream *blocked; /* engine streams waiting for output room */
@@ -85,6 +97,7 @@ struct tunnel_proxy {
   tunnel_proxy_accept_cb accept_cb;
   void *accept_ud;
   int started;
+  int has_secret; /* STCP */
   /* UDP: a socket per visitor address, closed after udp_idle_ms idle. */
   tunnel__cl_udp_peer *peers;
   uint32_t npeers;
@@ -133,6 +146,26 @@ void tunnel__client_datagram(tunnel_proxy *p, const char *ip, uint16_t port,
 /* Closes the proxy's visitor sockets (and its timer when `all`: the proxy
  * goes). */
 void tunnel__client_udp_close(tunnel_proxy *p, int all);
+
+/* client_visit.c */
+
+/* The engine's visit callback. Returns the visit when its connection must
+ * be handed over (non-mux, success): the caller does it once the engine
+ * call returns, then reports with tunnel__client_visit_opened() or
+ * tunnel__client_visit_lost(). */
+tunnel__cl_visit *tunnel__client_on_visit(tunnel_client *c, uint32_t stream,
+                                          int status, const char *message);
+void tunnel__client_visit_opened(tunnel__cl_visit *v, tunnel_stream *st);
+void tunnel__client_visit_lost(tunnel__cl_visit *v, int status);
+/* Logged in: visits waiting for it go (from the loop). */
+void tunnel__client_visits_kick(tunnel_client *c);
+/* Visits that waited too long for a login fail; returns the earlier of
+ * `next` and the next such deadline. */
+uint64_t tunnel__client_visits_tick(tunnel_client *c, uint64_t next);
+/* The client closes: visits still waiting for a login fail, visitors
+ * close. */
+void tunnel__client_visits_abort(tunnel_client *c);
+void tunnel__client_visitors_free(tunnel_client *c);
 
 /* stream_eng.c */
 

@@ -214,6 +214,15 @@ int tunnel_proxy_set_local(tunnel_proxy *p, const char *host, uint16_t port) {
   return 0;
 }
 
+int tunnel_proxy_set_secret(tunnel_proxy *p, const char *secret) {
+  int rc = opt_ok(p);
+  if (rc == 0)
+    rc = tunnel_engine_proxy_set_secret(p->c->eng, p->id, secret);
+  if (rc == 0)
+    p->has_secret = 1;
+  return rc;
+}
+
 int tunnel_proxy_set_idle_timeout(tunnel_proxy *p, uint32_t ms) {
   if (!p || ms == 0)
     return TUNNEL_EINVAL;
@@ -248,6 +257,8 @@ int tunnel_proxy_start(tunnel_proxy *p) {
     return TUNNEL_ESTATE;
   if (!p->local_host && !p->accept_cb)
     return TUNNEL_EINVAL; /* visitors would have nowhere to go */
+  if (p->type == TUNNEL_PROXY_STCP && !p->has_secret)
+    return TUNNEL_EINVAL; /* the server refuses a secret service without */
   if (p->type == TUNNEL_ENGINE_PROXY_UDP) {
     /* Datagrams go to a local socket, whose address must be numeric. */
     struct sockaddr_storage ss;

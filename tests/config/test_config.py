@@ -289,12 +289,12 @@ def case_bad_files():
     cases = [
         ("b1.ini", "[common]\nserver_port = seventy\n[a]\nlocal_port=1\n",
          ["line 2", "server_port"]),
-        ("b2.ini", "[common]\n[a]\ntype = stcp\nlocal_port = 1\n",
-         ["line 3", "'stcp'", "not supported"]),
+        ("b2.ini", "[common]\n[a]\ntype = xtcp\nlocal_port = 1\n",
+         ["line 3", "'xtcp'", "not supported"]),
         ("b3.ini", "[common]\nthis line is wrong\n", ["line 2"]),
         ("b4.json", '{"serverPort": 99999}', ["serverPort"]),
-        ("b5.json", '{"proxies": [{"name": "x", "type": "stcp", '
-         '"localPort": 1}]}', ["'stcp'", "not supported"]),
+        ("b5.json", '{"proxies": [{"name": "x", "type": "xtcp", '
+         '"localPort": 1}]}', ["'xtcp'", "not supported"]),
         ("b6.json", '{"serverAddr": "a",\n "serverPort": }', ["line 2"]),
         ("b7.json", '{"proxies": [{"name": "x", "type": "tcp"}]}',
          ["proxies[0]", "localPort"]),

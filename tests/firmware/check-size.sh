@@ -2,7 +2,7 @@
 # Cross-compiles the client core (-Dcore_only=true) for a Cortex-M4 with
 # newlib-nano and checks it against its flash budget: the text (code and
 # read-only data) of its modules, summed before the firmware's link drops
-# unused functions, must stay within 32 KiB. cJSON and mbedTLS are not
+# unused functions, must stay within 34 KiB. cJSON and mbedTLS are not
 # compiled in; their headers (Debian's, plain C) are put on the include path.
 # Also fails when a module calls a library function that the core lacks, so
 # the core_only source list stays complete.
@@ -15,7 +15,7 @@ set -eu
 src=$(cd "$1" && pwd)
 work=$2
 meson=${3:-meson}
-budget=${TUNNEL_CORE_TEXT_BUDGET:-32768}
+budget=${TUNNEL_CORE_TEXT_BUDGET:-34816}
 headers=${TUNNEL_CROSS_HEADERS:-/usr/include}
 
 for tool in arm-none-eabi-gcc arm-none-eabi-size arm-none-eabi-nm; do
