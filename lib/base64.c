@@ -75,7 +75,8 @@ int tunnel__b64_decode(uint8_t *out, size_t cap, size_t *olen,
     if (s == 0)
       return TUNNEL_EPROTO;
     if (s == PAD) {
-      /* "xx==" or "xxx=", and only in the last group. */
+      /* One or two pad characters after at least two of the alphabet,
+       * and only in the last group. */
       if (have + pads < 2)
         return TUNNEL_EPROTO;
       pads++;

@@ -211,6 +211,8 @@ int tunnel__eng_sign(tunnel_engine *e, const char *secret, int64_t *ts,
 tunnel__eng_proxy *tunnel__eng_proxy_by_name(tunnel_engine *e,
                                              const char *name);
 void tunnel__eng_proxy_free(tunnel_engine *e, tunnel__eng_proxy *p);
+/* Tells the server to forget `p` (CloseProxy); a failure ends `s`. */
+int tunnel__eng_send_close_proxy(tunnel__eng_session *s, tunnel__eng_proxy *p);
 tunnel__eng_proxy *tunnel__eng_proxy_by_id(tunnel_engine *e, uint32_t id);
 
 /* engine_dgram.c */

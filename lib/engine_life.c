@@ -232,12 +232,8 @@ int tunnel_engine_drain(tunnel_engine *e, uint64_t now_ms) {
       continue;
     }
     p->withdrawn = 1;
-    if (p->sent) {
-      tunnel__msg m;
-      tunnel__msg_init(&m, TUNNEL__MSG_CLOSE_PROXY);
-      m.proxy_name = p->name; /* borrowed for the encoding */
-      tunnel__eng_send_ctl(e->s, &m);
-    }
+    if (p->sent)
+      tunnel__eng_send_close_proxy(e->s, p);
     p = e->proxies;
   }
   /* Work channels waiting for a visitor will not carry one. */

@@ -59,6 +59,13 @@ int tunnel_engine_add_proxy(tunnel_engine *e, const char *name, int32_t type,
   return 0;
 }
 
+int tunnel__eng_send_close_proxy(tunnel__eng_session *s, eng_proxy *p) {
+  tunnel__msg m;
+  tunnel__msg_init(&m, TUNNEL__MSG_CLOSE_PROXY);
+  m.proxy_name = p->name; /* borrowed for the encoding */
+  return tunnel__eng_send_ctl(s, &m);
+}
+
 int tunnel_engine_remove_proxy(tunnel_engine *e, uint32_t proxy) {
   eng_proxy *p = tunnel__eng_proxy_by_id(e, proxy);
   if (!p)
@@ -80,11 +87,8 @@ int tunnel_engine_remove_proxy(tunnel_engine *e, uint32_t proxy) {
   }
   if (p->sent && e->s && e->state == TUNNEL__E_READY) {
     /* The server frees the port or names now, not at the session's end. */
-    tunnel__msg m;
-    tunnel__msg_init(&m, TUNNEL__MSG_CLOSE_PROXY);
-    m.proxy_name = p->name; /* borrowed for the encoding */
     tunnel__eng_enter(e);
-    rc = tunnel__eng_send_ctl(e->s, &m);
+    rc = tunnel__eng_send_close_proxy(e->s, p);
     tunnel__eng_leave(e);
   }
   tunnel__eng_proxy_free(e, p);
