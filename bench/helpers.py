@@ -337,8 +337,6 @@ def report(path):
     if any(k.startswith(("tput.tls", "conn.tls")) for k in r):
         rows[4:4] = [("tlsmux", "tunnel, mux, TLS")]
         rows.append(("tlsnomux", "tunnel, no-mux, TLS"))
-    if any(k.startswith("tput.stcp") for k in r):
-        rows.insert(4, ("stcp", "tunnel, stcp visitor, mux"))
     # Peer tunnels: rows only when the run measured them (their binaries
     # were there).
     peers = []
@@ -414,15 +412,6 @@ def report(path):
                 tgt = ">= %.1fx: %s" % (want, verdict)
             print("%-26s %7s %7s %8s   %s" % ("%s / %s" % (tl, bl), rcell(f),
                                              rcell(v), rcell(c), tgt))
-    # A secret service's visitor against the tcp proxy, per round.
-    for d in ("fwd", "rev"):
-        xs = round_ratios(r, "tput.stcp.%s" % d, "tput.mux.%s" % d)
-        if xs:
-            m = median(xs)
-            print("%-26s %7s %-16s >= 0.9x: %s" % (
-                "stcp visitor / tcp, %s" % d, rcell(m),
-                "[%.2f..%.2f]" % (min(xs), max(xs)),
-                "met" if m >= 0.9 else "NOT met"))
     # The peer tunnels against the same direct baseline.
     if peers:
         print()

@@ -1,8 +1,9 @@
 #!/bin/bash
 # libtunnel benchmark: TCP throughput (iperf3), new-connection rate, HTTP
 # request rate and latency (wrk, keep-alive), UDP throughput and loss
-# (iperf3 -u) and idle client RSS of the tunnel (mux and no-mux, plain and
-# TLS to the server) against baselines
+# (iperf3 -u), secret-service (stcp) throughput (bench/pump.c) and idle
+# client RSS of the tunnel (mux and no-mux, plain and TLS to the server)
+# against baselines
 # measured in the same run: a direct connection, a chain of two socat relays,
 # ssh -R, and, when their binaries are there, stock frp (frps + frpc, its HTTP
 # vhost for HTTP) and bore. Everything runs on 127.0.0.1. See bench/README.md.
@@ -24,6 +25,8 @@
 #   BENCH_UDP_LENS     datagram sizes (default "1400 8000"; frp: <= 1472)
 #   BENCH_UDP_STEPS    extra loads tried to find the highest with <= 1%
 #                      loss (default 4)
+#   BENCH_STCP=0    no secret-service rows (tcp proxy, stcp visitor port,
+#                   in-process dial; frp's tcp and stcp visitor)
 #   BENCH_BUILD     meson build directory (default build-bench)
 #   BENCH_SSH_CIPHER  force an ssh cipher (default: OpenSSH's choice)
 #   BENCH_PEERS     directory with frps, frpc and bore (default ../shared/peers
@@ -185,6 +188,13 @@ buildtype() {
     python3 -c 'import json,sys; print(next(o["value"] for o in json.load(sys.stdin) if o["name"]=="buildtype"))' 2>/dev/null ||
     echo "?"
 }
+# A build directory of another checkout would measure that checkout.
+if [ -f "$BUILD/meson-info/meson-info.json" ]; then
+  src=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["directories"]["source"])' \
+    "$BUILD/meson-info/meson-info.json" 2>/dev/null || echo "?")
+  [ "$(realpath "$src" 2>/dev/null)" = "$(realpath "$ROOT")" ] ||
+    die "$BUILD was configured for $src, not $ROOT: choose another BENCH_BUILD"
+fi
 if [ ! -f "$BUILD/build.ninja" ]; then
   say "configuring $BUILD (release)"
   meson setup "$BUILD" --buildtype=release -Dtests=false >"$work/meson.log" 2>&1 ||
@@ -414,24 +424,6 @@ else
   say "tunnel-client reports --no-mux unavailable: no-mux rows will read n/a"
   put note.nomux "tunnel-client: --no-mux is not available in this build"
 fi
-# A secret service (stcp) for iperf3 and a visitor of it, both mux: the
-# visitor's local port is the row's entry (two sessions of the same server
-# on the path, against the tcp proxy's one).
-STCP_IPERF=""
-stcp_secret=bench-stcp-$RANDOM$RANDOM
-start stcp-service "$BIN/tunnel-client" --server "$CONTROL" --token "$token" \
-  stcp "127.0.0.1:$IPORT" --name bench-stcp --secret "$stcp_secret"
-STCP_SVC_PID=$LASTPID
-if [ "$(wait_line "$work/stcp-service.out" "$STCP_SVC_PID" 10)" = stcp://bench-stcp ]; then
-  TUNNEL_PROCS+=("stcp-service:$STCP_SVC_PID")
-  start stcp-visitor "$BIN/tunnel-client" --server "$CONTROL" --token "$token" \
-    visit bench-stcp --secret "$stcp_secret" --bind 127.0.0.1:0
-  if out=$(wait_line "$work/stcp-visitor.out" "$LASTPID" 10); then
-    TUNNEL_PROCS+=("stcp-visitor:$LASTPID")
-    STCP_IPERF=${out##*:}
-  fi
-fi
-[ -n "$STCP_IPERF" ] || put note.stcp "stcp rows read n/a: $(tail -q -n 2 "$work/stcp-service.err" "$work/stcp-visitor.err" 2>/dev/null | tr '\n' ' ')"
 # The same proxies with TLS between client and server. With no-mux, every
 # work connection is a TLS connection of its own (a resumed handshake).
 TLSMUX_IPERF="" TLSMUX_ECHO="" TLSMUX_PID="" TLSNOMUX_IPERF="" TLSNOMUX_ECHO=""
@@ -645,7 +637,7 @@ iperf_run() { # KEY DIR PORT ROUND
   stop "$IPERF_PID"
   check_tunnel "iperf3 $key $dir"
 }
-TPUT_ROWS=("direct:$IPORT" "socat:$SOCAT_IPERF" "ssh:$SSH_IPERF" "mux:$MUX_IPERF" "stcp:$STCP_IPERF"
+TPUT_ROWS=("direct:$IPORT" "socat:$SOCAT_IPERF" "ssh:$SSH_IPERF" "mux:$MUX_IPERF"
   "tlsmux:$TLSMUX_IPERF" "nomux:$NOMUX_IPERF" "tlsnomux:$TLSNOMUX_IPERF")
 CONN_ROWS=("direct:$EPORT" "socat:$SOCAT_ECHO" "ssh:$SSH_ECHO" "mux:$MUX_ECHO"
   "tlsmux:$TLSMUX_ECHO" "nomux:$NOMUX_ECHO" "tlsnomux:$TLSNOMUX_ECHO")
@@ -979,6 +971,121 @@ if [ "$UDP" = 1 ]; then
   done
 fi
 
+# ---------------------------------------------------------------- STCP
+# Secret services: bulk throughput to one service (bench/pump.c) through a
+# tcp proxy, through an stcp visitor's local port, and dialled in-process
+# (tunnel_client_dial), each measured by the same pump so the ends cost
+# the same; frp's tcp proxy and stcp visitor beside them when frp is
+# there. Also the CPU each row costs the relay (server) and the clients,
+# in seconds per GB carried. Runs in quick mode too.
+STCP=${BENCH_STCP:-1}
+SR=$work/stcp-results
+: >"$SR"
+sput() { echo "$1 $2" >>"$SR"; }
+cpu_ticks() { # PID...: user+system clock ticks, summed
+  local p s=0 t
+  for p in "$@"; do
+    t=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null) || t=0
+    s=$((s + ${t:-0}))
+  done
+  echo "$s"
+}
+if [ "$STCP" = 1 ]; then
+  PUMP=$work/pump
+  # The examples built above link the shared library.
+  [ -e "$BUILD/lib/libtunnel.so" ] || die "no lib/libtunnel.so in $BUILD"
+  cc -O2 -std=c11 -D_GNU_SOURCE -Wall -o "$PUMP" "$ROOT/bench/pump.c" \
+    -I"$ROOT/include" -I"$BUILD/include" "$BUILD/lib/libtunnel.so" \
+    -Wl,-rpath,"$BUILD/lib" "${uvflags[@]}" >"$work/cc-pump.log" 2>&1 ||
+    { cat "$work/cc-pump.log" >&2; die "cannot compile bench/pump.c"; }
+  start pump-service "$PUMP" serve 0
+  line=$(wait_line "$work/pump-service.out" "$LASTPID" 10) || die "the pump service did not start: $(cat "$work/pump-service.err")"
+  PPORT=${line##*:}
+  # The tunnel's three paths, from clients of their own.
+  ST_TCP="" ST_VISIT="" ST_SVC="" ST_VIS_PID="" ST_CLIENTS=() ssecret=bench-pump-$RANDOM$RANDOM
+  start st-tcp "$BIN/tunnel-client" --server "$CONTROL" --token "$token" \
+    tcp "127.0.0.1:$PPORT" --name st-tcp
+  if out=$(wait_line "$work/st-tcp.out" "$LASTPID" 10); then
+    ST_TCP=${out##*:} ST_CLIENTS+=("$LASTPID") TUNNEL_PROCS+=("st-tcp:$LASTPID")
+  fi
+  start st-service "$BIN/tunnel-client" --server "$CONTROL" --token "$token" \
+    stcp "127.0.0.1:$PPORT" --name bench-pump --secret "$ssecret"
+  if [ "$(wait_line "$work/st-service.out" "$LASTPID" 10)" = stcp://bench-pump ]; then
+    ST_SVC=1 ST_CLIENTS+=("$LASTPID") TUNNEL_PROCS+=("st-service:$LASTPID")
+    start st-visitor "$BIN/tunnel-client" --server "$CONTROL" --token "$token" \
+      visit bench-pump --secret "$ssecret" --bind 127.0.0.1:0
+    if out=$(wait_line "$work/st-visitor.out" "$LASTPID" 10); then
+      ST_VISIT=${out##*:} ST_VIS_PID=$LASTPID TUNNEL_PROCS+=("st-visitor:$LASTPID")
+    fi
+  fi
+  [ -n "$ST_TCP" ] && [ -n "$ST_VISIT" ] ||
+    sput note.stcp "tunnel rows read n/a: $(tail -q -n 2 "$work/st-tcp.err" "$work/st-service.err" "$work/st-visitor.err" 2>/dev/null | tr '\n' ' ')"
+  # frp: frps, one frpc with a tcp and an stcp proxy, one visitor frpc.
+  FST_TCP="" FST_VISIT="" FST_PIDS=()
+  if [ -x "$PEERS/frps" ] && [ -x "$PEERS/frpc" ]; then
+    sput meta.frp "$("$PEERS/frps" --version 2>/dev/null | head -n 1)"
+    fbp=$(freeport) ftp=$(freeport) fvp=$(freeport)
+    printf '[common]\nbind_addr = 127.0.0.1\nbind_port = %s\nproxy_bind_addr = 127.0.0.1\ntoken = %s\nlog_level = warn\n' \
+      "$fbp" "$token" >"$work/frps-st.ini"
+    printf '[common]\nserver_addr = 127.0.0.1\nserver_port = %s\ntoken = %s\nlog_level = warn\n\n[tp]\ntype = tcp\nlocal_ip = 127.0.0.1\nlocal_port = %s\nremote_port = %s\n\n[st]\ntype = stcp\nsk = %s\nlocal_ip = 127.0.0.1\nlocal_port = %s\n' \
+      "$fbp" "$token" "$PPORT" "$ftp" "$ssecret" "$PPORT" >"$work/frpc-st.ini"
+    printf '[common]\nserver_addr = 127.0.0.1\nserver_port = %s\ntoken = %s\nlog_level = warn\n\n[st_visitor]\ntype = stcp\nrole = visitor\nserver_name = st\nsk = %s\nbind_addr = 127.0.0.1\nbind_port = %s\n' \
+      "$fbp" "$token" "$ssecret" "$fvp" >"$work/frpv-st.ini"
+    start frps-st "$PEERS/frps" -c "$work/frps-st.ini"
+    FST_SRV=$LASTPID PEER_PROCS+=("frps-st:$LASTPID")
+    if waitlisten "$fbp" 10; then
+      start frpc-st "$PEERS/frpc" -c "$work/frpc-st.ini"
+      FST_PIDS+=("$LASTPID") PEER_PROCS+=("frpc-st:$LASTPID")
+      start frpv-st "$PEERS/frpc" -c "$work/frpv-st.ini"
+      FST_VIS_PID=$LASTPID PEER_PROCS+=("frpv-st:$LASTPID")
+      waitlisten "$ftp" 10 && FST_TCP=$ftp
+      waitlisten "$fvp" 10 && FST_VISIT=$fvp
+    fi
+    [ -n "$FST_TCP" ] && [ -n "$FST_VISIT" ] ||
+      sput note.stcp-frp "frp rows read n/a: $(tail -q -n 3 "$work/frps-st.err" "$work/frpc-st.err" "$work/frpv-st.err" 2>/dev/null | tr '\n' ' ')"
+    sleep 1 # frp's visitor registers after it listens
+  fi
+  sput stcp.seconds "$T"
+  # pump_row KEY DIR ROUND RELAY_PID "CLIENT_PIDS" READY ARGS...: READY
+  # empty when the row's path did not come up.
+  pump_row() {
+    local key=$1 dir=$2 r=$3 relay=$4 clients=$5 ready=$6 out s0 s1 c0 c1
+    shift 6
+    if [ -z "$ready" ]; then
+      sput "stcp.$key.$dir#$r" n/a
+      return
+    fi
+    s0=$(cpu_ticks "$relay") c0=$(cpu_ticks $clients)
+    if out=$(timeout $((T + 40)) "$PUMP" "$@" "$T" "$dir" 2>"$work/pump-$key-$dir-$r.err"); then
+      s1=$(cpu_ticks "$relay") c1=$(cpu_ticks $clients)
+      local gb bytes
+      gb=$(echo "$out" | sed -n 's/.*gbit_s=\([0-9.]*\).*/\1/p')
+      bytes=$(echo "$out" | sed -n 's/^bytes=\([0-9]*\).*/\1/p')
+      sput "stcp.$key.$dir#$r" "$gb"
+      sput "stcp.$key.$dir.relay#$r" "$(awk -v t=$((s1 - s0)) -v b="$bytes" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.3f", t / hz / (b / 1e9)}')"
+      sput "stcp.$key.$dir.clients#$r" "$(awk -v t=$((c1 - c0)) -v b="$bytes" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.3f", t / hz / (b / 1e9)}')"
+      say "  $key $dir: $gb Gbit/s"
+    else
+      sput "stcp.$key.$dir#$r" err
+      sput "note.pump-$key-$dir-$r" "$(head -c 300 "$work/pump-$key-$dir-$r.err" | tr '\n' ' ')"
+      say "  $key $dir: failed: $(head -c 300 "$work/pump-$key-$dir-$r.err")"
+    fi
+  }
+  for ((round = 1; round <= ROUNDS; round++)); do
+    say "round $round of $ROUNDS: secret services, ${T}s per direction"
+    for dir in fwd rev; do
+      pump_row tcp "$dir" "$round" "$SERVER_PID" "${ST_CLIENTS[*]}" "$ST_TCP" tcp "127.0.0.1:$ST_TCP"
+      pump_row visit "$dir" "$round" "$SERVER_PID" "${ST_CLIENTS[*]} $ST_VIS_PID" "$ST_VISIT" tcp "127.0.0.1:$ST_VISIT"
+      pump_row dial "$dir" "$round" "$SERVER_PID" "${ST_CLIENTS[*]}" "$ST_SVC" dial "$CONTROL" "$token" bench-pump "$ssecret"
+      if [ -n "$FST_TCP" ] && [ -n "$FST_VISIT" ]; then
+        pump_row frp-tcp "$dir" "$round" "$FST_SRV" "${FST_PIDS[*]}" 1 tcp "127.0.0.1:$FST_TCP"
+        pump_row frp-visit "$dir" "$round" "$FST_SRV" "${FST_PIDS[*]} $FST_VIS_PID" 1 tcp "127.0.0.1:$FST_VISIT"
+      fi
+    done
+    check_tunnel "secret services"
+  done
+fi
+
 put hwm.client_mux "$(hwm "$MUX_PID")"
 [ -n "$NOMUX_PID" ] && put hwm.client_nomux "$(hwm "$NOMUX_PID")"
 [ -n "$TLSMUX_PID" ] && put hwm.client_tlsmux "$(hwm "$TLSMUX_PID")"
@@ -993,3 +1100,4 @@ done
 
 $H report "$RES"
 if [ "$UDP" = 1 ]; then $U report "$UR"; fi
+if [ "$STCP" = 1 ]; then python3 "$ROOT/bench/stcp.py" report "$SR"; fi
