@@ -151,7 +151,10 @@ static void h_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
     }
     const char *head = c->buf + pos;
     size_t avail = c->len - pos;
-    const char *e = avail >= 4 ? memmem(head, avail, "\r\n\r\n", 4) : NULL;
+    const char *e = NULL;
+    for (size_t i = 0; i + 4 <= avail && !e; i++)
+      if (memcmp(head + i, "\r\n\r\n", 4) == 0)
+        e = head + i;
     if (!e) {
       if (avail == BUF_CAP) { /* a head that does not fit */
         c->closing = 1;

@@ -3,6 +3,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "../crypto.h"
 #include "handle.h"
 #include "stream.h"
 #include "uverr.h"
@@ -55,6 +56,10 @@ struct tunnel__splice {
   int tcp_shut_done;    /* TCP FIN sent after st_eof */
   int closing;
   int handles;          /* things still to close before freeing */
+  /* frp's use_encryption: the stream side carries AES-CFB (enc: what goes
+   * into the stream, dec: what comes out of it). */
+  int crypto;
+  tunnel__cfb enc, dec;
 };
 
 typedef struct {
@@ -79,6 +84,10 @@ static void maybe_free(tunnel__splice *sp) {
   void *ud = sp->gone_ud;
   if (sp->tr)
     tunnel__traffic_release(sp->mem, sp->tr);
+  if (sp->crypto) {
+    tunnel__cfb_free(&sp->enc);
+    tunnel__cfb_free(&sp->dec);
+  }
   tunnel__free(sp->mem, sp);
   if (gone)
     gone(ud);
@@ -198,8 +207,13 @@ static void tcp_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   }
   if (sp->tr)
     tunnel__traffic_in(sp->tr, (size_t)nread);
-  int rc = tunnel_stream_write(sp->st, sp->readbuf, (size_t)nread, st_write_cb,
-                               sp);
+  size_t n = (size_t)nread;
+  /* In place: the IV went out at the start. */
+  int rc = sp->crypto ? tunnel__cfb_encrypt(&sp->enc, sp->readbuf, n,
+                                            sp->readbuf, &n)
+                      : 0;
+  if (rc == 0)
+    rc = tunnel_stream_write(sp->st, sp->readbuf, n, st_write_cb, sp);
   if (rc) {
     finish(sp, rc);
     return;
@@ -271,6 +285,25 @@ static int tcp_send(tunnel__splice *sp, const uint8_t *data, size_t len) {
   return 0;
 }
 
+/* Deciphers through the shared scratch buffer, a buffer's worth at a time
+ * (tcp_send copies what the socket does not take at once). */
+static int send_decrypted(tunnel__splice *sp, const uint8_t *data,
+                          size_t len) {
+  while (len) {
+    size_t n = len < sp->readbuf_size ? len : sp->readbuf_size, out_n = 0;
+    int rc = tunnel__cfb_decrypt(&sp->dec, data, n, sp->readbuf, &out_n);
+    if (rc == 0 && out_n)
+      rc = tcp_send(sp, sp->readbuf, out_n);
+    if (rc)
+      return rc;
+    if (sp->tr)
+      tunnel__traffic_out(sp->tr, out_n); /* payload, not the IV */
+    data += n;
+    len -= n;
+  }
+  return 0;
+}
+
 static void st_read_cb(tunnel_stream *st, int status, const uint8_t *data,
                        size_t len, void *ud) {
   tunnel__splice *sp = ud;
@@ -290,9 +323,9 @@ static void st_read_cb(tunnel_stream *st, int status, const uint8_t *data,
     finish(sp, status);
     return;
   }
-  if (sp->tr)
+  int rc = sp->crypto ? send_decrypted(sp, data, len) : tcp_send(sp, data, len);
+  if (rc == 0 && sp->tr && !sp->crypto)
     tunnel__traffic_out(sp->tr, len);
-  int rc = tcp_send(sp, data, len);
   if (rc) {
     finish(sp, rc);
     return;
@@ -317,7 +350,7 @@ int tunnel__splice_start(const tunnel__mem *mem, const tunnel__logger *log,
                          void *gone_ud) {
   return tunnel__splice_start_counted(mem, log, tcp, st, prefix, prefix_len,
                                       readbuf, readbuf_size, set, gone,
-                                      gone_ud, NULL);
+                                      gone_ud, NULL, NULL);
 }
 
 int tunnel__splice_start_counted(const tunnel__mem *mem,
@@ -326,12 +359,27 @@ int tunnel__splice_start_counted(const tunnel__mem *mem,
                                  size_t prefix_len, uint8_t *readbuf,
                                  size_t readbuf_size, tunnel__splice_set *set,
                                  void (*gone)(void *ud), void *gone_ud,
-                                 tunnel__traffic *tr) {
+                                 tunnel__traffic *tr, const uint8_t *key) {
   tunnel__splice *sp = tunnel__calloc(mem, 1, sizeof *sp);
-  if (!sp) {
+  int rc = sp ? 0 : TUNNEL_ENOMEM;
+  uint8_t iv[TUNNEL__CFB_IV_SIZE];
+  if (rc == 0 && key) {
+    sp->crypto = 1;
+    rc = tunnel__uv_err(uv_random(NULL, NULL, iv, sizeof iv, 0, NULL));
+    if (rc == 0)
+      rc = tunnel__cfb_init_encrypt_key(&sp->enc, key, iv);
+    if (rc == 0)
+      rc = tunnel__cfb_init_decrypt_key(&sp->dec, key);
+  }
+  if (rc) {
+    if (sp && sp->crypto) {
+      tunnel__cfb_free(&sp->enc);
+      tunnel__cfb_free(&sp->dec);
+    }
+    tunnel__free(mem, sp);
     tunnel__tcp_close_free(mem, tcp);
     tunnel_stream_close(st, NULL, NULL);
-    return TUNNEL_ENOMEM;
+    return rc;
   }
   sp->mem = mem;
   sp->log = log;
@@ -355,7 +403,15 @@ int tunnel__splice_start_counted(const tunnel__mem *mem,
   tcp->data = sp;
   uv_tcp_nodelay(tcp, 1);
   tunnel__stream_watch(st, st_failed, sp);
-  int rc = prefix_len ? tcp_send(sp, prefix, prefix_len) : 0;
+  if (sp->crypto) {
+    /* The encrypting side speaks first: its IV, in clear. */
+    size_t n = 0;
+    rc = tunnel__cfb_encrypt(&sp->enc, NULL, 0, iv, &n);
+    if (rc == 0)
+      rc = tunnel_stream_write(st, iv, n, NULL, NULL);
+  }
+  if (rc == 0 && prefix_len)
+    rc = tcp_send(sp, prefix, prefix_len);
   if (rc == 0)
     rc = tunnel__uv_err(
         uv_read_start((uv_stream_t *)tcp, alloc_cb, tcp_read_cb));

@@ -63,14 +63,17 @@ int tunnel__splice_start(const tunnel__mem *mem, const tunnel__logger *log,
 
 /* The same, counting the bytes each way in `tr` (held for the splice's
  * life, released when it is freed; NULL: not counted). The TCP side is the
- * visitor: what it sends is `in`. */
+ * visitor: what it sends is `in`. With `key` (TUNNEL__FRP_KEY_SIZE bytes,
+ * copied into the cipher state; NULL: plain) the stream side carries frp's
+ * use_encryption cipher. Also returns an error, with both sides closed and
+ * `gone` not called, when the cipher cannot start. */
 int tunnel__splice_start_counted(const tunnel__mem *mem,
                                  const tunnel__logger *log, uv_tcp_t *tcp,
                                  tunnel_stream *st, const uint8_t *prefix,
                                  size_t prefix_len, uint8_t *readbuf,
                                  size_t readbuf_size, tunnel__splice_set *set,
                                  void (*gone)(void *ud), void *gone_ud,
-                                 tunnel__traffic *tr);
+                                 tunnel__traffic *tr, const uint8_t *key);
 
 /* Ends every splice of `set` (each calls its `gone` once both sides have
  * closed). */

@@ -349,10 +349,12 @@ void tunnel__srv_cancel_work(srv_ctl *ctl, srv_waiter *w);
 /* Joins a visitor's connection to a work stream of `ctl`'s (both owned by
  * the join from now on): see tunnel__splice_start. `ctl` NULL: a join
  * tied to no client (it ends with the server). Bytes are counted in `tr`
- * (a proxy's; may be NULL). */
+ * (a proxy's; may be NULL). `key`: the work stream is encrypted (frp's
+ * use_encryption, keyed by the token); NULL: plain. */
 void tunnel__srv_join(tunnel_server *srv, srv_ctl *ctl, uv_tcp_t *tcp,
                       tunnel_stream *st, const uint8_t *prefix,
-                      size_t prefix_len, tunnel__traffic *tr);
+                      size_t prefix_len, tunnel__traffic *tr,
+                      const uint8_t *key);
 
 /* srv_proxy.c */
 void tunnel__srv_on_new_proxy(srv_ctl *ctl, const tunnel__msg *m);

@@ -551,7 +551,7 @@ static void maybe_handover(http_conn *c) {
   c->handover = NULL;
   c->handover_len = 0;
   conn_close(c); /* the record only: tcp and stream are handed on */
-  tunnel__srv_join(srv, ctl, tcp, st, prefix, prefix_len, tr);
+  tunnel__srv_join(srv, ctl, tcp, st, prefix, prefix_len, tr, NULL);
   tunnel__free(MEM(srv), prefix);
   if (tr)
     tunnel__traffic_release(MEM(srv), tr);

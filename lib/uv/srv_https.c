@@ -81,7 +81,7 @@ static void got_work(srv_waiter *w, tunnel_stream *st) {
     return;
   }
   conn_end(c, 1);
-  tunnel__srv_join(srv, p->ctl, tcp, st, NULL, 0, p->traffic);
+  tunnel__srv_join(srv, p->ctl, tcp, st, NULL, 0, p->traffic, NULL);
 }
 
 static void work_dropped(srv_waiter *w) {

@@ -238,7 +238,8 @@ static void srv_splice_gone(void *ud) { tunnel__srv_maybe_finish_close(ud); }
 
 void tunnel__srv_join(tunnel_server *srv, srv_ctl *ctl, uv_tcp_t *tcp,
                       tunnel_stream *st, const uint8_t *prefix,
-                      size_t prefix_len, tunnel__traffic *tr) {
+                      size_t prefix_len, tunnel__traffic *tr,
+                      const uint8_t *key) {
   if (ctl && ctl->dead)
     ctl = NULL;
   srv->handles--; /* the join owns the visitor's handle now */
@@ -247,7 +248,7 @@ void tunnel__srv_join(tunnel_server *srv, srv_ctl *ctl, uv_tcp_t *tcp,
                                TUNNEL__SRV_READBUF_SIZE,
                                ctl ? &ctl->splices : &srv->splices,
                                ctl ? ctl_splice_gone : srv_splice_gone,
-                               ctl ? (void *)ctl : (void *)srv, tr);
+                               ctl ? (void *)ctl : (void *)srv, tr, key);
 }
 
 /* The client is gone: its proxies, pool, waiting visitors and session. */

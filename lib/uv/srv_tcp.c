@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "../crypto.h"
 #include "dial.h"
 #include "srv.h"
 #include "uverr.h"
@@ -17,6 +18,8 @@ typedef struct tcp_proxy {
   uint16_t port;
   char bind_host[64];
   srv_wait *waiting; /* visitors of this proxy waiting for work */
+  int encrypted;      /* use_encryption: work streams carry frp's cipher */
+  uint8_t key[TUNNEL__FRP_KEY_SIZE];
 } tcp_proxy;
 
 typedef struct tcp_visitor {
@@ -123,7 +126,8 @@ static void join(tcp_proxy *tp, tunnel_stream *st, uv_tcp_t *vis) {
   if (tunnel__srv_start_work(tp->p, st, src, src_port, tp->bind_host,
                              tp->port) == 0) {
     /* The join owns both now and tears them down even if it fails. */
-    tunnel__srv_join(srv, tp->p->ctl, vis, st, NULL, 0, tp->p->traffic);
+    tunnel__srv_join(srv, tp->p->ctl, vis, st, NULL, 0, tp->p->traffic,
+                     tp->encrypted ? tp->key : NULL);
     return;
   }
   tunnel_stream_close(st, NULL, NULL);
@@ -214,6 +218,12 @@ static int tcp_open(srv_proxy *p, const tunnel__msg *m, char *remote_addr,
                     size_t ralen, char *err, size_t errlen) {
   tunnel_server *srv = p->srv;
   const struct tunnel_config *cfg = &srv->cfg;
+  if (m->use_compression) {
+    snprintf(err, errlen,
+             "tcp proxies with use_compression are not supported by this "
+             "server");
+    return TUNNEL_EINVAL;
+  }
   if (m->remote_port < 0 || m->remote_port > 65535 ||
       (m->remote_port &&
        (m->remote_port < cfg->port_lo || m->remote_port > cfg->port_hi))) {
@@ -225,7 +235,19 @@ static int tcp_open(srv_proxy *p, const tunnel__msg *m, char *remote_addr,
   if (!tp)
     return TUNNEL_ENOMEM;
   tp->p = p;
-  int rc = tunnel__srv_pick_port(cfg, m->remote_port, try_listen, tp, err,
+  int rc = 0;
+  if (m->use_encryption) {
+    /* frps keys a proxy's work connections with the token; derived once
+     * here, not per visitor. */
+    const char *token = tunnel__config_token(cfg);
+    tp->encrypted = 1;
+    rc = tunnel__frp_key(token, strlen(token), tp->key);
+    if (rc) {
+      tunnel__free(MEM(srv), tp);
+      return rc;
+    }
+  }
+  rc = tunnel__srv_pick_port(cfg, m->remote_port, try_listen, tp, err,
                                  errlen);
   if (rc) {
     if (rc != TUNNEL_EADDRINUSE)

@@ -1739,6 +1739,7 @@ typedef struct frpc_opts {
   const char *token; /* NULL: the case's */
   int tls;            /* tls_enable */
   const char *tls_ca; /* tls_trusted_ca_file (frpc verifies the server) */
+  const char *proxy_extra; /* lines added to every proxy section */
 } frpc_opts;
 
 typedef struct frpc_proxy {
@@ -1793,8 +1794,9 @@ static void write_frpc_ini(ctx *c, char *ini, size_t cap, const char *file,
   for (int i = 0; i < npx; i++)
     m += (size_t)snprintf(proxies + m, sizeof proxies - m,
                           "\n[%s]\ntype = tcp\nlocal_ip = 127.0.0.1\n"
-                          "local_port = %u\nremote_port = %u\n",
-                          px[i].name, px[i].local, px[i].remote);
+                          "local_port = %u\nremote_port = %u\n%s",
+                          px[i].name, px[i].local, px[i].remote,
+                          o->proxy_extra ? o->proxy_extra : "");
   assert_true(m < sizeof proxies);
   write_file(ini, cap, file, "%s%s", common, proxies);
 }
@@ -2050,6 +2052,49 @@ static void test_frpc_nomux_auth_pool0(void **state) {
 static void test_frpc_nomux_auth_pool5(void **state) {
   frpc_opts o = {.mux = 0, .pool = 5, .auth_work_conns = 1};
   run_frpc_to_server(*state, &o);
+}
+
+/* use_encryption: frpc ciphers each work connection with the token; the
+ * server deciphers, so visitors see plain bytes both ways. */
+static void test_frpc_encryption_mux(void **state) {
+  frpc_opts o = {.mux = 1, .pool = -1, .proxy_extra = "use_encryption = true\n"};
+  run_frpc_to_server(*state, &o);
+}
+
+static void test_frpc_encryption_nomux(void **state) {
+  frpc_opts o = {.mux = 0, .pool = 2,
+                 .proxy_extra = "use_encryption = true\n"};
+  run_frpc_to_server(*state, &o);
+}
+
+/* use_compression is refused with a reason frpc prints and the port is
+ * never opened; the same proxy without it is carried by the same server. */
+static void test_frpc_compression_refused(void **state) {
+  ctx *c = *state;
+  uint16_t control;
+  proc *srv = start_server(c, &control);
+  service *echo = svc_start(c, ROLE_ECHO_SVC);
+  frpc_proxy px = {"zipped", echo->port, pick_port(c)};
+  frpc_opts o = {.mux = 1, .pool = -1,
+                 .proxy_extra = "use_compression = true\n"};
+  char ini[PATH_MAX];
+  write_frpc_ini(c, ini, sizeof ini, "frpc.ini", control, &o, &px, 1);
+  proc *frpc = start_frpc(c, "frpc (compression)", ini);
+  WAIT_FOR(c, proc_has(frpc, "use_compression are not supported") ||
+                  frpc->exited, IT_WAIT_MS);
+  if (!proc_has(frpc, "[zipped] start error: tcp proxies with "
+                      "use_compression are not supported"))
+    FAIL(c, "frpc should print the server's refusal of use_compression");
+  assert_true(port_refuses(px.remote));
+  stop_proc(c, frpc);
+  /* The same proxy without compression is carried. */
+  o.proxy_extra = NULL;
+  write_frpc_ini(c, ini, sizeof ini, "frpc-plain.ini", control, &o, &px, 1);
+  proc *plain = start_frpc(c, "frpc", ini);
+  wait_frpc_proxies(c, plain, &px, 1, 1);
+  check_echo(c, &px.remote, 1, 5);
+  stop_proc(c, plain);
+  term_expect_clean_exit(c, srv);
 }
 
 /* A wrong token: frpc prints the server's reason and gives up (exit 1);
@@ -2434,6 +2479,38 @@ static void run_frpc_to_server_http(ctx *c, int mux) {
   term_expect_clean_exit(c, srv);
 }
 
+/* HTTP and HTTPS proxies asking for use_encryption or use_compression are
+ * refused with a reason frpc prints, not carried as noise. */
+static void test_frpc_http_encryption_refused(void **state) {
+  ctx *c = *state;
+  uint16_t control, hp, sp;
+  proc *srv = start_server_vhost(c, &control, &hp, &sp);
+  service *web = http_svc_start(c, "web");
+  frpc_opts o = {.mux = 1, .pool = -1};
+  char common[1024], proxies[512];
+  frpc_common(c, common, sizeof common, control, &o);
+  int m = snprintf(proxies, sizeof proxies,
+                   "\n[web]\ntype = http\nlocal_ip = 127.0.0.1\n"
+                   "local_port = %u\nsubdomain = web\nuse_encryption = true\n"
+                   "\n[tls]\ntype = https\nlocal_ip = 127.0.0.1\n"
+                   "local_port = %u\nsubdomain = tls\nuse_compression = true\n",
+                   web->port, web->port);
+  assert_true(m > 0 && (size_t)m < sizeof proxies);
+  char ini[PATH_MAX];
+  write_file(ini, sizeof ini, "frpc.ini", "%s%s", common, proxies);
+  proc *frpc = start_frpc(c, "frpc", ini);
+  WAIT_FOR(c, (proc_has(frpc, "[web] start error") &&
+               proc_has(frpc, "[tls] start error")) || frpc->exited,
+           IT_WAIT_MS);
+  if (!proc_has(frpc, "[web] start error: http proxies with use_encryption "
+                      "or use_compression are not supported") ||
+      !proc_has(frpc, "[tls] start error: https proxies with use_encryption "
+                      "or use_compression are not supported"))
+    FAIL(c, "frpc should print the server's refusals");
+  stop_proc(c, frpc);
+  term_expect_clean_exit(c, srv);
+}
+
 static void test_frpc_http_mux(void **state) {
   run_frpc_to_server_http(*state, 1);
 }
@@ -2711,12 +2788,20 @@ int main(int argc, char **argv) {
       cmocka_unit_test_setup_teardown(test_frpc_nomux_auth_pool5, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_frpc_wrong_token, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_frpc_encryption_mux, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_frpc_encryption_nomux, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_frpc_compression_refused, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(test_frpc_restart, setup, teardown),
       cmocka_unit_test_setup_teardown(test_frpc_heartbeat, setup, teardown),
       cmocka_unit_test_setup_teardown(test_frps_http_mux, setup, teardown),
       cmocka_unit_test_setup_teardown(test_frps_http_nomux, setup, teardown),
       cmocka_unit_test_setup_teardown(test_frpc_http_mux, setup, teardown),
       cmocka_unit_test_setup_teardown(test_frpc_http_nomux, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_frpc_http_encryption_refused,
+                                      setup, teardown),
       cmocka_unit_test_setup_teardown(test_frps_tls_mux, setup, teardown),
       cmocka_unit_test_setup_teardown(test_frps_tls_nomux, setup, teardown),
       cmocka_unit_test_setup_teardown(test_frpc_tls_mux, setup, teardown),
