@@ -196,7 +196,11 @@ typedef enum tunnel_server_stat_id {
   TUNNEL_SERVER_STAT_TLS_FAILED = 22,
   /* gauge: secret (stcp) services registered now */
   TUNNEL_SERVER_STAT_PROXIES_STCP = 23,
-  TUNNEL_SERVER_STAT_COUNT_ = 24 /* not an id: the number of ids */
+  /* counter: visitors of secret services refused for their key (wrong, or
+   * its timestamp out of range) or because their address ran out of
+   * attempts */
+  TUNNEL_SERVER_STAT_VISITORS_REFUSED_AUTH = 24,
+  TUNNEL_SERVER_STAT_COUNT_ = 25 /* not an id: the number of ids */
 } tunnel_server_stat_id;
 
 /* One value; TUNNEL_EINVAL for an unknown id or a NULL argument. */

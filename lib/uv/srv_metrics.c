@@ -246,9 +246,10 @@ static void render_metrics(mbuf *b, const tunnel_server *srv,
       TUNNEL_SERVER_STAT_VISITORS_TOTAL);
   static const labelled vrefused[] = {
       {"no_tunnel", TUNNEL_SERVER_STAT_VISITORS_REFUSED_NO_TUNNEL},
-      {"limit", TUNNEL_SERVER_STAT_VISITORS_REFUSED_LIMIT}};
+      {"limit", TUNNEL_SERVER_STAT_VISITORS_REFUSED_LIMIT},
+      {"auth", TUNNEL_SERVER_STAT_VISITORS_REFUSED_AUTH}};
   several(b, srv, "tunnel_visitors_refused_total", "counter",
-          "Visitors refused, by reason.", "reason", vrefused, 2);
+          "Visitors refused, by reason.", "reason", vrefused, 3);
   one(b, srv, "tunnel_visitor_received_bytes_total", "counter",
       "Bytes received from visitors.", TUNNEL_SERVER_STAT_BYTES_IN);
   one(b, srv, "tunnel_visitor_sent_bytes_total", "counter",

@@ -365,6 +365,7 @@ void tunnel__srv_on_new_visitor(tunnel_server *srv, srv_sess *sess,
              "too many failed visitor connections from this address; retry "
              "in %u s",
              (unsigned)wait_s);
+    TUNNEL__SRV_COUNT(srv, VISITORS_REFUSED_AUTH);
     refuse(srv, st, addr, name, why, 0);
     return;
   }
@@ -390,6 +391,7 @@ void tunnel__srv_on_new_visitor(tunnel_server *srv, srv_sess *sess,
     return;
   }
   if (check_sign(srv, sp, m, why, sizeof why, name)) {
+    TUNNEL__SRV_COUNT(srv, VISITORS_REFUSED_AUTH);
     tunnel__srv_count_failure(srv, addr);
     refuse(srv, st, addr, name, why, 1);
     return;

@@ -615,6 +615,9 @@ static void test_end_to_end(void **state) {
   assert_true(prom_get(m, "tunnel_proxies{type=\"tcp\"}") == 2);
   assert_true(prom_get(m, "tunnel_proxies{type=\"http\"}") == 1);
   assert_true(prom_get(m, "tunnel_logins_refused_total{reason=\"auth\"}") == 1);
+  /* Every refusal reason is exported, the ones never seen as 0. */
+  assert_true(prom_get(m, "tunnel_visitors_refused_total{reason=\"auth\"}") == 0);
+  assert_true(prom_get(m, "tunnel_visitors_refused_total{reason=\"limit\"}") == 0);
   assert_true(prom_get(m, "tunnel_logins_total") == 2);
   assert_true(prom_get(m, "tunnel_work_pool_hits_total") == 1);
   assert_true(prom_get(m, "tunnel_work_pool_misses_total") == 1);

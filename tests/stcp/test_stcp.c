@@ -675,8 +675,14 @@ static void test_refusals(void **state) {
                       "custom listener for [plain] doesn't exist");
   memset(&o, 0, sizeof o);
   o.sk = "wrong-key";
+  uint64_t bad_keys = get_stat(t, TUNNEL_SERVER_STAT_VISITORS_REFUSED_AUTH);
   assert_string_equal(vis_refused(t, &o),
                       "visitor connection of [" SVC "] auth failed");
+  assert_int_equal(get_stat(t, TUNNEL_SERVER_STAT_VISITORS_REFUSED_AUTH),
+                   bad_keys + 1);
+  /* The two unknown names above, not the wrong key. */
+  assert_int_equal(get_stat(t, TUNNEL_SERVER_STAT_VISITORS_REFUSED_NO_TUNNEL),
+                   no_tunnel + 2);
   memset(&o, 0, sizeof o);
   o.compress = 1;
   assert_string_equal(vis_refused(t, &o),
@@ -784,6 +790,9 @@ static void test_flood(void **state) {
   }
   vis_opts good = {0};
   assert_non_null(strstr(vis_refused(t, &good), "too many failed visitor"));
+  /* Three wrong keys and 21 refusals of the address; unknown names are not
+   * counted as key failures. */
+  assert_int_equal(get_stat(t, TUNNEL_SERVER_STAT_VISITORS_REFUSED_AUTH), 24);
   /* Logins from the address are held back too. */
   conn *l = conn_open(t, ROLE_CTL, 0);
   l->next = t->conns;
