@@ -10,11 +10,10 @@
  *    visitor still reaches the service;
  *  - stock-frps: the same idle check against a stock frps 0.46.1, whose
  *    yamux answers the client's pings (skipped, 77, when it is absent).
- * Servers are stopped by PID (SIGTERM, then SIGKILL), by main too when an
+ * Servers are stopped by PID (SIGTERM, then SIGKILL), at exit too when an
  * assertion ended a case early. Every wait is bounded.
  *
  * Usage: test-integration-keepalive TUNNEL_SERVER PEERS_DIR CASE */
-#include <fcntl.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -31,6 +30,8 @@
 #include <tunnel/uv.h>
 
 #include "it_common.h"
+#include "it_echo.h"
+#include "it_proc.h"
 
 #define TOKEN "keepalive-token"
 #define KA_INTERVAL_MS 500u
@@ -45,30 +46,15 @@
 #define WAIT_MS 8000u
 
 static const char *g_server, *g_peers;
-/* The spawned server until it is stopped: a failed assertion leaves the
- * case early, and main kills it by PID. */
-static int g_pid;
-
-typedef struct proc {
-  uv_process_t h;
-  uv_pipe_t out;
-  char obuf[8192];
-  size_t olen;
-  int exited, stopped;
-} proc;
-
-typedef struct echo_conn echo_conn;
 
 typedef struct ctx {
   uv_loop_t loop;
   it_waiter w;
   char dir[64], log[128], ini[128];
-  proc srv;
+  it_proc srv;
   uint16_t ctl_port;
   /* The local service: an echo server. */
-  uv_tcp_t svc;
-  uint16_t svc_port;
-  echo_conn *conns;
+  it_echo svc;
   /* The client under test and its one TCP proxy. */
   tunnel_client *cli;
   int state_calls, state, cli_closed;
@@ -79,181 +65,6 @@ typedef struct ctx {
   char px_msg[256];
   uint16_t pub_port;
 } ctx;
-
-/* ------------------------------------------------------ child process */
-
-static void on_exit_cb(uv_process_t *h, int64_t status, int sig) {
-  (void)status, (void)sig;
-  ((proc *)h->data)->exited = 1;
-}
-
-static void pipe_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b) {
-  proc *p = h->data;
-  (void)hint;
-  size_t room = sizeof p->obuf - 1 - p->olen;
-  *b = uv_buf_init(p->obuf + p->olen, (unsigned)(room ? room : 1));
-}
-
-static void pipe_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
-  proc *p = s->data;
-  (void)b;
-  if (n > 0 && p->olen + (size_t)n < sizeof p->obuf) {
-    p->olen += (size_t)n;
-    p->obuf[p->olen] = '\0';
-  } else if (n < 0) {
-    uv_read_stop(s);
-  }
-}
-
-/* Spawns args[0]: stdout into c->srv.obuf, stderr to c->log. */
-static void spawn(ctx *c, char **args) {
-  proc *p = &c->srv;
-  memset(p, 0, sizeof *p);
-  uv_pipe_init(&c->loop, &p->out, 0);
-  p->out.data = p->h.data = p;
-  int fd = open(c->log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  assert_true(fd >= 0);
-  uv_stdio_container_t io[3];
-  io[0].flags = UV_IGNORE;
-  io[1].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
-  io[1].data.stream = (uv_stream_t *)&p->out;
-  io[2].flags = UV_INHERIT_FD;
-  io[2].data.fd = fd;
-  uv_process_options_t o;
-  memset(&o, 0, sizeof o);
-  o.exit_cb = on_exit_cb;
-  o.file = args[0];
-  o.args = args;
-  o.stdio_count = 3;
-  o.stdio = io;
-  int rc = uv_spawn(&c->loop, &p->h, &o);
-  close(fd);
-  if (rc) {
-    uv_close((uv_handle_t *)&p->out, NULL);
-    fail_msg("cannot spawn %s: %s", args[0], uv_strerror(rc));
-  }
-  g_pid = p->h.pid;
-  assert_int_equal(uv_read_start((uv_stream_t *)&p->out, pipe_alloc, pipe_read),
-                   0);
-}
-
-static void dump_log(const ctx *c) {
-  FILE *f = fopen(c->log, "r");
-  if (!f)
-    return;
-  char line[512];
-  fprintf(stderr, "# --- server log\n");
-  while (fgets(line, sizeof line, f))
-    fprintf(stderr, "# %s", line);
-  fclose(f);
-}
-
-/* SIGTERM by PID (resumed first if frozen), SIGKILL if it lingers; then its
- * handles close. */
-static void stop_server(ctx *c) {
-  proc *p = &c->srv;
-  if (!p->h.pid || uv_is_closing((uv_handle_t *)&p->h))
-    return;
-  if (!p->exited) {
-    if (p->stopped)
-      kill((pid_t)p->h.pid, SIGCONT);
-    uv_process_kill(&p->h, SIGTERM);
-    it_waiter_arm(&c->w, 3000);
-    while (!p->exited && !c->w.fired)
-      uv_run(&c->loop, UV_RUN_ONCE);
-    it_waiter_disarm(&c->w);
-    if (!p->exited) {
-      uv_process_kill(&p->h, SIGKILL);
-      IT_WAIT(&c->w, p->exited, WAIT_MS);
-    }
-  }
-  g_pid = 0;
-  uv_close((uv_handle_t *)&p->h, NULL);
-  if (!uv_is_closing((uv_handle_t *)&p->out))
-    uv_close((uv_handle_t *)&p->out, NULL);
-}
-
-/* ---------------------------------------------------- echo service */
-
-struct echo_conn {
-  uv_tcp_t tcp;
-  ctx *c;
-  echo_conn *next;
-  char buf[4096];
-};
-
-typedef struct echo_write {
-  uv_write_t req;
-  char data[];
-} echo_write;
-
-static void echo_conn_closed(uv_handle_t *h) {
-  echo_conn *e = h->data;
-  for (echo_conn **pp = &e->c->conns; *pp; pp = &(*pp)->next)
-    if (*pp == e) {
-      *pp = e->next;
-      break;
-    }
-  free(e);
-}
-
-static void echo_written(uv_write_t *req, int status) {
-  (void)status;
-  free(req);
-}
-
-static void echo_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b) {
-  echo_conn *e = h->data;
-  (void)hint;
-  *b = uv_buf_init(e->buf, sizeof e->buf);
-}
-
-static void echo_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
-  if (n < 0) {
-    if (!uv_is_closing((uv_handle_t *)s))
-      uv_close((uv_handle_t *)s, echo_conn_closed);
-    return;
-  }
-  if (n == 0)
-    return;
-  echo_write *w = malloc(sizeof *w + (size_t)n);
-  assert_non_null(w);
-  memcpy(w->data, b->base, (size_t)n);
-  uv_buf_t out = uv_buf_init(w->data, (unsigned)n);
-  if (uv_write(&w->req, s, &out, 1, echo_written) != 0) {
-    free(w);
-    uv_close((uv_handle_t *)s, echo_conn_closed);
-  }
-}
-
-static void on_service_conn(uv_stream_t *l, int status) {
-  ctx *c = l->data;
-  if (status < 0)
-    return;
-  echo_conn *e = calloc(1, sizeof *e);
-  assert_non_null(e);
-  e->c = c;
-  uv_tcp_init(&c->loop, &e->tcp);
-  e->tcp.data = e;
-  e->next = c->conns;
-  c->conns = e;
-  if (uv_accept(l, (uv_stream_t *)&e->tcp) != 0 ||
-      uv_read_start((uv_stream_t *)&e->tcp, echo_alloc, echo_read) != 0)
-    uv_close((uv_handle_t *)&e->tcp, echo_conn_closed);
-}
-
-static void service_open(ctx *c) {
-  uv_tcp_init(&c->loop, &c->svc);
-  c->svc.data = c;
-  struct sockaddr_in a;
-  uv_ip4_addr("127.0.0.1", 0, &a);
-  assert_int_equal(uv_tcp_bind(&c->svc, (struct sockaddr *)&a, 0), 0);
-  assert_int_equal(uv_listen((uv_stream_t *)&c->svc, 16, on_service_conn), 0);
-  int len = sizeof a;
-  assert_int_equal(uv_tcp_getsockname(&c->svc, (struct sockaddr *)&a, &len),
-                   0);
-  c->svc_port = ntohs(a.sin_port);
-}
 
 /* ------------------------------------------------------------ visitor */
 
@@ -383,7 +194,7 @@ static void client_up(ctx *c, int mux, uint16_t remote) {
   assert_int_equal(tunnel_client_set_state_cb(c->cli, on_state, c), 0);
   assert_int_equal(
       tunnel_proxy_new(&c->px, c->cli, "keepalive-echo", TUNNEL_PROXY_TCP), 0);
-  assert_int_equal(tunnel_proxy_set_local(c->px, "127.0.0.1", c->svc_port), 0);
+  assert_int_equal(tunnel_proxy_set_local(c->px, "127.0.0.1", c->svc.port), 0);
   assert_int_equal(tunnel_proxy_set_remote_port(c->px, remote), 0);
   assert_int_equal(tunnel_proxy_set_status_cb(c->px, on_proxy_status, c), 0);
   assert_int_equal(tunnel_proxy_start(c->px), 0);
@@ -391,7 +202,7 @@ static void client_up(ctx *c, int mux, uint16_t remote) {
 
   IT_WAIT(&c->w, c->state_calls > 0, WAIT_MS);
   if (c->state != 0) {
-    dump_log(c);
+    it_dump_file("server log", c->log);
     fail_msg("login failed: %s (%s)", tunnel_err_name(c->state),
              c->state_msg);
   }
@@ -416,7 +227,8 @@ static ctx *setup(void) {
   snprintf(c->dir, sizeof c->dir, "/tmp/keepalive-XXXXXX");
   assert_non_null(mkdtemp(c->dir));
   snprintf(c->log, sizeof c->log, "%s/server.log", c->dir);
-  service_open(c);
+  it_echo_init(&c->svc, &c->loop);
+  it_echo_listen(&c->svc, 0);
   return c;
 }
 
@@ -429,15 +241,8 @@ static void start_tunnel_server(ctx *c) {
   char *args[] = {(char *)g_server, "--control", "127.0.0.1:0", "--bind",
                   "127.0.0.1", "--ports", ports, "--token", TOKEN,
                   "--no-tls", NULL};
-  spawn(c, args);
-  IT_WAIT(&c->w, strchr(c->srv.obuf, '\n') || c->srv.exited, WAIT_MS);
-  unsigned port = 0;
-  if (sscanf(c->srv.obuf, "listening on 127.0.0.1:%u", &port) != 1 || !port ||
-      port > 65535) {
-    dump_log(c);
-    fail_msg("tunnel-server did not print its port: %s", c->srv.obuf);
-  }
-  c->ctl_port = (uint16_t)port;
+  it_proc_spawn(&c->srv, &c->loop, args, c->log, 1);
+  c->ctl_port = it_proc_listening_port(&c->srv, &c->w, c->log);
 }
 
 static void teardown(ctx *c) {
@@ -445,11 +250,8 @@ static void teardown(ctx *c) {
     assert_int_equal(tunnel_client_close(c->cli, on_client_closed, c), 0);
     IT_WAIT(&c->w, c->cli_closed, WAIT_MS);
   }
-  stop_server(c);
-  for (echo_conn *e = c->conns; e; e = e->next)
-    if (!uv_is_closing((uv_handle_t *)&e->tcp))
-      uv_close((uv_handle_t *)&e->tcp, echo_conn_closed);
-  uv_close((uv_handle_t *)&c->svc, NULL);
+  it_proc_stop(&c->srv, &c->w);
+  it_echo_close(&c->svc, &c->w);
   assert_int_equal(it_waiter_finish(&c->w, WAIT_MS), 0);
   unlink(c->log);
   if (c->ini[0])
@@ -478,8 +280,7 @@ static void run_stall(int mux) {
   it_sleep(&c->w, 600);
   assert_int_equal(c->state_calls, 1);
 
-  assert_int_equal(kill((pid_t)c->srv.h.pid, SIGSTOP), 0);
-  c->srv.stopped = 1;
+  assert_int_equal(it_proc_freeze(&c->srv), 0);
   uint64_t t0 = uv_hrtime();
   IT_WAIT(&c->w, c->state_calls > 1, STALL_MAX_MS + 2000);
   double ms = ms_since(t0, c->state_ns);
@@ -497,8 +298,7 @@ static void run_stall(int mux) {
     fail_msg("dead link reported %.0f ms after the stop, expected %u..%u ms",
              ms, KA_TIMEOUT_MS - KA_INTERVAL_MS, STALL_MAX_MS);
 
-  assert_int_equal(kill((pid_t)c->srv.h.pid, SIGCONT), 0);
-  c->srv.stopped = 0;
+  assert_int_equal(it_proc_thaw(&c->srv), 0);
   /* The session is over: no further report, and the server outlives it. */
   it_sleep(&c->w, 200);
   assert_int_equal(c->state_calls, 2);
@@ -580,7 +380,7 @@ static void test_stock_frps(void **state) {
           c->ctl_port, TOKEN, lo, hi);
   fclose(f);
   char *args[] = {frps, "-c", c->ini, NULL};
-  spawn(c, args);
+  it_proc_spawn(&c->srv, &c->loop, args, c->log, 1);
   IT_WAIT(&c->w,
           strstr(c->srv.obuf, "frps started successfully") || c->srv.exited,
           WAIT_MS);
@@ -600,6 +400,7 @@ int main(int argc, char **argv) {
   g_server = argv[1];
   g_peers = argv[2];
   signal(SIGPIPE, SIG_IGN);
+  it_proc_guard(); /* SIGKILL ends a frozen server too */
   const struct CMUnitTest all[] = {
       cmocka_unit_test(test_stall_mux),
       cmocka_unit_test(test_stall_nomux),
@@ -609,11 +410,7 @@ int main(int argc, char **argv) {
   };
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
     if (strcmp(all[i].name, argv[3]) == 0) {
-      int rc = _cmocka_run_group_tests(argv[3], &all[i], 1, NULL, NULL);
-      /* SIGKILL ends a frozen process too. */
-      if (g_pid > 0)
-        kill((pid_t)g_pid, SIGKILL);
-      return rc;
+      return _cmocka_run_group_tests(argv[3], &all[i], 1, NULL, NULL);
     }
   fprintf(stderr, "unknown case %s\n", argv[3]);
   return 2;

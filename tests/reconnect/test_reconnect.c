@@ -50,6 +50,8 @@
 
 #include "../integration/it_common.h"
 #include "../integration/it_data.h"
+#include "../integration/it_echo.h"
+#include "../integration/it_proc.h"
 
 #define TOKEN "reconnect-token"
 /* Bound of the waits that normally take milliseconds. */
@@ -67,11 +69,9 @@
 #define CYCLES 1000
 
 static const char *g_client;
-static int g_pid; /* a spawned tunnel-client, killed by main on failure */
 
 /* ---------------------------------------------------------------- ctx */
 
-typedef struct echo_conn echo_conn;
 typedef struct relay_pair relay_pair;
 
 typedef struct ctx {
@@ -82,11 +82,9 @@ typedef struct ctx {
   int srv_closed;
   uint16_t ctl_port;
   uint16_t lo, hi;
-  /* The local service: an echo server. */
-  uv_tcp_t svc;
-  int svc_open;
-  uint16_t svc_port;
-  echo_conn *conns;
+  /* The local service: an echo server, one write in flight per
+   * connection (reading resumes once it is out). */
+  it_echo svc;
   /* The relay of the stale cases. */
   uv_tcp_t relay;
   int relay_open;
@@ -133,135 +131,6 @@ static void server_stop(ctx *c) {
   assert_int_equal(tunnel_server_close(c->srv, srv_closed, c), 0);
   IT_WAIT(&c->w, c->srv_closed, WAIT_MS);
   c->srv = NULL;
-}
-
-/* ------------------------------------------------------- echo service */
-
-struct echo_conn {
-  uv_tcp_t tcp;
-  ctx *c;
-  echo_conn *next, *prev;
-  char buf[65536];
-};
-
-static void echo_conn_closed(uv_handle_t *h) {
-  echo_conn *e = h->data;
-  if (e->prev)
-    e->prev->next = e->next;
-  else
-    e->c->conns = e->next;
-  if (e->next)
-    e->next->prev = e->prev;
-  free(e);
-}
-
-static void echo_close(echo_conn *e) {
-  if (!uv_is_closing((uv_handle_t *)&e->tcp))
-    uv_close((uv_handle_t *)&e->tcp, echo_conn_closed);
-}
-
-typedef struct echo_write {
-  uv_write_t req;
-  echo_conn *e;
-  char data[];
-} echo_write;
-
-static void echo_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b) {
-  echo_conn *e = h->data;
-  (void)hint;
-  *b = uv_buf_init(e->buf, sizeof e->buf);
-}
-
-static void echo_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b);
-
-static void echo_shut(uv_shutdown_t *req, int status) {
-  (void)status;
-  free(req);
-}
-
-static void echo_written(uv_write_t *req, int status) {
-  echo_write *w = (echo_write *)req;
-  echo_conn *e = w->e;
-  free(w);
-  if (status < 0) {
-    echo_close(e);
-    return;
-  }
-  /* Backpressure: one write in flight, reading resumes when it is out. */
-  if (!uv_is_closing((uv_handle_t *)&e->tcp))
-    uv_read_start((uv_stream_t *)&e->tcp, echo_alloc, echo_read);
-}
-
-static void echo_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
-  echo_conn *e = s->data;
-  if (n == UV_EOF) {
-    uv_shutdown_t *sh = malloc(sizeof *sh);
-    if (!sh || uv_shutdown(sh, s, echo_shut) != 0) {
-      free(sh);
-      echo_close(e);
-    }
-    uv_read_stop(s);
-    return;
-  }
-  if (n < 0) {
-    echo_close(e);
-    return;
-  }
-  if (n == 0)
-    return;
-  echo_write *w = malloc(sizeof *w + (size_t)n);
-  assert_non_null(w);
-  w->e = e;
-  memcpy(w->data, b->base, (size_t)n);
-  uv_buf_t out = uv_buf_init(w->data, (unsigned)n);
-  uv_read_stop(s);
-  if (uv_write(&w->req, s, &out, 1, echo_written) != 0) {
-    free(w);
-    echo_close(e);
-  }
-}
-
-static void on_service_conn(uv_stream_t *l, int status) {
-  ctx *c = l->data;
-  if (status < 0)
-    return;
-  echo_conn *e = calloc(1, sizeof *e);
-  assert_non_null(e);
-  e->c = c;
-  uv_tcp_init(&c->loop, &e->tcp);
-  e->tcp.data = e;
-  e->next = c->conns;
-  if (c->conns)
-    c->conns->prev = e;
-  c->conns = e;
-  if (uv_accept(l, (uv_stream_t *)&e->tcp) != 0 ||
-      uv_read_start((uv_stream_t *)&e->tcp, echo_alloc, echo_read) != 0)
-    echo_close(e);
-}
-
-/* On c->svc_port (0 the first time). */
-static void service_open(ctx *c) {
-  uv_tcp_init(&c->loop, &c->svc);
-  c->svc.data = c;
-  struct sockaddr_in a;
-  uv_ip4_addr("127.0.0.1", c->svc_port, &a);
-  assert_int_equal(uv_tcp_bind(&c->svc, (struct sockaddr *)&a, 0), 0);
-  assert_int_equal(uv_listen((uv_stream_t *)&c->svc, 128, on_service_conn),
-                   0);
-  int len = sizeof a;
-  assert_int_equal(uv_tcp_getsockname(&c->svc, (struct sockaddr *)&a, &len),
-                   0);
-  c->svc_port = ntohs(a.sin_port);
-  c->svc_open = 1;
-}
-
-static void service_close(ctx *c) {
-  if (c->svc_open)
-    uv_close((uv_handle_t *)&c->svc, NULL);
-  c->svc_open = 0;
-  for (echo_conn *e = c->conns; e; e = e->next)
-    echo_close(e);
-  IT_WAIT(&c->w, c->conns == NULL, WAIT_MS);
 }
 
 /* --------------------------------------------------------------- relay */
@@ -554,8 +423,7 @@ static void cli_start(ctx *c, cli *x, uint16_t port, int mux, int keepalive,
   tunnel_client_set_event_cb(x->cl, on_event, x);
   assert_int_equal(tunnel_proxy_new(&x->px, x->cl, name, TUNNEL_PROXY_TCP),
                    0);
-  assert_int_equal(tunnel_proxy_set_local(x->px, "127.0.0.1", c->svc_port),
-                   0);
+  assert_int_equal(tunnel_proxy_set_local(x->px, "127.0.0.1", c->svc.port), 0);
   assert_int_equal(tunnel_proxy_set_remote_port(x->px, x->want_port), 0);
   tunnel_proxy_set_status_cb(x->px, on_proxy, x);
   assert_int_equal(tunnel_proxy_start(x->px), 0);
@@ -580,7 +448,9 @@ static ctx *setup(void) {
   assert_int_equal(uv_loop_init(&c->loop), 0);
   it_waiter_init(&c->w, &c->loop);
   it_pick_range(&c->lo, &c->hi);
-  service_open(c);
+  it_echo_init(&c->svc, &c->loop);
+  it_echo_set_window(&c->svc, 0, 1);
+  it_echo_listen(&c->svc, 0);
   server_start(c);
   return c;
 }
@@ -588,7 +458,7 @@ static ctx *setup(void) {
 static void teardown(ctx *c) {
   relay_close(c);
   server_stop(c);
-  service_close(c);
+  it_echo_close(&c->svc, &c->w);
   int rc = it_waiter_finish(&c->w, WAIT_MS);
   if (rc)
     fail_msg("handles left open at the end: %s", uv_strerror(rc));
@@ -759,97 +629,25 @@ static void test_stale_nomux(void **state) {
 
 /* ---------------------------------------------------- spawned client */
 
-typedef struct proc {
-  uv_process_t h;
-  uv_pipe_t out;
-  char obuf[4096];
-  size_t olen;
-  int exited, closed;
-  int64_t status;
-  int sig;
-} proc;
-
-static void on_exit_cb(uv_process_t *h, int64_t status, int sig) {
-  proc *p = h->data;
-  p->exited = 1;
-  p->status = status;
-  p->sig = sig;
-}
-
-static void pipe_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b) {
-  proc *p = h->data;
-  (void)hint;
-  size_t room = sizeof p->obuf - 1 - p->olen;
-  *b = uv_buf_init(p->obuf + p->olen, (unsigned)(room ? room : 1));
-}
-
-static void pipe_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
-  proc *p = s->data;
-  (void)b;
-  if (n > 0 && p->olen + (size_t)n < sizeof p->obuf) {
-    p->olen += (size_t)n;
-    p->obuf[p->olen] = '\0';
-  } else if (n < 0) {
-    uv_read_stop(s);
-  }
-}
-
-static void spawn_client(ctx *c, proc *p, char **args) {
-  memset(p, 0, sizeof *p);
-  uv_pipe_init(&c->loop, &p->out, 0);
-  p->out.data = p->h.data = p;
-  uv_stdio_container_t io[3];
-  io[0].flags = UV_IGNORE;
-  io[1].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
-  io[1].data.stream = (uv_stream_t *)&p->out;
-  io[2].flags = UV_INHERIT_FD;
-  io[2].data.fd = 2;
-  uv_process_options_t o;
-  memset(&o, 0, sizeof o);
-  o.exit_cb = on_exit_cb;
-  o.file = args[0];
-  o.args = args;
-  o.stdio_count = 3;
-  o.stdio = io;
-  int rc = uv_spawn(&c->loop, &p->h, &o);
-  if (rc) {
-    uv_close((uv_handle_t *)&p->out, NULL);
-    fail_msg("cannot spawn %s: %s", args[0], uv_strerror(rc));
-  }
-  g_pid = p->h.pid;
-  assert_int_equal(
-      uv_read_start((uv_stream_t *)&p->out, pipe_alloc, pipe_read), 0);
-}
-
 /* The port of the "tcp://HOST:PORT" line, 0 until there is one. */
-static uint16_t printed_port(const proc *p) {
+static uint16_t printed_port(const it_proc *p) {
   const char *s = strstr(p->obuf, "tcp://");
   const char *nl = s ? strchr(s, '\n') : NULL;
   const char *colon = nl ? memrchr(s, ':', (size_t)(nl - s)) : NULL;
   return colon ? (uint16_t)atoi(colon + 1) : 0;
 }
 
-static void proc_reap(ctx *c, proc *p) {
-  if (!p->exited) {
-    uv_process_kill(&p->h, SIGKILL);
-    IT_WAIT(&c->w, p->exited, WAIT_MS);
-  }
-  g_pid = 0;
-  uv_close((uv_handle_t *)&p->h, NULL);
-  if (!uv_is_closing((uv_handle_t *)&p->out))
-    uv_close((uv_handle_t *)&p->out, NULL);
-}
-
-static void spawn_proxy_client(ctx *c, proc *p, uint16_t want,
+static void spawn_proxy_client(ctx *c, it_proc *p, uint16_t want,
                                const char *drain_ms) {
   char server[32], local[32], remote[16];
   snprintf(server, sizeof server, "127.0.0.1:%u", c->ctl_port);
-  snprintf(local, sizeof local, "127.0.0.1:%u", c->svc_port);
+  snprintf(local, sizeof local, "127.0.0.1:%u", c->svc.port);
   snprintf(remote, sizeof remote, "%u", want);
   char *args[] = {(char *)g_client, "--server", server, "--token", TOKEN,
                   "--drain-ms", (char *)drain_ms, "tcp", local,
                   "--remote-port", remote, NULL};
-  spawn_client(c, p, args);
+  /* Its stderr to the test's; its stdout tells the public address. */
+  it_proc_spawn(p, &c->loop, args, NULL, 1);
   IT_WAIT(&c->w, printed_port(p) != 0 || p->exited, WAIT_MS);
   if (p->exited)
     fail_msg("tunnel-client exited before printing its address");
@@ -864,7 +662,7 @@ static void test_sigkill(void **state) {
   cli tmp[1];
   pick_ports(c, tmp, 1);
   uint16_t want = tmp[0].want_port;
-  proc p;
+  it_proc p;
   spawn_proxy_client(c, &p, want, "0");
   round_trip(c, want, "through the spawned client");
   uint64_t t0 = uv_now(&c->loop);
@@ -884,7 +682,7 @@ static void test_sigkill(void **state) {
   assert_true(took <= 1000);
   round_trip(c, want, "through the successor");
   cli_stop(c, &x);
-  proc_reap(c, &p);
+  it_proc_stop(&p, &c->w);
   teardown(c);
 }
 
@@ -897,10 +695,10 @@ static void test_service_restart(void **state) {
   cli_start(c, &x, c->ctl_port, 1, 0, "svc", 0);
   IT_WAIT(&c->w, x.registered == 1, WAIT_MS);
   round_trip(c, x.pub_port, "service up");
-  service_close(c);
+  it_echo_close(&c->svc, &c->w);
   int err = 0;
   assert_false(try_round_trip(c, x.pub_port, &err));
-  service_open(c); /* the same port */
+  it_echo_listen(&c->svc, c->svc.port); /* the same port */
   round_trip(c, x.pub_port, "service back");
   assert_int_equal(x.events[TUNNEL_EVENT_LOST], 0);
   cli_stop(c, &x);
@@ -1002,7 +800,7 @@ static void test_drain(void **state) {
   cli tmp[1];
   pick_ports(c, tmp, 1);
   uint16_t want = tmp[0].want_port;
-  proc p;
+  it_proc p;
   spawn_proxy_client(c, &p, want, "30000");
   bulk *b = calloc(1, sizeof *b);
   assert_non_null(b);
@@ -1041,7 +839,7 @@ static void test_drain(void **state) {
   IT_WAIT(&c->w, p.exited, 5000);
   assert_int_equal(p.status, 0);
   assert_int_equal(p.sig, 0);
-  proc_reap(c, &p);
+  it_proc_stop(&p, &c->w);
   teardown(c);
 }
 
@@ -1229,13 +1027,6 @@ static void test_emfile(void **state) {
 
 /* ----------------------------------------------------------------- main */
 
-static void on_fatal(int sig) {
-  if (g_pid > 0)
-    kill((pid_t)g_pid, SIGKILL);
-  signal(sig, SIG_DFL);
-  raise(sig);
-}
-
 int main(int argc, char **argv) {
   if (argc != 3) {
     fprintf(stderr, "usage: %s TUNNEL_CLIENT CASE\n", argv[0]);
@@ -1243,8 +1034,7 @@ int main(int argc, char **argv) {
   }
   g_client = argv[1];
   signal(SIGPIPE, SIG_IGN);
-  signal(SIGTERM, on_fatal);
-  signal(SIGALRM, on_fatal);
+  it_proc_guard();
   static const struct {
     const char *name;
     struct CMUnitTest t;
@@ -1264,10 +1054,7 @@ int main(int argc, char **argv) {
     if (strcmp(argv[2], cases[i].name) != 0)
       continue;
     struct CMUnitTest t[1] = {cases[i].t};
-    int rc = _cmocka_run_group_tests(cases[i].name, t, 1, NULL, NULL);
-    if (g_pid > 0)
-      kill((pid_t)g_pid, SIGKILL);
-    return rc;
+    return _cmocka_run_group_tests(cases[i].name, t, 1, NULL, NULL);
   }
   fprintf(stderr, "no case named %s\n", argv[2]);
   return 2;

@@ -30,7 +30,6 @@
  *
  * Usage: test-stcp-client CASE [PEERS_DIR [TUNNEL_SERVER TUNNEL_CLIENT]].
  * IT_LOG=0..3 shows library log lines. */
-#include <fcntl.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -47,6 +46,8 @@
 
 #include "it_common.h"
 #include "it_data.h"
+#include "it_echo.h"
+#include "it_proc.h"
 
 #define TOKEN "stcp-client-token"
 #define SK "the-service-secret"
@@ -59,10 +60,6 @@
 static int g_log = TUNNEL_LOG_WARN;
 static const char *g_peers = "../shared/peers";
 static const char *g_server_exe, *g_client_exe;
-/* Children still to be stopped: a failed assertion leaves the case early,
- * and main stops them by PID. */
-#define MAX_PROCS 5
-static int g_pids[MAX_PROCS];
 
 static void log_sink(int level, const char *msg, void *ud) {
   fprintf(stderr, "# [%s] %s: %s\n", (const char *)ud,
@@ -92,8 +89,7 @@ struct ctx {
   int proxy_status, proxy_calls;
   char proxy_msg[256];
   /* The local echo service, for tunnel_visitor cases. */
-  uv_tcp_t echo;
-  uint16_t echo_port;
+  it_echo echo;
   /* A relay between the service's client and the server. */
   uv_tcp_t relay;
   uint16_t relay_port;
@@ -176,7 +172,7 @@ static void service_start(tunnel_proxy_accept_cb accept) {
       tunnel_proxy_new(&X->proxy, X->svc.c, NAME, TUNNEL_PROXY_STCP), 0);
   /* Without its secret a secret service does not start. */
   assert_int_equal(tunnel_proxy_set_local(X->proxy, "127.0.0.1",
-                                          X->echo_port ? X->echo_port : 9),
+                                          X->echo.port ? X->echo.port : 9),
                    0);
   assert_int_equal(tunnel_proxy_start(X->proxy), TUNNEL_EINVAL);
   assert_int_equal(tunnel_proxy_set_remote_port(X->proxy, 1000),
@@ -207,106 +203,12 @@ static void fixture_finish(void) {
   WAIT((!X->svc.c || X->svc.closed) && (!X->vis.c || X->vis.closed));
   if (X->srv)
     tunnel_server_close(X->srv, NULL, NULL);
-  if (X->echo_port)
-    uv_close((uv_handle_t *)&X->echo, NULL);
+  it_echo_close(&X->echo, &X->w);
   if (X->relay_port)
     uv_close((uv_handle_t *)&X->relay, NULL);
   assert_int_equal(it_waiter_finish(&X->w, WAIT_MS), 0);
   /* Everything the library allocated came back. */
   assert_int_equal(X->mem.cur, 0);
-}
-
-/* ---------------------------------------------------- the echo service */
-
-typedef struct echo_conn {
-  uv_tcp_t tcp;
-  uv_shutdown_t shut;
-  size_t queued;
-  int paused, eof;
-} echo_conn;
-
-typedef struct echo_w {
-  uv_write_t req;
-  echo_conn *e;
-  size_t n;
-  char data[];
-} echo_w;
-
-static void echo_closed(uv_handle_t *h) { free(h->data); }
-
-static void echo_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b) {
-  static char buf[CHUNK];
-  (void)h, (void)hint;
-  *b = uv_buf_init(buf, sizeof buf);
-}
-
-static void echo_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b);
-
-static void echo_written(uv_write_t *r, int status) {
-  echo_w *w = (echo_w *)r;
-  echo_conn *e = w->e;
-  e->queued -= w->n;
-  free(w);
-  if (status || uv_is_closing((uv_handle_t *)&e->tcp))
-    return;
-  if (e->paused && e->queued < INFLIGHT / 2) {
-    e->paused = 0;
-    uv_read_start((uv_stream_t *)&e->tcp, echo_alloc, echo_read);
-  }
-}
-
-static void echo_shut(uv_shutdown_t *r, int status) {
-  echo_conn *e = r->data;
-  (void)status;
-  if (!uv_is_closing((uv_handle_t *)&e->tcp))
-    uv_close((uv_handle_t *)&e->tcp, echo_closed);
-}
-
-/* Echoes; the peer's end is passed on once everything is written. */
-static void echo_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
-  echo_conn *e = s->data;
-  if (n < 0) {
-    if (n == UV_EOF && !e->eof) {
-      e->eof = 1;
-      e->shut.data = e;
-      if (uv_shutdown(&e->shut, s, echo_shut) == 0)
-        return;
-    }
-    if (!uv_is_closing((uv_handle_t *)s))
-      uv_close((uv_handle_t *)s, echo_closed);
-    return;
-  }
-  if (n == 0)
-    return;
-  echo_w *w = malloc(sizeof *w + (size_t)n);
-  assert_non_null(w);
-  w->e = e;
-  w->n = (size_t)n;
-  memcpy(w->data, b->base, (size_t)n);
-  uv_buf_t wb = uv_buf_init(w->data, (unsigned)n);
-  if (uv_write(&w->req, s, &wb, 1, echo_written) != 0) {
-    free(w);
-    return;
-  }
-  e->queued += (size_t)n;
-  if (e->queued > INFLIGHT) {
-    e->paused = 1;
-    uv_read_stop(s);
-  }
-}
-
-static void on_echo_conn(uv_stream_t *l, int status) {
-  if (status)
-    return;
-  echo_conn *e = calloc(1, sizeof *e);
-  assert_non_null(e);
-  uv_tcp_init(l->loop, &e->tcp);
-  e->tcp.data = e;
-  if (uv_accept(l, (uv_stream_t *)&e->tcp) != 0) {
-    uv_close((uv_handle_t *)&e->tcp, echo_closed);
-    return;
-  }
-  uv_read_start((uv_stream_t *)&e->tcp, echo_alloc, echo_read);
 }
 
 static uint16_t listen_on(uv_tcp_t *t, uv_connection_cb cb) {
@@ -320,8 +222,11 @@ static uint16_t listen_on(uv_tcp_t *t, uv_connection_cb cb) {
   return ntohs(a.sin_port);
 }
 
+/* Reading pauses past INFLIGHT queued, as the transfers' own windows. */
 static void echo_start(void) {
-  X->echo_port = listen_on(&X->echo, on_echo_conn);
+  it_echo_init(&X->echo, &X->loop);
+  it_echo_set_window(&X->echo, INFLIGHT, INFLIGHT / 2);
+  it_echo_listen(&X->echo, 0);
 }
 
 /* ---------------------------------------------- users of a local port */
@@ -982,118 +887,6 @@ static void test_reconnect_nomux(void **state) {
 
 /* ------------------------------------------------------- stock frp */
 
-typedef struct proc {
-  uv_process_t h;
-  uv_pipe_t out; /* stdout, when captured */
-  char obuf[4096];
-  size_t olen;
-  int piped;
-  int exited, slot;
-  int64_t status;
-  int open; /* handles not yet closed */
-} proc;
-
-static void proc_closed(uv_handle_t *h) { ((proc *)h->data)->open--; }
-
-static void proc_exit(uv_process_t *h, int64_t status, int sig) {
-  proc *p = h->data;
-  (void)sig;
-  p->exited = 1;
-  p->status = status;
-}
-
-static void out_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b) {
-  proc *p = h->data;
-  (void)hint;
-  size_t room = sizeof p->obuf - 1 - p->olen;
-  *b = uv_buf_init(p->obuf + p->olen, (unsigned)(room ? room : 1));
-}
-
-static void out_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b) {
-  proc *p = st->data;
-  (void)b;
-  if (n > 0 && p->olen + (size_t)n < sizeof p->obuf) {
-    p->olen += (size_t)n;
-    p->obuf[p->olen] = '\0';
-  } else if (n < 0) {
-    uv_read_stop(st);
-  }
-}
-
-/* Spawns args[0] with stderr, and stdout unless `capture`, to `log`;
- * a captured stdout collects in p->obuf. */
-static void spawn_proc(proc *p, int slot, char **args, const char *log,
-                       int capture) {
-  memset(p, 0, sizeof *p);
-  p->slot = slot;
-  p->h.data = p->out.data = p;
-  int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  assert_true(fd >= 0);
-  uv_stdio_container_t io[3];
-  io[0].flags = UV_IGNORE;
-  io[1].flags = io[2].flags = UV_INHERIT_FD;
-  io[1].data.fd = io[2].data.fd = fd;
-  if (capture) {
-    uv_pipe_init(&X->loop, &p->out, 0);
-    p->piped = 1;
-    io[1].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
-    io[1].data.stream = (uv_stream_t *)&p->out;
-  }
-  uv_process_options_t o;
-  memset(&o, 0, sizeof o);
-  o.exit_cb = proc_exit;
-  o.file = args[0];
-  o.args = args;
-  o.stdio_count = 3;
-  o.stdio = io;
-  int rc = uv_spawn(&X->loop, &p->h, &o);
-  close(fd);
-  if (rc)
-    fail_msg("cannot spawn %s: %s", args[0], uv_strerror(rc));
-  g_pids[slot] = p->h.pid;
-  if (capture)
-    assert_int_equal(uv_read_start((uv_stream_t *)&p->out, out_alloc, out_read),
-                     0);
-}
-
-static void spawn(proc *p, int slot, char **args, const char *log) {
-  spawn_proc(p, slot, args, log, 0);
-}
-
-/* SIGTERM by PID, SIGKILL if it lingers. */
-static void stop(proc *p) {
-  if (!p->h.pid)
-    return;
-  if (!p->exited) {
-    uv_process_kill(&p->h, SIGTERM);
-    it_waiter_arm(&X->w, 3000);
-    while (!p->exited && !X->w.fired)
-      uv_run(&X->loop, UV_RUN_ONCE);
-    it_waiter_disarm(&X->w);
-    if (!p->exited) {
-      uv_process_kill(&p->h, SIGKILL);
-      WAIT(p->exited);
-    }
-  }
-  g_pids[p->slot] = 0;
-  p->open = 1 + p->piped;
-  uv_close((uv_handle_t *)&p->h, proc_closed);
-  if (p->piped)
-    uv_close((uv_handle_t *)&p->out, proc_closed);
-  WAIT(p->open == 0);
-}
-
-static void dump(const char *label, const char *path) {
-  FILE *f = fopen(path, "r");
-  if (!f)
-    return;
-  char line[1024];
-  fprintf(stderr, "# --- %s\n", label);
-  while (fgets(line, sizeof line, f))
-    fprintf(stderr, "# %s", line);
-  fclose(f);
-}
-
 static void write_file(const char *path, const char *text) {
   FILE *f = fopen(path, "w");
   assert_non_null(f);
@@ -1126,7 +919,7 @@ static void frp_case(int stock_server, int mux) {
     exit(77);
   }
   ctx x;
-  proc srv, svc, vis;
+  it_proc srv, svc, vis;
   memset(&srv, 0, sizeof srv);
   g_keep_open = 1;
   char dir[64];
@@ -1154,7 +947,7 @@ static void frp_case(int stock_server, int mux) {
              x.srv_port, TOKEN, mux ? "true" : "false");
     write_file(sini, ini);
     char *args[] = {frps, "-c", sini, NULL};
-    spawn(&srv, 0, args, slog);
+    it_proc_spawn(&srv, &x.loop, args, slog, 0);
     /* Listening before anyone logs in: a stock frpc that finds nobody
      * waits seconds before it tries again. */
     uint64_t until = uv_now(&x.loop) + WAIT_MS;
@@ -1168,7 +961,7 @@ static void frp_case(int stock_server, int mux) {
            "login_fail_exit = false\n\n"
            "[frp-echo]\ntype = stcp\nsk = %s\nlocal_ip = 127.0.0.1\n"
            "local_port = %u\n",
-           x.srv_port, TOKEN, mux ? "true" : "false", FRP_SK, x.echo_port);
+           x.srv_port, TOKEN, mux ? "true" : "false", FRP_SK, x.echo.port);
   write_file(svcini, ini);
   snprintf(ini, sizeof ini,
            "[common]\nserver_addr = 127.0.0.1\nserver_port = %u\n"
@@ -1180,8 +973,8 @@ static void frp_case(int stock_server, int mux) {
   write_file(visini, ini);
   char *svcargs[] = {frpc, "-c", svcini, NULL};
   char *visargs[] = {frpc, "-c", visini, NULL};
-  spawn(&svc, 1, svcargs, svclog);
-  spawn(&vis, 2, visargs, vislog);
+  it_proc_spawn(&svc, &x.loop, svcargs, svclog, 0);
+  it_proc_spawn(&vis, &x.loop, visargs, vislog, 0);
   /* Ours: the service the stock visitor reaches, and a visitor of the
    * stock frpc's service. */
   client_start(&x.svc, "service", mux, x.srv_port);
@@ -1192,9 +985,9 @@ static void frp_case(int stock_server, int mux) {
   uint16_t port = visitor_open(&v, "frp-echo", FRP_SK);
   int up = echo_up(port) && echo_up(frp_vis_port);
   if (!up) {
-    dump("frps", slog);
-    dump("frpc service", svclog);
-    dump("frpc visitor", vislog);
+    it_dump_file("frps", slog);
+    it_dump_file("frpc service", svclog);
+    it_dump_file("frpc visitor", vislog);
     fail_msg("no echo through the stcp visitors");
   }
   /* Both ways at once, 8 MiB each way each, checksummed. */
@@ -1232,9 +1025,9 @@ static void frp_case(int stock_server, int mux) {
   tunnel_client_close(x.vis.c, client_closed, &x.vis);
   WAIT(x.svc.closed && x.vis.closed);
   x.svc.c = x.vis.c = NULL;
-  stop(&vis);
-  stop(&svc);
-  stop(&srv);
+  it_proc_stop(&vis, &x.w);
+  it_proc_stop(&svc, &x.w);
+  it_proc_stop(&srv, &x.w);
   fixture_finish();
   unlink(slog), unlink(svclog), unlink(vislog);
   unlink(sini), unlink(svcini), unlink(visini);
@@ -1272,11 +1065,11 @@ static uint16_t tcp_line(const char *out, int nth) {
 
 /* Runs the client with `args` to its end; its exit status. */
 static int64_t run_to_end(char **args, const char *log) {
-  proc p;
-  spawn(&p, 4, args, log);
+  it_proc p;
+  it_proc_spawn(&p, &X->loop, args, log, 0);
   WAIT(p.exited);
   int64_t st = p.status;
-  stop(&p);
+  it_proc_stop(&p, &X->w);
   return st;
 }
 
@@ -1301,16 +1094,13 @@ static void test_cli(void **state) {
   snprintf(skfile, sizeof skfile, "%s/secret", dir);
   snprintf(ini, sizeof ini, "%s/visitor.ini", dir);
   snprintf(json, sizeof json, "%s/visitor.json", dir);
-  proc srv, svc, vis, vjs;
+  it_proc srv, svc, vis, vjs;
   char *sargs[] = {(char *)g_server_exe, "--control", "127.0.0.1:0", "--bind",
                    "127.0.0.1",          "--token",   TOKEN,         NULL};
-  spawn_proc(&srv, 0, sargs, slog, 1);
-  WAIT(strchr(srv.obuf, '\n') || srv.exited);
-  unsigned cport = 0;
-  if (sscanf(srv.obuf, "listening on 127.0.0.1:%u", &cport) != 1)
-    fail_msg("tunnel-server did not print its port: %s", srv.obuf);
+  it_proc_spawn(&srv, &x.loop, sargs, slog, 1);
+  unsigned cport = it_proc_listening_port(&srv, &x.w, slog);
   snprintf(sport, sizeof sport, "127.0.0.1:%u", cport);
-  snprintf(echo, sizeof echo, "%u", (unsigned)x.echo_port);
+  snprintf(echo, sizeof echo, "%u", (unsigned)x.echo.port);
   write_file(skfile, SK "\n");
   chmod(skfile, 0600);
   /* The service: its secret from a file, its name printed. */
@@ -1326,10 +1116,10 @@ static void test_cli(void **state) {
                      "--secret-file",
                      skfile,
                      NULL};
-  spawn_proc(&svc, 1, svcargs, svclog, 1);
+  it_proc_spawn(&svc, &x.loop, svcargs, svclog, 1);
   WAIT(strchr(svc.obuf, '\n') || svc.exited);
   if (strcmp(svc.obuf, "stcp://" NAME "\n") != 0) {
-    dump("service", svclog);
+    it_dump_file("service", svclog);
     fail_msg("stcp printed \"%s\"", svc.obuf);
   }
   /* Visitors: an INI file's, and one of the command line next to it. */
@@ -1343,7 +1133,7 @@ static void test_cli(void **state) {
   chmod(ini, 0600);
   char *visargs[] = {(char *)g_client_exe, "-c", ini,      "visit", NAME,
                      "--secret",           SK,   "--bind", "0",     NULL};
-  spawn_proc(&vis, 2, visargs, vlog, 1);
+  it_proc_spawn(&vis, &x.loop, visargs, vlog, 1);
   /* And a JSON file's. */
   snprintf(text, sizeof text,
            "{\"serverAddr\": \"127.0.0.1\", \"serverPort\": %u,\n"
@@ -1355,14 +1145,14 @@ static void test_cli(void **state) {
   write_file(json, text);
   chmod(json, 0600);
   char *jsargs[] = {(char *)g_client_exe, "-c", json, NULL};
-  spawn_proc(&vjs, 3, jsargs, jlog, 1);
+  it_proc_spawn(&vjs, &x.loop, jsargs, jlog, 1);
   WAIT((tcp_line(vis.obuf, 1) && tcp_line(vjs.obuf, 0)) || vis.exited ||
        vjs.exited);
   uint16_t p1 = tcp_line(vis.obuf, 0), p2 = tcp_line(vis.obuf, 1),
            p3 = tcp_line(vjs.obuf, 0);
   if (!p1 || !p2 || !p3 || p1 == p2) {
-    dump("visitor", vlog);
-    dump("visitor (json)", jlog);
+    it_dump_file("visitor", vlog);
+    it_dump_file("visitor (json)", jlog);
     fail_msg("visitors printed \"%s\" and \"%s\"", vis.obuf, vjs.obuf);
   }
   fprintf(stderr, "# %s# %s# %s", svc.obuf, vis.obuf, vjs.obuf);
@@ -1385,12 +1175,11 @@ static void test_cli(void **state) {
   char *badopt[] = {(char *)g_client_exe, "--server", sport, "tcp", echo,
                     "--secret",           SK,         NULL};
   assert_int_equal(run_to_end(badopt, elog), 2);
-  stop(&vjs);
-  stop(&vis);
-  stop(&svc);
-  stop(&srv);
-  uv_close((uv_handle_t *)&x.echo, NULL);
-  x.echo_port = 0;
+  it_proc_stop(&vjs, &x.w);
+  it_proc_stop(&vis, &x.w);
+  it_proc_stop(&svc, &x.w);
+  it_proc_stop(&srv, &x.w);
+  it_echo_close(&x.echo, &x.w);
   assert_int_equal(it_waiter_finish(&x.w, WAIT_MS), 0);
   unlink(slog), unlink(svclog), unlink(vlog), unlink(jlog), unlink(elog);
   unlink(skfile), unlink(ini), unlink(json);
@@ -1399,6 +1188,7 @@ static void test_cli(void **state) {
 
 int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN); /* as tunnel/uv.h asks of programs */
+  it_proc_guard();
   const char *lv = getenv("IT_LOG");
   if (lv)
     g_log = atoi(lv);
@@ -1426,11 +1216,7 @@ int main(int argc, char **argv) {
     return cmocka_run_group_tests(all, NULL, NULL);
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
     if (strcmp(all[i].name, argv[1]) == 0) {
-      int rc = _cmocka_run_group_tests(argv[1], &all[i], 1, NULL, NULL);
-      for (int k = 0; k < MAX_PROCS; k++)
-        if (g_pids[k] > 0)
-          kill((pid_t)g_pids[k], SIGKILL);
-      return rc;
+      return _cmocka_run_group_tests(argv[1], &all[i], 1, NULL, NULL);
     }
   fprintf(stderr, "unknown case %s\n", argv[1]);
   return 2;

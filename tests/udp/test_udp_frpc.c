@@ -6,9 +6,7 @@
  * when PEERS_DIR/frpc is absent.
  *
  * Usage: test-udp-frpc PEERS_DIR TUNNEL_SERVER CASE */
-#include <fcntl.h>
 #include <setjmp.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -20,119 +18,22 @@
 #include <cmocka.h>
 
 #include "it_common.h"
+#include "it_proc.h"
 
 #define TOKEN "udp-frpc-token"
 #define WAIT_MS 15000u
 
 static const char *g_peers, *g_server;
-/* Children still to be stopped: a failed assertion leaves the case early,
- * and main stops them by PID. */
-static int g_pids[2];
-
-typedef struct proc {
-  uv_process_t h;
-  uv_pipe_t out;
-  char obuf[4096];
-  size_t olen;
-  int exited, closed;
-} proc;
 
 typedef struct ctx {
   uv_loop_t loop;
   it_waiter w;
   char dir[64];
-  proc srv, cli;
+  it_proc srv, cli;
   uv_udp_t echo, vis;
   uint16_t echo_port;
   uint64_t echoed, got, wrong;
 } ctx;
-
-static void on_exit_cb(uv_process_t *h, int64_t status, int sig) {
-  proc *p = h->data;
-  (void)status, (void)sig;
-  p->exited = 1;
-}
-
-static void pipe_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b) {
-  proc *p = h->data;
-  (void)hint;
-  size_t room = sizeof p->obuf - 1 - p->olen;
-  *b = uv_buf_init(p->obuf + p->olen, (unsigned)(room ? room : 1));
-}
-
-static void pipe_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
-  proc *p = s->data;
-  (void)b;
-  if (n > 0 && p->olen + (size_t)n < sizeof p->obuf) {
-    p->olen += (size_t)n;
-    p->obuf[p->olen] = '\0';
-  } else if (n < 0) {
-    uv_read_stop(s);
-  }
-}
-
-/* Spawns args[0]: stdout to a pipe read into p->obuf, stderr to `log`. */
-static void spawn(ctx *c, proc *p, char **args, const char *log) {
-  memset(p, 0, sizeof *p);
-  uv_pipe_init(&c->loop, &p->out, 0);
-  p->out.data = p->h.data = p;
-  int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  assert_true(fd >= 0);
-  uv_stdio_container_t io[3];
-  io[0].flags = UV_IGNORE;
-  io[1].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
-  io[1].data.stream = (uv_stream_t *)&p->out;
-  io[2].flags = UV_INHERIT_FD;
-  io[2].data.fd = fd;
-  uv_process_options_t o;
-  memset(&o, 0, sizeof o);
-  o.exit_cb = on_exit_cb;
-  o.file = args[0];
-  o.args = args;
-  o.stdio_count = 3;
-  o.stdio = io;
-  int rc = uv_spawn(&c->loop, &p->h, &o);
-  close(fd);
-  if (rc)
-    fail_msg("cannot spawn %s: %s", args[0], uv_strerror(rc));
-  g_pids[p == &c->srv ? 0 : 1] = p->h.pid;
-  assert_int_equal(uv_read_start((uv_stream_t *)&p->out, pipe_alloc, pipe_read),
-                   0);
-}
-
-static void proc_closed(uv_handle_t *h) { (void)h; }
-
-/* SIGTERM by PID, SIGKILL if it lingers; then its handles close. */
-static void stop(ctx *c, proc *p) {
-  if (!p->h.pid)
-    return;
-  if (!p->exited) {
-    uv_process_kill(&p->h, SIGTERM);
-    it_waiter_arm(&c->w, 3000);
-    while (!p->exited && !c->w.fired)
-      uv_run(&c->loop, UV_RUN_ONCE);
-    it_waiter_disarm(&c->w);
-    if (!p->exited) {
-      uv_process_kill(&p->h, SIGKILL);
-      IT_WAIT(&c->w, p->exited, WAIT_MS);
-    }
-  }
-  g_pids[p == &c->srv ? 0 : 1] = 0;
-  uv_close((uv_handle_t *)&p->h, proc_closed);
-  if (!uv_is_closing((uv_handle_t *)&p->out))
-    uv_close((uv_handle_t *)&p->out, proc_closed);
-}
-
-static void dump(const char *label, const char *path) {
-  FILE *f = fopen(path, "r");
-  if (!f)
-    return;
-  char line[512];
-  fprintf(stderr, "# --- %s\n", label);
-  while (fgets(line, sizeof line, f))
-    fprintf(stderr, "# %s", line);
-  fclose(f);
-}
 
 /* ------------------------------------------------ UDP sides */
 
@@ -264,11 +165,8 @@ static void run_case(int mux) {
   char *sargs[] = {(char *)g_server, "--control", "127.0.0.1:0", "--bind",
                    "127.0.0.1", "--ports", ports, "--token", TOKEN, "-v",
                    NULL};
-  spawn(c, &c->srv, sargs, slog);
-  IT_WAIT(&c->w, strchr(c->srv.obuf, '\n') || c->srv.exited, WAIT_MS);
-  unsigned cport = 0;
-  if (sscanf(c->srv.obuf, "listening on 127.0.0.1:%u", &cport) != 1)
-    fail_msg("tunnel-server did not print its port: %s", c->srv.obuf);
+  it_proc_spawn(&c->srv, &c->loop, sargs, slog, 1);
+  unsigned cport = it_proc_listening_port(&c->srv, &c->w, slog);
 
   FILE *f = fopen(ini, "w");
   assert_non_null(f);
@@ -280,7 +178,7 @@ static void run_case(int mux) {
           cport, TOKEN, mux ? "true" : "false", c->echo_port, rport);
   fclose(f);
   char *cargs[] = {frpc, "-c", ini, NULL};
-  spawn(c, &c->cli, cargs, clog);
+  it_proc_spawn(&c->cli, &c->loop, cargs, clog, 0);
 
   /* Until the proxy works: one datagram every 200 ms. */
   uint32_t seq = 0;
@@ -291,8 +189,8 @@ static void run_case(int mux) {
   }
   it_waiter_disarm(&c->w);
   if (c->got == 0) {
-    dump("tunnel-server", slog);
-    dump("frpc", clog);
+    it_dump_file("tunnel-server", slog);
+    it_dump_file("frpc", clog);
     fail_msg("no datagram came back through frpc");
   }
   /* Round trips of several sizes (frpc reads its local service's replies
@@ -324,8 +222,8 @@ static void run_case(int mux) {
           mux ? "mux" : "no mux", (unsigned long long)(c->got - before), secs);
   assert_true(c->got - before > 0);
 
-  stop(c, &c->cli);
-  stop(c, &c->srv);
+  it_proc_stop(&c->cli, &c->w);
+  it_proc_stop(&c->srv, &c->w);
   uv_close((uv_handle_t *)&c->echo, NULL);
   uv_close((uv_handle_t *)&c->vis, NULL);
   assert_int_equal(it_waiter_finish(&c->w, WAIT_MS), 0);
@@ -351,17 +249,14 @@ int main(int argc, char **argv) {
   }
   g_peers = argv[1];
   g_server = argv[2];
+  it_proc_guard();
   const struct CMUnitTest all[] = {
       cmocka_unit_test(test_frpc_mux),
       cmocka_unit_test(test_frpc_nomux),
   };
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
     if (strcmp(all[i].name, argv[3]) == 0) {
-      int rc = _cmocka_run_group_tests(argv[3], &all[i], 1, NULL, NULL);
-      for (int k = 0; k < 2; k++)
-        if (g_pids[k] > 0)
-          kill((pid_t)g_pids[k], SIGKILL);
-      return rc;
+      return _cmocka_run_group_tests(argv[3], &all[i], 1, NULL, NULL);
     }
   fprintf(stderr, "unknown case %s\n", argv[3]);
   return 2;
