@@ -403,7 +403,7 @@ static void visitor_case(int mux) {
   /* 32 MiB each way, checksummed; the half-close goes to the service and
    * its own comes back after the last byte. */
   xfer *big = xfer_start(port, 2, BIG);
-  if (!xfer_wait(big, 60000))
+  if (!xfer_wait(big, 45000))
     fail_msg("32 MiB: %zu bytes back, %s, checksum %s", big->rx,
              big->eof ? "ended" : "not ended",
              big->got == big->want ? "matches" : "differs");
@@ -993,8 +993,13 @@ static void frp_case(int stock_server, int mux) {
   /* Both ways at once, 8 MiB each way each, checksummed. */
   xfer *a = xfer_start(port, 1, 8u << 20);
   xfer *b = xfer_start(frp_vis_port, 2, 8u << 20);
-  if (!xfer_wait(a, 60000) || !xfer_wait(b, 60000))
+  /* Within meson's 60 s: a stall fails here, with the peers' logs. */
+  if (!xfer_wait(a, 20000) || !xfer_wait(b, 20000)) {
+    it_dump_file("frps", slog);
+    it_dump_file("frpc service", svclog);
+    it_dump_file("frpc visitor", vislog);
     fail_msg("8 MiB: %zu and %zu bytes back", a->rx, b->rx);
+  }
   xfer_free(a);
   xfer_free(b);
   /* In-process, to the stock frpc's service. */
