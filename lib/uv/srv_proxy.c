@@ -80,16 +80,6 @@ void tunnel__srv_on_new_proxy(srv_ctl *ctl, const tunnel__msg *m) {
     reply_proxy(ctl, name, NULL, err);
     return;
   }
-  if ((kind == &tunnel__srv_kind_http || kind == &tunnel__srv_kind_https) &&
-      (m->use_encryption || m->use_compression)) {
-    /* Plain bytes through would reach visitors as noise: refuse. */
-    snprintf(err, sizeof err,
-             "%s proxies with use_encryption or use_compression are not "
-             "supported by this server",
-             kind->type);
-    reply_proxy(ctl, name, NULL, err);
-    return;
-  }
   if (find_proxy(srv, name)) {
     snprintf(err, sizeof err, "proxy [%.64s] is already in use", name);
     reply_proxy(ctl, name, NULL, err);

@@ -217,6 +217,15 @@ int tunnel__srv_vhost_register(srv_vhost *vh, srv_proxy *p,
     snprintf(err, errlen, "type [%s] is not enabled on this server", kind);
     return TUNNEL_ENOTSUP;
   }
+  if (m->use_encryption || m->use_compression) {
+    /* Requests are read and routed here: a ciphered work channel would
+     * reach the service as noise. */
+    snprintf(err, errlen,
+             "%s proxies with use_encryption or use_compression are not "
+             "supported by this server",
+             kind);
+    return TUNNEL_EINVAL;
+  }
   const char *dom = domain(srv);
   remote_addr[0] = '\0';
   char name[300];
